@@ -1,0 +1,192 @@
+//! The HAIP envelope (contract section 1): strict parsing and wire serialization.
+
+use std::borrow::Cow;
+
+use serde::ser::{Serialize, SerializeMap, Serializer};
+use serde_json::{Map, Value};
+
+use crate::error::{ErrorCode, ValidationError};
+use crate::event::EventType;
+use crate::json::Fields;
+use crate::payload::Payload;
+
+/// Longest `id`, `session` and `thread_id` accepted, in characters.
+pub const MAX_ENVELOPE_ID_CHARS: usize = 128;
+
+/// One HAIP message. Decimal-string fields of the wire (`seq`, `ack`, `ts`) are numbers here.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope {
+    pub id: String,
+    pub session: String,
+    pub seq: u64,
+    pub ack: Option<u64>,
+    pub ts: u64,
+    pub channel: String,
+    pub payload: Payload,
+    pub pv: Option<u8>,
+    pub crit: Option<bool>,
+    pub bin_len: Option<u64>,
+    pub bin_mime: Option<String>,
+    pub run_id: Option<String>,
+    pub thread_id: Option<String>,
+    /// Envelope fields this version does not know, kept because the sender did not mark
+    /// the message `crit`.
+    pub extra: Map<String, Value>,
+}
+
+impl Envelope {
+    /// A message with every optional field absent.
+    pub fn new(
+        id: impl Into<String>,
+        session: impl Into<String>,
+        seq: u64,
+        ts: u64,
+        channel: impl Into<String>,
+        payload: Payload,
+    ) -> Envelope {
+        Envelope {
+            id: id.into(),
+            session: session.into(),
+            seq,
+            ack: None,
+            ts,
+            channel: channel.into(),
+            payload,
+            pv: None,
+            crit: None,
+            bin_len: None,
+            bin_mime: None,
+            run_id: None,
+            thread_id: None,
+            extra: Map::new(),
+        }
+    }
+
+    pub fn event_type(&self) -> EventType {
+        self.payload.event_type()
+    }
+
+    /// Parses and validates one envelope from a text frame or NDJSON line.
+    pub fn parse(text: &str) -> Result<Envelope, ValidationError> {
+        let mut f = Fields::parse(text, Cow::Borrowed(""))?;
+        let id = f.req_bounded_str("id", MAX_ENVELOPE_ID_CHARS)?;
+        parse_rest(&mut f, &id)
+            .and_then(|mut env| {
+                env.extra = f.finish(env.crit == Some(true))?;
+                env.id = id.clone();
+                Ok(env)
+            })
+            .map_err(|e| e.with_related_id(Some(id)))
+    }
+
+    /// Like [`Envelope::parse`], for bytes that may not be UTF-8.
+    pub fn parse_bytes(bytes: &[u8]) -> Result<Envelope, ValidationError> {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => Envelope::parse(text),
+            Err(e) => Err(ValidationError::new(
+                ErrorCode::ProtocolViolation,
+                None,
+                format!("not UTF-8: {e}"),
+            )),
+        }
+    }
+
+    /// The wire form: one JSON object, no trailing newline.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self)
+            .expect("an envelope always serializes: every map key is a string")
+    }
+
+    /// Bytes this message counts against flow-control credit: the serialized envelope plus
+    /// its binary frame (`bin_len`) or its decoded base64 data (contract section 6).
+    pub fn flow_cost(&self, serialized_len: usize) -> u64 {
+        serialized_len as u64 + self.bin_len.unwrap_or(0) + self.payload.decoded_data_len()
+    }
+}
+
+fn parse_rest(f: &mut Fields, id: &str) -> Result<Envelope, ValidationError> {
+    let session = f.req_bounded_str("session", MAX_ENVELOPE_ID_CHARS)?;
+    let seq = f.req_dec_u64("seq")?;
+    let ack = f.opt_dec_u64("ack")?;
+    let ts = f.req_dec_u64("ts")?;
+    let channel = f.req_channel("channel")?;
+    let type_name = f.req_str("type")?;
+    let raw_payload = f.take("payload");
+    let pv = f.opt_int("pv", 0, 255)?.map(|v| v as u8);
+    let crit = f.opt_bool("crit")?;
+    let bin_len = f.opt_int("bin_len", 0, u64::MAX)?;
+    let bin_mime = f.opt_str("bin_mime")?;
+    let run_id = f.opt_bounded_str("run_id", MAX_ENVELOPE_ID_CHARS)?;
+    let thread_id = f.opt_bounded_str("thread_id", MAX_ENVELOPE_ID_CHARS)?;
+    let Some(raw_payload) = raw_payload else {
+        return Err(ValidationError::violation("payload", "is required"));
+    };
+    let Some(event_type) = EventType::parse(&type_name) else {
+        return Err(ValidationError::new(
+            ErrorCode::UnsupportedType,
+            Some("type".into()),
+            format!("unknown event type {type_name:?}"),
+        ));
+    };
+    let payload = Payload::parse(event_type, raw_payload, crit == Some(true))?;
+    Ok(Envelope {
+        id: id.to_string(),
+        session,
+        seq,
+        ack,
+        ts,
+        channel,
+        payload,
+        pv,
+        crit,
+        bin_len,
+        bin_mime,
+        run_id,
+        thread_id,
+        extra: Map::new(),
+    })
+}
+
+impl Serialize for Envelope {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        struct Dec(u64);
+        impl Serialize for Dec {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(&self.0)
+            }
+        }
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("id", &self.id)?;
+        m.serialize_entry("session", &self.session)?;
+        m.serialize_entry("seq", &Dec(self.seq))?;
+        if let Some(ack) = self.ack {
+            m.serialize_entry("ack", &Dec(ack))?;
+        }
+        m.serialize_entry("ts", &Dec(self.ts))?;
+        m.serialize_entry("channel", &self.channel)?;
+        m.serialize_entry("type", self.event_type().as_str())?;
+        m.serialize_entry("payload", &self.payload)?;
+        if let Some(pv) = self.pv {
+            m.serialize_entry("pv", &pv)?;
+        }
+        if let Some(crit) = self.crit {
+            m.serialize_entry("crit", &crit)?;
+        }
+        if let Some(bin_len) = self.bin_len {
+            m.serialize_entry("bin_len", &bin_len)?;
+        }
+        if let Some(bin_mime) = &self.bin_mime {
+            m.serialize_entry("bin_mime", bin_mime)?;
+        }
+        if let Some(run_id) = &self.run_id {
+            m.serialize_entry("run_id", run_id)?;
+        }
+        if let Some(thread_id) = &self.thread_id {
+            m.serialize_entry("thread_id", thread_id)?;
+        }
+        for (k, v) in &self.extra {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
+    }
+}

@@ -1,0 +1,453 @@
+//! A strict reader over one JSON object, field by field.
+//!
+//! The object is scanned once into borrowed `(key, raw value)` pairs; each field is then
+//! parsed on demand into the type the contract requires. This is what lets every refusal
+//! name the exact field at fault (`payload.message_id`), and lets the envelope's `id` be
+//! recovered for `related_id` even when another field is broken.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+use crate::error::{ErrorCode, ValidationError};
+
+type Result<T> = std::result::Result<T, ValidationError>;
+
+/// The JSON kind of a raw value, read from its first byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Null,
+    Bool,
+    Number,
+    String,
+    Array,
+    Object,
+}
+
+impl Kind {
+    pub(crate) fn of(raw: &RawValue) -> Kind {
+        match raw.get().as_bytes().first() {
+            Some(b'n') => Kind::Null,
+            Some(b't' | b'f') => Kind::Bool,
+            Some(b'"') => Kind::String,
+            Some(b'[') => Kind::Array,
+            Some(b'{') => Kind::Object,
+            _ => Kind::Number,
+        }
+    }
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Kind::Null => "null",
+            Kind::Bool => "a boolean",
+            Kind::Number => "a number",
+            Kind::String => "a string",
+            Kind::Array => "an array",
+            Kind::Object => "an object",
+        }
+    }
+}
+
+/// The fields of one JSON object, not yet interpreted.
+pub(crate) struct Fields<'a> {
+    path: Cow<'static, str>,
+    entries: Vec<(Cow<'a, str>, Option<&'a RawValue>)>,
+}
+
+impl<'a> Fields<'a> {
+    /// Scans `raw` as a JSON object. `path` names it in errors (`""` for the envelope).
+    pub(crate) fn parse(raw: &'a str, path: Cow<'static, str>) -> Result<Fields<'a>> {
+        let entries = match serde_json::from_str::<ObjectEntries<'a>>(raw) {
+            Ok(ObjectEntries(entries)) => entries,
+            Err(e) => {
+                let field = (!path.is_empty()).then(|| path.to_string());
+                let reason = if e.is_data() {
+                    format!("{e}")
+                } else {
+                    format!("invalid JSON: {e}")
+                };
+                return Err(ValidationError::new(
+                    ErrorCode::ProtocolViolation,
+                    field,
+                    reason,
+                ));
+            }
+        };
+        for (i, (key, _)) in entries.iter().enumerate() {
+            if entries[..i].iter().any(|(k, _)| k == key) {
+                return Err(ValidationError::violation(
+                    join(&path, key),
+                    "field appears twice",
+                ));
+            }
+        }
+        Ok(Fields {
+            path,
+            entries: entries.into_iter().map(|(k, v)| (k, Some(v))).collect(),
+        })
+    }
+
+    pub(crate) fn nested(&mut self, name: &str) -> Result<Option<Fields<'a>>> {
+        let path = self.path(name);
+        match self.take(name) {
+            None => Ok(None),
+            Some(raw) => match Kind::of(raw) {
+                Kind::Object => Fields::parse(raw.get(), Cow::Owned(path)).map(Some),
+                kind => Err(wrong_kind(path, "an object", kind)),
+            },
+        }
+    }
+
+    /// The dotted path of one of this object's fields.
+    pub(crate) fn path(&self, name: &str) -> String {
+        join(&self.path, name)
+    }
+
+    /// Removes a field; JSON `null` counts as absent.
+    pub(crate) fn take(&mut self, name: &str) -> Option<&'a RawValue> {
+        let slot = self
+            .entries
+            .iter_mut()
+            .find(|(k, v)| v.is_some() && k == name)?;
+        let raw = slot.1.take()?;
+        (Kind::of(raw) != Kind::Null).then_some(raw)
+    }
+
+    fn required<T>(&mut self, name: &str, value: Option<T>) -> Result<T> {
+        value.ok_or_else(|| ValidationError::violation(self.path(name), "is required"))
+    }
+
+    pub(crate) fn opt_str(&mut self, name: &str) -> Result<Option<String>> {
+        match self.take(name) {
+            None => Ok(None),
+            Some(raw) if Kind::of(raw) == Kind::String => serde_json::from_str(raw.get())
+                .map(Some)
+                .map_err(|e| ValidationError::violation(self.path(name), e.to_string())),
+            Some(raw) => Err(wrong_kind(self.path(name), "a string", Kind::of(raw))),
+        }
+    }
+
+    pub(crate) fn req_str(&mut self, name: &str) -> Result<String> {
+        let v = self.opt_str(name)?;
+        self.required(name, v)
+    }
+
+    /// A string of 1..=`max` characters.
+    pub(crate) fn opt_bounded_str(&mut self, name: &str, max: usize) -> Result<Option<String>> {
+        let v = self.opt_str(name)?;
+        if let Some(s) = &v {
+            check_bounded(&self.path(name), s, max)?;
+        }
+        Ok(v)
+    }
+
+    pub(crate) fn req_bounded_str(&mut self, name: &str, max: usize) -> Result<String> {
+        let v = self.opt_bounded_str(name, max)?;
+        self.required(name, v)
+    }
+
+    /// A channel name: `^[A-Za-z0-9_-]{1,128}$`.
+    pub(crate) fn opt_channel(&mut self, name: &str) -> Result<Option<String>> {
+        let v = self.opt_str(name)?;
+        if let Some(s) = &v {
+            if !is_channel_name(s) {
+                return Err(ValidationError::violation(
+                    self.path(name),
+                    "must match ^[A-Za-z0-9_-]{1,128}$",
+                ));
+            }
+        }
+        Ok(v)
+    }
+
+    pub(crate) fn req_channel(&mut self, name: &str) -> Result<String> {
+        let v = self.opt_channel(name)?;
+        self.required(name, v)
+    }
+
+    /// A u64 written as a decimal string: `^[0-9]{1,20}$` and within range.
+    pub(crate) fn opt_dec_u64(&mut self, name: &str) -> Result<Option<u64>> {
+        match self.opt_str(name)? {
+            None => Ok(None),
+            Some(s) => parse_dec_u64(&s)
+                .map(Some)
+                .ok_or_else(|| ValidationError::violation(self.path(name), dec_reason(&s))),
+        }
+    }
+
+    pub(crate) fn req_dec_u64(&mut self, name: &str) -> Result<u64> {
+        let v = self.opt_dec_u64(name)?;
+        self.required(name, v)
+    }
+
+    /// A JSON integer in `min..=max`.
+    pub(crate) fn opt_int(&mut self, name: &str, min: u64, max: u64) -> Result<Option<u64>> {
+        match self.take(name) {
+            None => Ok(None),
+            Some(raw) => parse_int(raw, min, max)
+                .map(Some)
+                .map_err(|reason| ValidationError::violation(self.path(name), reason)),
+        }
+    }
+
+    pub(crate) fn opt_number(&mut self, name: &str) -> Result<Option<f64>> {
+        match self.take(name) {
+            None => Ok(None),
+            Some(raw) if Kind::of(raw) == Kind::Number => serde_json::from_str(raw.get())
+                .map(Some)
+                .map_err(|e| ValidationError::violation(self.path(name), e.to_string())),
+            Some(raw) => Err(wrong_kind(self.path(name), "a number", Kind::of(raw))),
+        }
+    }
+
+    pub(crate) fn opt_bool(&mut self, name: &str) -> Result<Option<bool>> {
+        match self.take(name) {
+            None => Ok(None),
+            Some(raw) if Kind::of(raw) == Kind::Bool => Ok(Some(raw.get() == "true")),
+            Some(raw) => Err(wrong_kind(self.path(name), "a boolean", Kind::of(raw))),
+        }
+    }
+
+    pub(crate) fn opt_object(&mut self, name: &str) -> Result<Option<Map<String, Value>>> {
+        match self.take(name) {
+            None => Ok(None),
+            Some(raw) if Kind::of(raw) == Kind::Object => serde_json::from_str(raw.get())
+                .map(Some)
+                .map_err(|e| ValidationError::violation(self.path(name), e.to_string())),
+            Some(raw) => Err(wrong_kind(self.path(name), "an object", Kind::of(raw))),
+        }
+    }
+
+    pub(crate) fn req_object(&mut self, name: &str) -> Result<Map<String, Value>> {
+        let v = self.opt_object(name)?;
+        self.required(name, v)
+    }
+
+    /// Any JSON value.
+    pub(crate) fn opt_value(&mut self, name: &str) -> Result<Option<Value>> {
+        match self.take(name) {
+            None => Ok(None),
+            Some(raw) => serde_json::from_str(raw.get())
+                .map(Some)
+                .map_err(|e| ValidationError::violation(self.path(name), e.to_string())),
+        }
+    }
+
+    /// A JSON array, returned as its raw elements.
+    pub(crate) fn opt_array(&mut self, name: &str) -> Result<Option<Vec<&'a RawValue>>> {
+        match self.take(name) {
+            None => Ok(None),
+            Some(raw) if Kind::of(raw) == Kind::Array => serde_json::from_str(raw.get())
+                .map(Some)
+                .map_err(|e| ValidationError::violation(self.path(name), e.to_string())),
+            Some(raw) => Err(wrong_kind(self.path(name), "an array", Kind::of(raw))),
+        }
+    }
+
+    pub(crate) fn req_array(&mut self, name: &str) -> Result<Vec<&'a RawValue>> {
+        let v = self.opt_array(name)?;
+        self.required(name, v)
+    }
+
+    /// The fields nobody took. With `crit` they are an error (UNSUPPORTED_TYPE naming the
+    /// first one); without it they are kept, so that a message can be passed on unchanged.
+    pub(crate) fn finish(self, crit: bool) -> Result<Map<String, Value>> {
+        let mut extra = Map::new();
+        for (key, raw) in self.entries {
+            let Some(raw) = raw else { continue };
+            if crit {
+                return Err(ValidationError::new(
+                    ErrorCode::UnsupportedType,
+                    Some(join(&self.path, &key)),
+                    "unknown field in a message marked crit",
+                ));
+            }
+            let value = serde_json::from_str(raw.get())
+                .map_err(|e| ValidationError::violation(join(&self.path, &key), e.to_string()))?;
+            extra.insert(key.into_owned(), value);
+        }
+        Ok(extra)
+    }
+}
+
+pub(crate) fn wrong_kind(path: String, expected: &str, got: Kind) -> ValidationError {
+    ValidationError::violation(path, format!("must be {expected}, got {}", got.name()))
+}
+
+pub(crate) fn join(path: &str, name: &str) -> String {
+    if path.is_empty() {
+        name.to_string()
+    } else {
+        format!("{path}.{name}")
+    }
+}
+
+fn check_bounded(path: &str, s: &str, max: usize) -> Result<()> {
+    if s.is_empty() {
+        return Err(ValidationError::violation(path, "must not be empty"));
+    }
+    // Byte length bounds the character count from above, so most strings skip the count.
+    if s.len() > max && s.chars().count() > max {
+        return Err(ValidationError::violation(
+            path,
+            format!("must be at most {max} characters"),
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn is_channel_name(s: &str) -> bool {
+    (1..=128).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Parses `^[0-9]{1,20}$` into a u64, refusing values past `u64::MAX`.
+pub fn parse_dec_u64(s: &str) -> Option<u64> {
+    if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+fn dec_reason(s: &str) -> String {
+    if s.len() <= 20 && !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        "is larger than the largest u64".to_string()
+    } else {
+        "must be a decimal string matching ^[0-9]{1,20}$".to_string()
+    }
+}
+
+pub(crate) fn parse_int(raw: &RawValue, min: u64, max: u64) -> std::result::Result<u64, String> {
+    let kind = Kind::of(raw);
+    if kind != Kind::Number {
+        return Err(format!("must be an integer, got {}", kind.name()));
+    }
+    let text = raw.get();
+    if text.starts_with('-') {
+        return Err(format!("must be at least {min}"));
+    }
+    let n: u64 = text.parse().map_err(|_| "must be an integer".to_string())?;
+    if n < min {
+        return Err(format!("must be at least {min}"));
+    }
+    if n > max {
+        return Err(format!("must be at most {max}"));
+    }
+    Ok(n)
+}
+
+/// A JSON object as borrowed `(key, raw value)` pairs, in document order.
+struct ObjectEntries<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de> serde::Deserialize<'de> for ObjectEntries<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct EntriesVisitor;
+        impl<'de> Visitor<'de> for EntriesVisitor {
+            type Value = ObjectEntries<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Self::Value, A::Error> {
+                let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(12));
+                while let Some(key) = map.next_key::<Key<'de>>()? {
+                    entries.push((key.0, map.next_value::<&'de RawValue>()?));
+                }
+                Ok(ObjectEntries(entries))
+            }
+        }
+        d.deserialize_map(EntriesVisitor)
+    }
+}
+
+/// An object key, borrowed from the input unless it contains escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> serde::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string key")
+            }
+            fn visit_borrowed_str<E: de::Error>(
+                self,
+                v: &'de str,
+            ) -> std::result::Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> std::result::Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_string())))
+            }
+        }
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimal_u64_accepts_exactly_the_contract_pattern() {
+        assert_eq!(parse_dec_u64("0"), Some(0));
+        assert_eq!(parse_dec_u64("007"), Some(7));
+        assert_eq!(parse_dec_u64("18446744073709551615"), Some(u64::MAX));
+        assert_eq!(parse_dec_u64("18446744073709551616"), None);
+        assert_eq!(parse_dec_u64("123456789012345678901"), None);
+        assert_eq!(parse_dec_u64(""), None);
+        assert_eq!(parse_dec_u64("-1"), None);
+        assert_eq!(parse_dec_u64("+1"), None);
+        assert_eq!(parse_dec_u64("1.0"), None);
+        assert_eq!(parse_dec_u64(" 1"), None);
+    }
+
+    #[test]
+    fn channel_names_follow_the_pattern() {
+        assert!(is_channel_name("USER"));
+        assert!(is_channel_name("audio-in_2"));
+        assert!(is_channel_name(&"a".repeat(128)));
+        assert!(!is_channel_name(&"a".repeat(129)));
+        assert!(!is_channel_name(""));
+        assert!(!is_channel_name("has space"));
+        assert!(!is_channel_name("dot.ted"));
+        assert!(!is_channel_name("ünï"));
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused_with_their_name() {
+        let err = Fields::parse(r#"{"a":1,"a":2}"#, Cow::Borrowed("payload"))
+            .err()
+            .map(|e| e.field);
+        assert_eq!(err, Some(Some("payload.a".to_string())));
+    }
+
+    #[test]
+    fn null_counts_as_absent_and_escaped_keys_work() {
+        let mut f = Fields::parse(r#"{"x":null,"y\u0041":"v"}"#, Cow::Borrowed("")).unwrap();
+        assert_eq!(f.opt_str("x").unwrap(), None);
+        assert_eq!(f.req_str("yA").unwrap(), "v");
+        assert!(f.finish(true).unwrap().is_empty());
+    }
+
+    #[test]
+    fn integers_are_range_checked() {
+        let mut f = Fields::parse(
+            r#"{"a":5,"b":-1,"c":1.5,"d":"3","e":300}"#,
+            Cow::Borrowed(""),
+        )
+        .unwrap();
+        assert_eq!(f.opt_int("a", 0, 255).unwrap(), Some(5));
+        assert!(f.opt_int("b", 0, 255).is_err());
+        assert!(f.opt_int("c", 0, 255).is_err());
+        assert!(f.opt_int("d", 0, 255).is_err());
+        assert!(f.opt_int("e", 0, 255).is_err());
+    }
+}

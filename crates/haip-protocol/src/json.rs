@@ -64,10 +64,9 @@ impl<'a> Fields<'a> {
             Ok(ObjectEntries(entries)) => entries,
             Err(e) => {
                 let field = (!path.is_empty()).then(|| path.to_string());
-                let reason = if e.is_data() {
-                    format!("{e}")
-                } else {
-                    format!("invalid JSON: {e}")
+                let reason = match serde_json::from_str::<&RawValue>(raw) {
+                    Ok(whole) => format!("must be a JSON object, got {}", Kind::of(whole).name()),
+                    Err(_) => format!("invalid JSON: {e}"),
                 };
                 return Err(ValidationError::new(
                     ErrorCode::ProtocolViolation,
@@ -328,7 +327,11 @@ pub(crate) fn parse_int(raw: &RawValue, min: u64, max: u64) -> std::result::Resu
     }
     let text = raw.get();
     if text.starts_with('-') {
-        return Err(format!("must be at least {min}"));
+        return Err(if min == 0 {
+            "must not be negative".to_string()
+        } else {
+            format!("must be at least {min}")
+        });
     }
     let n: u64 = text.parse().map_err(|_| "must be an integer".to_string())?;
     if n < min {

@@ -17,7 +17,8 @@ fn haip(args: &[&str], stdin: Option<&[u8]>) -> Output {
         .spawn()
         .expect("haip starts");
     let mut pipe = child.stdin.take().expect("stdin");
-    pipe.write_all(stdin.unwrap_or_default()).expect("write stdin");
+    pipe.write_all(stdin.unwrap_or_default())
+        .expect("write stdin");
     drop(pipe);
     child.wait_with_output().expect("haip ends")
 }
@@ -86,7 +87,10 @@ fn json_output_has_one_object_per_input() {
         assert_eq!(v["line"], i + 1);
         assert_eq!(v["ok"], false);
         let field = v["field"].as_str().unwrap_or("-");
-        assert_eq!(format!("error {} {}", v["code"].as_str().unwrap(), field), *e);
+        assert_eq!(
+            format!("error {} {}", v["code"].as_str().unwrap(), field),
+            *e
+        );
     }
 }
 
@@ -95,7 +99,10 @@ fn a_mixed_stream_exits_one_but_reports_every_line() {
     let input = b"{\"id\":\"a\",\"session\":\"s\",\"seq\":\"1\",\"ts\":\"1\",\"channel\":\"SYSTEM\",\"type\":\"PING\",\"payload\":{}}\nnope\n";
     let out = haip(&["validate"], Some(input));
     assert_eq!(out.status.code(), Some(1));
-    assert_eq!(verdicts(&out), vec!["ok PING", "error PROTOCOL_VIOLATION -"]);
+    assert_eq!(
+        verdicts(&out),
+        vec!["ok PING", "error PROTOCOL_VIOLATION -"]
+    );
 }
 
 #[test]

@@ -240,8 +240,14 @@ struct MeterChannel {
     /// Consumed by the application but not yet handed back.
     returnable_messages: u64,
     returnable_bytes: u64,
+    /// When the oldest credit not yet handed back was consumed.
+    returnable_since_ms: Option<u64>,
     paused: bool,
 }
+
+/// Credit consumed but below the half-credit threshold is handed back after this delay, so
+/// that a sender blocked on a message larger than its remaining credit never waits forever.
+pub const GRANT_DELAY_MS: u64 = 50;
 
 /// The receiving side of flow control: enforces the credit this side advertised.
 pub struct ReceiveMeter {
@@ -291,19 +297,49 @@ impl ReceiveMeter {
     /// Records that the application consumed an admitted message. Once half of a channel's
     /// advertised credit has been consumed, returns the FLOW_UPDATE that hands it back;
     /// handing back in halves keeps the peer from stalling without a message per message.
-    pub fn consumed(&mut self, channel: &str, cost: u64) -> Option<Grant> {
+    /// Smaller amounts are handed back by [`flush`](Self::flush) after [`GRANT_DELAY_MS`].
+    pub fn consumed(&mut self, channel: &str, cost: u64, now_ms: u64) -> Option<Grant> {
         if is_exempt(channel) || self.advertised.is_unlimited() {
             return None;
         }
         let ch = self.channels.get_mut(channel)?;
         ch.returnable_messages += 1;
         ch.returnable_bytes = ch.returnable_bytes.saturating_add(cost);
+        ch.returnable_since_ms.get_or_insert(now_ms);
         let half = |limit: Option<u64>, n: u64| limit.is_some_and(|l| n >= l.div_ceil(2));
         if !half(self.advertised.messages, ch.returnable_messages)
             && !half(self.advertised.bytes, ch.returnable_bytes)
         {
             return None;
         }
+        Some(Self::hand_back(channel, ch))
+    }
+
+    /// Hands back, per channel, credit consumed at least [`GRANT_DELAY_MS`] ago.
+    pub fn flush(&mut self, now_ms: u64) -> Vec<Grant> {
+        let mut grants: Vec<Grant> = self
+            .channels
+            .iter_mut()
+            .filter(|(_, ch)| {
+                ch.returnable_since_ms
+                    .is_some_and(|t| now_ms >= t.saturating_add(GRANT_DELAY_MS))
+            })
+            .map(|(name, ch)| Self::hand_back(name, ch))
+            .collect();
+        grants.sort_by(|a, b| a.channel.cmp(&b.channel));
+        grants
+    }
+
+    /// When [`flush`](Self::flush) has something to hand back.
+    pub fn next_flush_ms(&self) -> Option<u64> {
+        self.channels
+            .values()
+            .filter_map(|ch| ch.returnable_since_ms)
+            .min()
+            .map(|t| t.saturating_add(GRANT_DELAY_MS))
+    }
+
+    fn hand_back(channel: &str, ch: &mut MeterChannel) -> Grant {
         let grant = Grant {
             channel: channel.to_string(),
             add_messages: ch.returnable_messages.max(1),
@@ -313,7 +349,8 @@ impl ReceiveMeter {
         ch.spent_bytes -= ch.returnable_bytes.min(ch.spent_bytes);
         ch.returnable_messages = 0;
         ch.returnable_bytes = 0;
-        Some(grant)
+        ch.returnable_since_ms = None;
+        grant
     }
 
     /// Refuses further messages on `channel` (this side sent PAUSE_CHANNEL).
@@ -473,8 +510,8 @@ mod tests {
             meter.admit("USER", 10),
             Err(FlowRefusal::InsufficientCredits)
         );
-        assert_eq!(meter.consumed("USER", 10), None);
-        let grant = meter.consumed("USER", 10).expect("half consumed");
+        assert_eq!(meter.consumed("USER", 10, 0), None);
+        let grant = meter.consumed("USER", 10, 0).expect("half consumed");
         assert_eq!(
             grant,
             Grant {
@@ -492,11 +529,32 @@ mod tests {
     }
 
     #[test]
+    fn small_consumption_is_handed_back_after_the_delay() {
+        let mut meter = ReceiveMeter::new(limited(100, 3));
+        meter.admit("USER", 1).unwrap();
+        assert_eq!(meter.consumed("USER", 1, 1000), None);
+        assert_eq!(meter.next_flush_ms(), Some(1000 + GRANT_DELAY_MS));
+        assert!(meter.flush(1000 + GRANT_DELAY_MS - 1).is_empty());
+        let grants = meter.flush(1000 + GRANT_DELAY_MS);
+        assert_eq!(
+            grants,
+            vec![Grant {
+                channel: "USER".into(),
+                add_messages: 1,
+                add_bytes: 1
+            }]
+        );
+        assert_eq!(meter.next_flush_ms(), None);
+        // The whole advertised credit is available again.
+        assert_eq!(meter.admit("USER", 3), Ok(()));
+    }
+
+    #[test]
     fn unlimited_meter_never_grants() {
         let mut meter = ReceiveMeter::new(Credit::UNLIMITED);
         for _ in 0..10_000 {
             meter.admit("USER", 100).unwrap();
-            assert_eq!(meter.consumed("USER", 100), None);
+            assert_eq!(meter.consumed("USER", 100, 0), None);
         }
     }
 

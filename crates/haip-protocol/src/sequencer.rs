@@ -35,7 +35,8 @@ pub struct Missing {
 /// Orders one peer's messages of one session.
 #[derive(Debug)]
 pub struct Sequencer<T> {
-    next: Option<u64>,
+    /// The next seq expected; u128 so that u64::MAX itself can be delivered and passed.
+    next: Option<u128>,
     last_delivered: Option<u64>,
     held: BTreeMap<u64, T>,
     capacity: usize,
@@ -67,11 +68,11 @@ impl<T> Sequencer<T> {
 
     /// Accepts the message numbered `seq`, arriving at `now_ms`.
     pub fn accept(&mut self, seq: u64, item: T, now_ms: u64) -> Arrival<T> {
-        let next = *self.next.get_or_insert(seq);
-        if seq < next || self.held.contains_key(&seq) {
+        let next = *self.next.get_or_insert(u128::from(seq));
+        if u128::from(seq) < next || self.held.contains_key(&seq) {
             return Arrival::Duplicate;
         }
-        if seq > next {
+        if u128::from(seq) > next {
             if self.held.len() >= self.capacity {
                 return Arrival::Overflow(item);
             }
@@ -80,13 +81,13 @@ impl<T> Sequencer<T> {
             return Arrival::Held;
         }
         let mut out = vec![item];
-        let mut expected = seq.saturating_add(1);
-        while let Some(held) = self.held.remove(&expected) {
+        let mut last = seq;
+        while let Some(held) = last.checked_add(1).and_then(|n| self.held.remove(&n)) {
             out.push(held);
-            expected = expected.saturating_add(1);
+            last += 1;
         }
-        self.next = Some(expected);
-        self.last_delivered = Some(expected - 1);
+        self.next = Some(u128::from(last) + 1);
+        self.last_delivered = Some(last);
         if self.held.is_empty() {
             self.gap_opened_ms = None;
             self.last_request_ms = None;
@@ -106,7 +107,7 @@ impl<T> Sequencer<T> {
         if now_ms < since.saturating_add(GAP_TIMEOUT_MS) {
             return None;
         }
-        let from_seq = self.next?;
+        let from_seq = u64::try_from(self.next?).ok()?;
         let first_held = *self.held.keys().next()?;
         self.last_request_ms = Some(now_ms);
         Some(Missing {

@@ -1,5 +1,7 @@
 //! `haip`: the HAIP command-line tool.
 
+mod serve;
+mod token;
 mod validate;
 
 use std::process::ExitCode;
@@ -10,7 +12,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "haip",
     version,
-    about = "HAIP 1.1.2 tools: validate envelopes (server, client and load generator to come)"
+    about = "haip-rs: a HAIP 1.1.2 server and tools"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -19,12 +21,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    Serve(Box<serve::ServeArgs>),
+    Token(token::TokenArgs),
     Validate(validate::ValidateArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Serve(args) => serve::run(&args),
+        Command::Token(args) => token::run(&args),
         Command::Validate(args) => validate::run(&args),
     }
 }

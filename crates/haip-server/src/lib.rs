@@ -1,2 +1,18 @@
-//! The HAIP server: one session engine and its WebSocket, SSE and HTTP streaming adapters.
-//! Built in the next step of the project; see docs/STATUS.md.
+//! The HAIP server: one session engine and its WebSocket, SSE and HTTP-streaming adapters.
+//!
+//! - [`engine`]: sessions, the protocol rules applied to them, and the connection driver
+//!   shared by all transports;
+//! - [`transport`]: the three thin adapters plus `POST /haip/messages`;
+//! - [`agent`] and [`tools`]: the pluggable agent and tools, with the built-in echo agent
+//!   and the `echo`, `add`, `sleep` tools;
+//! - [`auth`]: JWT verification; [`config`]: settings; [`app`]: routes and shared state;
+//!   [`server`]: binding, serving and graceful shutdown.
+
+pub mod agent;
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod engine;
+pub mod server;
+pub mod tools;
+pub mod transport;

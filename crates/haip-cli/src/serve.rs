@@ -1,0 +1,419 @@
+//! `haip serve`: runs the server. Settings come from flags, environment variables and a
+//! TOML file, in that order of precedence, over the defaults of the wire contract.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use haip_server::agent::EchoAgent;
+use haip_server::app::AppState;
+use haip_server::auth::{random_secret, Authenticator};
+use haip_server::config::{LogFormat, ServerConfig};
+use haip_server::tools::ToolRegistry;
+use serde::Deserialize;
+
+/// Every setting, as given on the command line, in the environment or in the file. Field
+/// names are the file's keys; flags are the same in kebab case; variables in upper case.
+#[derive(clap::Args, Deserialize, Default, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Port to listen on [default: 8080; 0 picks a free port]
+    #[arg(long, env = "PORT")]
+    port: Option<u16>,
+    /// Address to listen on [default: 0.0.0.0]
+    #[arg(long, env = "HOST")]
+    host: Option<String>,
+    /// HS256 secret for tokens [default: a random secret, printed with a ready token]
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+    /// PEM public key (RSA or EC) to verify RS256/ES256 tokens instead of a secret
+    #[arg(long, env = "JWT_PUBLIC_KEY_FILE")]
+    jwt_public_key_file: Option<PathBuf>,
+    /// Required `iss` claim
+    #[arg(long, env = "JWT_ISSUER")]
+    jwt_issuer: Option<String>,
+    /// Required `aud` claim
+    #[arg(long, env = "JWT_AUDIENCE")]
+    jwt_audience: Option<String>,
+    /// Most live connections before answering 503 [default: 1000]
+    #[arg(long, env = "MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Milliseconds between server PINGs [default: 30000]
+    #[arg(long, env = "HEARTBEAT_INTERVAL")]
+    heartbeat_interval: Option<u64>,
+    /// Milliseconds to wait for client traffic after a PING [default: 5000]
+    #[arg(long, env = "HEARTBEAT_TIMEOUT")]
+    heartbeat_timeout: Option<u64>,
+    /// Milliseconds a session is kept for resume after its connection ends [default: 300000]
+    #[arg(long, env = "SESSION_TTL")]
+    session_ttl: Option<u64>,
+    /// Serve WebSocket [default: true]
+    #[arg(long, env = "ENABLE_WEBSOCKET")]
+    enable_websocket: Option<bool>,
+    /// Serve SSE [default: true]
+    #[arg(long, env = "ENABLE_SSE")]
+    enable_sse: Option<bool>,
+    /// Serve HTTP streaming [default: true]
+    #[arg(long, env = "ENABLE_HTTP_STREAM")]
+    enable_http_stream: Option<bool>,
+    /// [default: /haip/websocket]
+    #[arg(long, env = "WEBSOCKET_PATH")]
+    websocket_path: Option<String>,
+    /// [default: /haip/sse]
+    #[arg(long, env = "SSE_PATH")]
+    sse_path: Option<String>,
+    /// [default: /haip/stream]
+    #[arg(long, env = "HTTP_STREAM_PATH")]
+    http_stream_path: Option<String>,
+    /// Largest WebSocket message in bytes; larger closes with 1009 [default: 1048576]
+    #[arg(long, env = "WEBSOCKET_MAX_PAYLOAD")]
+    websocket_max_payload: Option<usize>,
+    /// Negotiate permessage-deflate when offered [default: true]
+    #[arg(long, env = "WEBSOCKET_PER_MESSAGE_DEFLATE")]
+    websocket_per_message_deflate: Option<bool>,
+    /// Longest NDJSON line in bytes [default: 10485760]
+    #[arg(long, env = "HTTP_STREAM_MAX_PAYLOAD")]
+    http_stream_max_payload: Option<usize>,
+    /// Idle milliseconds before an HTTP stream is ended [default: 30000]
+    #[arg(long, env = "HTTP_STREAM_TIMEOUT")]
+    http_stream_timeout: Option<u64>,
+    /// `retry:` milliseconds sent to SSE clients [default: 3000]
+    #[arg(long, env = "SSE_RETRY_TIMEOUT")]
+    sse_retry_timeout: Option<u64>,
+    /// Most open SSE streams before answering 503 [default: 100]
+    #[arg(long, env = "SSE_MAX_CONNECTIONS")]
+    sse_max_connections: Option<usize>,
+    /// Enforce credit on client messages [default: true]
+    #[arg(long, env = "FLOW_CONTROL_ENABLED")]
+    flow_control_enabled: Option<bool>,
+    /// Messages a client may send per channel before credit returns [default: 1000]
+    #[arg(long, env = "FLOW_CONTROL_INITIAL_CREDIT_MESSAGES")]
+    flow_control_initial_credit_messages: Option<u64>,
+    /// Bytes a client may send per channel before credit returns [default: 1048576]
+    #[arg(long, env = "FLOW_CONTROL_INITIAL_CREDIT_BYTES")]
+    flow_control_initial_credit_bytes: Option<u64>,
+    /// Most runs open at once per session [default: 10]
+    #[arg(long, env = "MAX_CONCURRENT_RUNS")]
+    max_concurrent_runs: Option<u64>,
+    /// Sent messages always kept for replay [default: 1000]
+    #[arg(long, env = "REPLAY_WINDOW_SIZE")]
+    replay_window_size: Option<usize>,
+    /// Milliseconds sent messages are kept for replay [default: 300000]
+    #[arg(long, env = "REPLAY_WINDOW_TIME")]
+    replay_window_time: Option<u64>,
+    /// Answer CORS preflights and set CORS headers [default: true]
+    #[arg(long, env = "ENABLE_CORS")]
+    enable_cors: Option<bool>,
+    /// Comma-separated allowed origins [default: *]
+    #[arg(long, env = "CORS_ORIGINS")]
+    cors_origins: Option<String>,
+    /// Compress HTTP responses where the client allows [default: true]
+    #[arg(long, env = "ENABLE_COMPRESSION")]
+    enable_compression: Option<bool>,
+    /// Log requests and connections [default: true]
+    #[arg(long, env = "ENABLE_LOGGING")]
+    enable_logging: Option<bool>,
+    /// text or json [default: text]
+    #[arg(long, env = "LOG_FORMAT")]
+    log_format: Option<String>,
+    /// Milliseconds between the echo agent's words [default: 20]
+    #[arg(long, env = "ECHO_WORD_DELAY")]
+    echo_word_delay: Option<u64>,
+}
+
+#[derive(clap::Args)]
+#[command(about = "Run the HAIP server (WebSocket, SSE and HTTP streaming) with the echo agent")]
+pub struct ServeArgs {
+    /// TOML file of settings (keys as the flags, in snake case: port = 8080)
+    #[arg(long, env = "HAIP_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    settings: Settings,
+}
+
+macro_rules! layer {
+    ($cli:expr, $file:expr, $($field:ident),+ $(,)?) => {
+        Settings { $($field: $cli.$field.or($file.$field)),+ }
+    };
+}
+
+fn positive<T: PartialOrd + Default + Copy>(key: &str, v: Option<T>) -> anyhow::Result<Option<T>> {
+    if v.is_some_and(|v| v <= T::default()) {
+        bail!("invalid {key}: must be greater than 0");
+    }
+    Ok(v)
+}
+
+/// Builds the server configuration: flag > environment > file > default.
+pub fn resolve(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
+    let file: Settings = match &args.config {
+        None => Settings::default(),
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read config file {}", path.display()))?;
+            toml::from_str(&text)
+                .with_context(|| format!("invalid config file {}", path.display()))?
+        }
+    };
+    let cli = &args.settings;
+    let s = layer!(
+        cli.clone(),
+        file,
+        port,
+        host,
+        jwt_secret,
+        jwt_public_key_file,
+        jwt_issuer,
+        jwt_audience,
+        max_connections,
+        heartbeat_interval,
+        heartbeat_timeout,
+        session_ttl,
+        enable_websocket,
+        enable_sse,
+        enable_http_stream,
+        websocket_path,
+        sse_path,
+        http_stream_path,
+        websocket_max_payload,
+        websocket_per_message_deflate,
+        http_stream_max_payload,
+        http_stream_timeout,
+        sse_retry_timeout,
+        sse_max_connections,
+        flow_control_enabled,
+        flow_control_initial_credit_messages,
+        flow_control_initial_credit_bytes,
+        max_concurrent_runs,
+        replay_window_size,
+        replay_window_time,
+        enable_cors,
+        cors_origins,
+        enable_compression,
+        enable_logging,
+        log_format,
+        echo_word_delay
+    );
+    let d = ServerConfig::default();
+    let ms = |v: Option<u64>, default: Duration| v.map_or(default, Duration::from_millis);
+    let path = |key: &str, v: Option<String>, default: String| -> anyhow::Result<String> {
+        match v {
+            Some(p) if !p.starts_with('/') => bail!("invalid {key}: must start with /"),
+            Some(p) => Ok(p),
+            None => Ok(default),
+        }
+    };
+    let log_format = match s.log_format.as_deref() {
+        None | Some("text") => LogFormat::Text,
+        Some("json") => LogFormat::Json,
+        Some(other) => bail!("invalid LOG_FORMAT: {other:?} (expected text or json)"),
+    };
+    let jwt_public_key_pem = match &s.jwt_public_key_file {
+        None => None,
+        Some(p) => Some(std::fs::read(p).with_context(|| {
+            format!("invalid JWT_PUBLIC_KEY_FILE: cannot read {}", p.display())
+        })?),
+    };
+    if s.jwt_secret.as_deref() == Some("") {
+        bail!("invalid JWT_SECRET: must not be empty");
+    }
+    Ok(ServerConfig {
+        host: s.host.unwrap_or(d.host),
+        port: s.port.unwrap_or(d.port),
+        jwt_secret: s.jwt_secret,
+        jwt_public_key_pem,
+        jwt_issuer: s.jwt_issuer,
+        jwt_audience: s.jwt_audience,
+        max_connections: positive("MAX_CONNECTIONS", s.max_connections)?
+            .unwrap_or(d.max_connections),
+        heartbeat_interval: ms(
+            positive("HEARTBEAT_INTERVAL", s.heartbeat_interval)?,
+            d.heartbeat_interval,
+        ),
+        heartbeat_timeout: ms(
+            positive("HEARTBEAT_TIMEOUT", s.heartbeat_timeout)?,
+            d.heartbeat_timeout,
+        ),
+        session_ttl: ms(s.session_ttl, d.session_ttl),
+        enable_websocket: s.enable_websocket.unwrap_or(d.enable_websocket),
+        enable_sse: s.enable_sse.unwrap_or(d.enable_sse),
+        enable_http_stream: s.enable_http_stream.unwrap_or(d.enable_http_stream),
+        websocket_path: path("WEBSOCKET_PATH", s.websocket_path, d.websocket_path)?,
+        sse_path: path("SSE_PATH", s.sse_path, d.sse_path)?,
+        http_stream_path: path("HTTP_STREAM_PATH", s.http_stream_path, d.http_stream_path)?,
+        websocket_max_payload: positive("WEBSOCKET_MAX_PAYLOAD", s.websocket_max_payload)?
+            .unwrap_or(d.websocket_max_payload),
+        websocket_per_message_deflate: s
+            .websocket_per_message_deflate
+            .unwrap_or(d.websocket_per_message_deflate),
+        http_stream_max_payload: positive("HTTP_STREAM_MAX_PAYLOAD", s.http_stream_max_payload)?
+            .unwrap_or(d.http_stream_max_payload),
+        http_stream_timeout: ms(
+            positive("HTTP_STREAM_TIMEOUT", s.http_stream_timeout)?,
+            d.http_stream_timeout,
+        ),
+        sse_retry_timeout: ms(s.sse_retry_timeout, d.sse_retry_timeout),
+        sse_max_connections: positive("SSE_MAX_CONNECTIONS", s.sse_max_connections)?
+            .unwrap_or(d.sse_max_connections),
+        flow_control_enabled: s.flow_control_enabled.unwrap_or(d.flow_control_enabled),
+        flow_control_initial_credit_messages: positive(
+            "FLOW_CONTROL_INITIAL_CREDIT_MESSAGES",
+            s.flow_control_initial_credit_messages,
+        )?
+        .unwrap_or(d.flow_control_initial_credit_messages),
+        flow_control_initial_credit_bytes: positive(
+            "FLOW_CONTROL_INITIAL_CREDIT_BYTES",
+            s.flow_control_initial_credit_bytes,
+        )?
+        .unwrap_or(d.flow_control_initial_credit_bytes),
+        max_concurrent_runs: positive("MAX_CONCURRENT_RUNS", s.max_concurrent_runs)?
+            .unwrap_or(d.max_concurrent_runs),
+        replay_window_size: s.replay_window_size.unwrap_or(d.replay_window_size),
+        replay_window_time: ms(s.replay_window_time, d.replay_window_time),
+        enable_cors: s.enable_cors.unwrap_or(d.enable_cors),
+        cors_origins: s.cors_origins.map_or(d.cors_origins, |o| {
+            o.split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect()
+        }),
+        enable_compression: s.enable_compression.unwrap_or(d.enable_compression),
+        enable_logging: s.enable_logging.unwrap_or(d.enable_logging),
+        log_format,
+        echo_word_delay: ms(s.echo_word_delay, d.echo_word_delay),
+    })
+}
+
+fn init_logging(config: &ServerConfig) {
+    if !config.enable_logging {
+        return;
+    }
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HAIP_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+pub fn run(args: &ServeArgs) -> ExitCode {
+    let config = match resolve(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("haip serve: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&config);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("haip serve: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("haip serve: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(mut config: ServerConfig) -> anyhow::Result<()> {
+    let mut generated_secret = false;
+    let auth = match &config.jwt_public_key_pem {
+        Some(pem) => Authenticator::with_public_key(
+            pem,
+            config.jwt_issuer.clone(),
+            config.jwt_audience.clone(),
+        )
+        .context("invalid JWT_PUBLIC_KEY_FILE")?,
+        None => {
+            let secret = config.jwt_secret.clone().unwrap_or_else(|| {
+                generated_secret = true;
+                random_secret()
+            });
+            config.jwt_secret = Some(secret.clone());
+            Authenticator::with_secret(
+                secret.as_bytes(),
+                config.jwt_issuer.clone(),
+                config.jwt_audience.clone(),
+            )
+        }
+    };
+    let listener = tokio::net::TcpListener::bind((config.host.as_str(), config.port))
+        .await
+        .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
+    let addr = listener.local_addr()?;
+    let agent = Arc::new(EchoAgent {
+        word_delay: config.echo_word_delay,
+    });
+    let shown_host = if addr.ip().is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        addr.ip().to_string()
+    };
+    let base = format!("{}:{}", shown_host, addr.port());
+    println!("haip-rs listening on {addr}");
+    if let Some(token) = auth.mint("demo", 24 * 3600) {
+        if generated_secret {
+            println!(
+                "JWT secret (random, set JWT_SECRET to keep one): {}",
+                config.jwt_secret.as_deref().unwrap_or("")
+            );
+        }
+        println!("token (sub=demo, valid 24 h): {token}");
+        println!(
+            "  WebSocket:      ws://{base}{}?token={token}",
+            config.websocket_path
+        );
+        println!(
+            "  SSE:            http://{base}{}?token={token}",
+            config.sse_path
+        );
+        println!("  HTTP streaming: curl -N -H 'Authorization: Bearer {token}' --data-binary @- http://{base}{}", config.http_stream_path);
+        println!("  health:         http://{base}/health");
+    }
+    let state = AppState::new(config, auth, agent, ToolRegistry::with_builtins());
+    let shutdown = state.shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        shutdown.cancel();
+    });
+    let serving = haip_server::server::serve(listener, state.clone());
+    tokio::select! {
+        r = serving => r.context("server failed")?,
+        _ = async {
+            state.shutdown.cancelled().await;
+            tokio::time::sleep(Duration::from_secs(4)).await;
+        } => tracing::warn!("connections still open after 4 s; exiting anyway"),
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,250 @@
+//! The HTTP application: shared state, routes, authentication and connection limits.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use haip_protocol::flow::Credit;
+use haip_protocol::replay::ReplayConfig;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::Agent;
+use crate::auth::{Authenticator, Identity};
+use crate::config::ServerConfig;
+use crate::engine::connection::{ConnectionOptions, Transport};
+use crate::engine::core::SessionLimits;
+use crate::engine::Engine;
+use crate::tools::ToolRegistry;
+use crate::transport;
+
+pub struct AppState {
+    pub config: ServerConfig,
+    pub engine: Arc<Engine>,
+    pub auth: Authenticator,
+    pub shutdown: CancellationToken,
+    pub started: Instant,
+    live_connections: AtomicUsize,
+    live_sse: AtomicUsize,
+}
+
+pub type SharedState = Arc<AppState>;
+
+impl AppState {
+    pub fn new(
+        config: ServerConfig,
+        auth: Authenticator,
+        agent: Arc<dyn Agent>,
+        tools: ToolRegistry,
+    ) -> SharedState {
+        let limits = SessionLimits {
+            replay: ReplayConfig {
+                keep_newest: config.replay_window_size,
+                keep_for_ms: config.replay_window_time.as_millis() as u64,
+                ..ReplayConfig::default()
+            },
+            max_concurrent_runs: config.max_concurrent_runs,
+            inbound_credit: if config.flow_control_enabled {
+                Credit::new(
+                    Some(config.flow_control_initial_credit_messages),
+                    Some(config.flow_control_initial_credit_bytes),
+                )
+            } else {
+                Credit::UNLIMITED
+            },
+            max_held_inbound: config.replay_window_size.max(1),
+        };
+        let engine = Engine::new(limits, agent, tools, config.session_ttl.as_millis() as u64);
+        Arc::new(AppState {
+            config,
+            engine,
+            auth,
+            shutdown: CancellationToken::new(),
+            started: Instant::now(),
+            live_connections: AtomicUsize::new(0),
+            live_sse: AtomicUsize::new(0),
+        })
+    }
+
+    pub fn options(&self, transport: Transport, identity: &Identity) -> ConnectionOptions {
+        ConnectionOptions {
+            transport,
+            bidirectional: transport != Transport::Sse,
+            heartbeat_interval: self.config.heartbeat_interval,
+            heartbeat_timeout: self.config.heartbeat_timeout,
+            token_expires_ms: Some(identity.expires_ms),
+        }
+    }
+
+    /// Reserves a connection slot, or answers 503 (contract section 4.5).
+    #[allow(clippy::result_large_err)] // the error is the HTTP answer itself, built once
+    pub fn admit(self: &Arc<Self>, transport: Transport) -> Result<ConnectionSlot, Response> {
+        let sse = transport == Transport::Sse;
+        let live = self.live_connections.fetch_add(1, Ordering::AcqRel);
+        let live_sse = if sse {
+            self.live_sse.fetch_add(1, Ordering::AcqRel)
+        } else {
+            0
+        };
+        // The slot is built first so that its drop gives the counts back on refusal too.
+        let slot = ConnectionSlot {
+            state: self.clone(),
+            sse,
+        };
+        if live >= self.config.max_connections {
+            return Err(unavailable("too many connections"));
+        }
+        if sse && live_sse >= self.config.sse_max_connections {
+            return Err(unavailable("too many SSE connections"));
+        }
+        Ok(slot)
+    }
+
+    pub fn live_connections(&self) -> usize {
+        self.live_connections.load(Ordering::Acquire)
+    }
+}
+
+/// A held connection slot; dropping it frees the slot.
+pub struct ConnectionSlot {
+    state: SharedState,
+    sse: bool,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.state.live_connections.fetch_sub(1, Ordering::AcqRel);
+        if self.sse {
+            self.state.live_sse.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+fn unavailable(message: &str) -> Response {
+    let mut r = (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({"error": {"code": "RATE_LIMITED", "message": message}})),
+    )
+        .into_response();
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
+}
+
+/// The 401 answer of the HTTP transports (contract section 4.5).
+pub fn unauthorized(message: &str) -> Response {
+    let mut r = (
+        StatusCode::UNAUTHORIZED,
+        Json(json!({"error": {"code": "AUTHENTICATION_FAILED", "message": message}})),
+    )
+        .into_response();
+    r.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    r
+}
+
+/// The token of an `Authorization: Bearer` header.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
+/// Checks a token, answering 401 when it is missing or bad.
+#[allow(clippy::result_large_err)] // the error is the HTTP answer itself, built once
+pub fn authenticate(state: &AppState, token: Option<&str>) -> Result<Identity, Response> {
+    let token = token.ok_or_else(|| unauthorized("missing token"))?;
+    state
+        .auth
+        .verify(token)
+        .map_err(|e| unauthorized(&e.to_string()))
+}
+
+pub fn router(state: SharedState) -> Router {
+    let c = &state.config;
+    let mut app = Router::new()
+        .route("/health", get(health))
+        .route("/stats", get(stats))
+        .route("/metrics", get(metrics));
+    if c.enable_websocket {
+        app = app
+            .route(&c.websocket_path, get(transport::ws::upgrade))
+            .route("/", get(transport::ws::root));
+    }
+    if c.enable_sse {
+        app = app
+            .route(
+                &c.sse_path,
+                get(transport::sse::open).post(transport::post::messages),
+            )
+            .route("/haip/messages", post(transport::post::messages));
+    }
+    if c.enable_http_stream {
+        app = app.route(&c.http_stream_path, post(transport::stream::open));
+        if !c.enable_sse {
+            app = app.route("/haip/messages", post(transport::post::messages));
+        }
+    }
+    app.with_state(state)
+}
+
+async fn health(axum::extract::State(state): axum::extract::State<SharedState>) -> Response {
+    let m = &state.engine.metrics;
+    Json(json!({
+        "status": "ok",
+        "uptime": state.started.elapsed().as_millis() as u64,
+        "activeConnections": m.active_connections.load(Ordering::Relaxed),
+        "totalConnections": m.total_connections.load(Ordering::Relaxed),
+    }))
+    .into_response()
+}
+
+async fn stats(axum::extract::State(state): axum::extract::State<SharedState>) -> Response {
+    let m = &state.engine.metrics;
+    let uptime_ms = state.started.elapsed().as_millis() as u64;
+    let total = m.messages_in.load(Ordering::Relaxed) + m.messages_out.load(Ordering::Relaxed);
+    Json(json!({
+        "totalConnections": m.total_connections.load(Ordering::Relaxed),
+        "activeConnections": m.active_connections.load(Ordering::Relaxed),
+        "totalMessages": total,
+        "messagesPerSecond": total as f64 / (uptime_ms.max(1) as f64 / 1000.0),
+        "averageLatency": 0,
+        "errorRate": 0,
+        "uptime": uptime_ms,
+        "sessions": state.engine.session_count(),
+    }))
+    .into_response()
+}
+
+async fn metrics(axum::extract::State(state): axum::extract::State<SharedState>) -> Response {
+    let m = &state.engine.metrics;
+    let body = format!(
+        "# HELP haip_connections_active Open client connections.\n\
+         # TYPE haip_connections_active gauge\n\
+         haip_connections_active {}\n\
+         # HELP haip_connections_total Connections accepted since start.\n\
+         # TYPE haip_connections_total counter\n\
+         haip_connections_total {}\n\
+         # HELP haip_sessions Sessions kept (attached or resumable).\n\
+         # TYPE haip_sessions gauge\n\
+         haip_sessions {}\n\
+         # HELP haip_messages_received_total Valid messages received from clients.\n\
+         # TYPE haip_messages_received_total counter\n\
+         haip_messages_received_total {}\n\
+         # HELP haip_messages_sent_total Messages written to clients.\n\
+         # TYPE haip_messages_sent_total counter\n\
+         haip_messages_sent_total {}\n",
+        m.active_connections.load(Ordering::Relaxed),
+        m.total_connections.load(Ordering::Relaxed),
+        state.engine.session_count(),
+        m.messages_in.load(Ordering::Relaxed),
+        m.messages_out.load(Ordering::Relaxed),
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}

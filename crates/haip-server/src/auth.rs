@@ -1,0 +1,156 @@
+//! JWT authentication (contract section 9).
+//!
+//! HS256 with a shared secret by default, RS256 or ES256 with a PEM public key when
+//! configured. `exp` is required; `iat` may not be more than 60 s in the future; `iss` and
+//! `aud` are checked when configured. Only the configured algorithm is accepted, which
+//! refuses `alg: none` and algorithm switching. The subject is `sub`, else `userId`.
+
+use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::engine::now_ms;
+
+/// Clock skew tolerated for `exp` and `iat`, in seconds.
+pub const LEEWAY_SECS: u64 = 60;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct AuthError(pub String);
+
+/// Who a valid token speaks for, and until when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub subject: String,
+    /// `exp` in ms since the epoch.
+    pub expires_ms: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sub: Option<String>,
+    #[serde(default, rename = "userId", skip_serializing_if = "Option::is_none")]
+    user_id: Option<String>,
+    exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    iat: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    iss: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    aud: Option<String>,
+}
+
+pub struct Authenticator {
+    decoding: DecodingKey,
+    validation: Validation,
+    /// Present with a shared secret, so that the server can mint tokens (`haip token`).
+    encoding: Option<EncodingKey>,
+    issuer: Option<String>,
+    audience: Option<String>,
+}
+
+impl Authenticator {
+    /// HS256 with a shared secret.
+    pub fn with_secret(
+        secret: &[u8],
+        issuer: Option<String>,
+        audience: Option<String>,
+    ) -> Authenticator {
+        Authenticator::build(
+            DecodingKey::from_secret(secret),
+            Algorithm::HS256,
+            Some(EncodingKey::from_secret(secret)),
+            issuer,
+            audience,
+        )
+    }
+
+    /// RS256 or ES256 with a PEM public key (the algorithm follows the key type).
+    pub fn with_public_key(
+        pem: &[u8],
+        issuer: Option<String>,
+        audience: Option<String>,
+    ) -> Result<Authenticator, AuthError> {
+        let (key, alg) = match DecodingKey::from_rsa_pem(pem) {
+            Ok(k) => (k, Algorithm::RS256),
+            Err(_) => (
+                DecodingKey::from_ec_pem(pem)
+                    .map_err(|e| AuthError(format!("not an RSA or EC public key: {e}")))?,
+                Algorithm::ES256,
+            ),
+        };
+        Ok(Authenticator::build(key, alg, None, issuer, audience))
+    }
+
+    fn build(
+        decoding: DecodingKey,
+        alg: Algorithm,
+        encoding: Option<EncodingKey>,
+        issuer: Option<String>,
+        audience: Option<String>,
+    ) -> Authenticator {
+        let mut validation = Validation::new(alg);
+        validation.leeway = LEEWAY_SECS;
+        validation.set_required_spec_claims(&["exp"]);
+        match &issuer {
+            Some(iss) => validation.set_issuer(&[iss]),
+            None => validation.iss = None,
+        }
+        match &audience {
+            Some(aud) => validation.set_audience(&[aud]),
+            None => validation.validate_aud = false,
+        }
+        Authenticator {
+            decoding,
+            validation,
+            encoding,
+            issuer,
+            audience,
+        }
+    }
+
+    /// Checks a token and returns whom it speaks for.
+    pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        let data = decode::<Claims>(token, &self.decoding, &self.validation)
+            .map_err(|e| AuthError(format!("invalid token: {e}")))?;
+        let claims = data.claims;
+        let now_s = now_ms() / 1000;
+        if claims.iat.is_some_and(|iat| iat > now_s + LEEWAY_SECS) {
+            return Err(AuthError("invalid token: issued in the future".into()));
+        }
+        let subject = claims
+            .sub
+            .or(claims.user_id)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| AuthError("invalid token: no sub or userId claim".into()))?;
+        Ok(Identity {
+            subject,
+            expires_ms: claims.exp.saturating_mul(1000),
+        })
+    }
+
+    /// Mints an HS256 token for `subject`, valid for `ttl_secs` (secret mode only).
+    pub fn mint(&self, subject: &str, ttl_secs: u64) -> Option<String> {
+        let now_s = now_ms() / 1000;
+        let claims = Claims {
+            sub: Some(subject.to_string()),
+            user_id: None,
+            exp: now_s + ttl_secs,
+            iat: Some(now_s),
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+        };
+        encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            self.encoding.as_ref()?,
+        )
+        .ok()
+    }
+}
+
+/// A fresh random secret for a server started without one (64 hex characters).
+pub fn random_secret() -> String {
+    let bytes: [u8; 32] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

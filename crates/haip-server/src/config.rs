@@ -1,0 +1,91 @@
+//! Server settings, with the defaults of contract section 11.
+
+use std::time::Duration;
+
+/// Everything `haip serve` can set. Durations are milliseconds and sizes bytes on the
+/// command line and in files; here they are typed.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub host: String,
+    pub port: u16,
+    pub jwt_secret: Option<String>,
+    pub jwt_public_key_pem: Option<Vec<u8>>,
+    pub jwt_issuer: Option<String>,
+    pub jwt_audience: Option<String>,
+    pub max_connections: usize,
+    pub heartbeat_interval: Duration,
+    pub heartbeat_timeout: Duration,
+    pub session_ttl: Duration,
+    pub enable_websocket: bool,
+    pub enable_sse: bool,
+    pub enable_http_stream: bool,
+    pub websocket_path: String,
+    pub sse_path: String,
+    pub http_stream_path: String,
+    pub websocket_max_payload: usize,
+    pub websocket_per_message_deflate: bool,
+    pub http_stream_max_payload: usize,
+    pub http_stream_timeout: Duration,
+    pub sse_retry_timeout: Duration,
+    pub sse_max_connections: usize,
+    pub flow_control_enabled: bool,
+    pub flow_control_initial_credit_messages: u64,
+    pub flow_control_initial_credit_bytes: u64,
+    pub max_concurrent_runs: u64,
+    pub replay_window_size: usize,
+    pub replay_window_time: Duration,
+    pub enable_cors: bool,
+    pub cors_origins: Vec<String>,
+    pub enable_compression: bool,
+    pub enable_logging: bool,
+    pub log_format: LogFormat,
+    /// Pause between the echo agent's words.
+    pub echo_word_delay: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            host: "0.0.0.0".into(),
+            port: 8080,
+            jwt_secret: None,
+            jwt_public_key_pem: None,
+            jwt_issuer: None,
+            jwt_audience: None,
+            max_connections: 1000,
+            heartbeat_interval: Duration::from_millis(30_000),
+            heartbeat_timeout: Duration::from_millis(5_000),
+            session_ttl: Duration::from_millis(300_000),
+            enable_websocket: true,
+            enable_sse: true,
+            enable_http_stream: true,
+            websocket_path: "/haip/websocket".into(),
+            sse_path: "/haip/sse".into(),
+            http_stream_path: "/haip/stream".into(),
+            websocket_max_payload: 1024 * 1024,
+            websocket_per_message_deflate: true,
+            http_stream_max_payload: 10 * 1024 * 1024,
+            http_stream_timeout: Duration::from_millis(30_000),
+            sse_retry_timeout: Duration::from_millis(3_000),
+            sse_max_connections: 100,
+            flow_control_enabled: true,
+            flow_control_initial_credit_messages: 1000,
+            flow_control_initial_credit_bytes: 1024 * 1024,
+            max_concurrent_runs: 10,
+            replay_window_size: 1000,
+            replay_window_time: Duration::from_millis(300_000),
+            enable_cors: true,
+            cors_origins: vec!["*".into()],
+            enable_compression: true,
+            enable_logging: true,
+            log_format: LogFormat::Text,
+            echo_word_delay: Duration::from_millis(20),
+        }
+    }
+}

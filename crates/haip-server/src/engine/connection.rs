@@ -1,0 +1,505 @@
+//! One client connection, whatever its transport.
+//!
+//! A transport adapter only turns bytes into [`Inbound`] items and writes batches of frames
+//! through a [`FrameSink`]. Everything else happens here, once for all transports: parsing
+//! and validation, two-frame binary pairing, resume on HAI, violation thresholds, the
+//! heartbeat, token expiry, and writing what the session queues, in batches.
+
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use haip_protocol::payload::{ErrorPayload, Nonce, Payload as P};
+use haip_protocol::{channel, Envelope, ErrorCode, EventType, Payload};
+use serde_json::Map;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::core::Violation;
+use super::outbound::{Close, ConnQueue, OutItem, Outgoing};
+use super::{now_ms, Engine, Session};
+
+/// Protocol violations a connection may commit before it is closed (contract section 2).
+pub const MAX_PROTOCOL_VIOLATIONS: u32 = 10;
+/// Flow-control violations a connection may commit before it is closed.
+pub const MAX_FLOW_VIOLATIONS: u32 = 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    WebSocket,
+    Sse,
+    HttpStream,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::WebSocket => "websocket",
+            Transport::Sse => "sse",
+            Transport::HttpStream => "stream",
+        }
+    }
+}
+
+/// What a transport read from the client.
+#[derive(Debug)]
+pub enum Inbound {
+    Text(Bytes),
+    Binary(Bytes),
+    /// A frame or line over the transport's size limit.
+    TooLarge,
+}
+
+/// Where a connection's frames are written.
+pub trait FrameSink: Send {
+    /// Writes frames in order and flushes once.
+    fn send_batch(
+        &mut self,
+        session_id: &str,
+        frames: &[Arc<Outgoing>],
+    ) -> impl Future<Output = io::Result<()>> + Send;
+    /// A transport-level keepalive (WebSocket ping, SSE comment).
+    fn keepalive(&mut self) -> impl Future<Output = io::Result<()>> + Send;
+    /// Ends the connection (WebSocket close frame; streams end).
+    fn close(&mut self, close: &Close) -> impl Future<Output = ()> + Send;
+}
+
+/// Settings of one connection.
+#[derive(Debug, Clone)]
+pub struct ConnectionOptions {
+    pub transport: Transport,
+    /// Whether the client reads HAIP messages and can answer PING (not plain SSE).
+    pub bidirectional: bool,
+    pub heartbeat_interval: Duration,
+    pub heartbeat_timeout: Duration,
+    /// The token's `exp`, in ms since the epoch.
+    pub token_expires_ms: Option<u64>,
+}
+
+pub struct Connection {
+    engine: Arc<Engine>,
+    pub session: Arc<Session>,
+    pub queue: Arc<ConnQueue>,
+    subject: String,
+    options: ConnectionOptions,
+    /// True until the client sends anything: a fresh session nobody used can be dropped
+    /// when the client resumes another one instead.
+    fresh_untouched: bool,
+    protocol_violations: u32,
+    flow_violations: u32,
+    /// A text envelope with `bin_len`, waiting for its binary frame.
+    pending_binary: Option<Envelope>,
+}
+
+impl Connection {
+    /// Opens a connection for an authenticated `subject`: resumes `resume` (session id,
+    /// last_rx_seq) when given and possible, else announces a fresh session.
+    pub fn open(
+        engine: Arc<Engine>,
+        subject: &str,
+        options: ConnectionOptions,
+        resume: Option<(String, u64)>,
+    ) -> Connection {
+        let queue = Arc::new(ConnQueue::default());
+        let binary = options.transport == Transport::WebSocket;
+        engine
+            .metrics
+            .total_connections
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        engine
+            .metrics
+            .active_connections
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut resume_error = None;
+        if let Some((id, last)) = resume {
+            match engine.resume(subject, &id, last, queue.clone(), binary) {
+                Ok(session) => {
+                    return Connection::new(engine, session, queue, subject, options, false)
+                }
+                Err(e) => resume_error = Some((id, e.to_string())),
+            }
+        }
+        if let Some((id, reason)) = resume_error {
+            // Sent before the fresh session's HAI, as seq 0, so the fresh session still
+            // starts at seq 1.
+            queue.push(OutItem::Frame(Arc::new(unsequenced_error(
+                ErrorCode::ResumeFailed,
+                &reason,
+                &id,
+            ))));
+        }
+        let session = engine.open_session(subject, queue.clone(), binary);
+        Connection::new(engine, session, queue, subject, options, true)
+    }
+
+    fn new(
+        engine: Arc<Engine>,
+        session: Arc<Session>,
+        queue: Arc<ConnQueue>,
+        subject: &str,
+        options: ConnectionOptions,
+        fresh: bool,
+    ) -> Connection {
+        Connection {
+            engine,
+            session,
+            queue,
+            subject: subject.to_string(),
+            options,
+            fresh_untouched: fresh,
+            protocol_violations: 0,
+            flow_violations: 0,
+            pending_binary: None,
+        }
+    }
+
+    /// A text frame or NDJSON line.
+    pub fn on_text(&mut self, raw: &[u8]) -> Option<Close> {
+        if let Some(waiting) = self.pending_binary.take() {
+            self.error(
+                ErrorCode::BinaryFrameError,
+                "expected the binary frame announced by bin_len, got a text frame",
+                Some(waiting.id),
+            );
+            if let Some(close) = self.count(Violation::Protocol) {
+                return Some(close);
+            }
+        }
+        let env = match Envelope::parse_bytes(raw) {
+            Ok(env) => env,
+            Err(e) => {
+                let mut core = self.session.lock();
+                core.emit_error(
+                    e.code,
+                    e.reason.clone(),
+                    e.related_id.clone(),
+                    Some(e.detail()),
+                    now_ms(),
+                );
+                drop(core);
+                return self.count(Violation::Protocol);
+            }
+        };
+        if env.bin_len.is_some() && self.options.transport == Transport::WebSocket {
+            self.pending_binary = Some(env);
+            return None;
+        }
+        let cost = env.flow_cost(raw.len());
+        self.deliver(env, cost)
+    }
+
+    /// A binary frame: the second half of a two-frame message.
+    pub fn on_binary(&mut self, data: &[u8]) -> Option<Close> {
+        let Some(mut env) = self.pending_binary.take() else {
+            self.error(
+                ErrorCode::BinaryFrameError,
+                "binary frame without an envelope announcing it (bin_len)",
+                None,
+            );
+            return self.count(Violation::Protocol);
+        };
+        if env.bin_len != Some(data.len() as u64) {
+            self.error(
+                ErrorCode::BinaryFrameError,
+                &format!(
+                    "binary frame of {} bytes, bin_len announced {}",
+                    data.len(),
+                    env.bin_len.unwrap_or(0)
+                ),
+                Some(env.id),
+            );
+            return self.count(Violation::Protocol);
+        }
+        if let Payload::AudioChunk(chunk) = &mut env.payload {
+            chunk.data = Some(data.to_vec());
+        }
+        let cost = env.flow_cost(env.to_json().len());
+        env.bin_len = None;
+        env.bin_mime = None;
+        self.deliver(env, cost)
+    }
+
+    /// A frame or line over the size limit.
+    pub fn on_too_large(&mut self, limit: usize) -> Close {
+        self.error(
+            ErrorCode::ProtocolViolation,
+            &format!("message larger than the {limit}-byte limit"),
+            None,
+        );
+        Close {
+            code: 1009,
+            reason: "message too big".into(),
+        }
+    }
+
+    fn deliver(&mut self, env: Envelope, cost: u64) -> Option<Close> {
+        if let Payload::Hai(hai) = &env.payload {
+            if let Some(last) = hai.last_rx_seq {
+                if env.session != self.session.id {
+                    self.resume_on_hai(&env.session, last, env.id.clone());
+                }
+            }
+        }
+        self.fresh_untouched = false;
+        let (close, violation) = self.engine.handle(&self.session, env, cost);
+        if close.is_some() {
+            return close;
+        }
+        violation.and_then(|v| self.count(v))
+    }
+
+    /// The client's HAI names another session: move this connection onto it.
+    fn resume_on_hai(&mut self, target: &str, last_rx_seq: u64, hai_id: String) {
+        let binary = self.options.transport == Transport::WebSocket;
+        match self.engine.resume(
+            &self.subject,
+            target,
+            last_rx_seq,
+            self.queue.clone(),
+            binary,
+        ) {
+            Ok(resumed) => {
+                let fresh = std::mem::replace(&mut self.session, resumed);
+                fresh.lock().detach(&self.queue, now_ms());
+                if self.fresh_untouched {
+                    self.engine.remove(&fresh.id);
+                }
+            }
+            Err(e) => {
+                let detail =
+                    serde_json::json!({"session": target, "last_rx_seq": last_rx_seq.to_string()});
+                self.session.lock().emit_error(
+                    ErrorCode::ResumeFailed,
+                    e.to_string(),
+                    Some(hai_id),
+                    Some(detail),
+                    now_ms(),
+                );
+            }
+        }
+    }
+
+    fn error(&self, code: ErrorCode, message: &str, related_id: Option<String>) {
+        self.session
+            .lock()
+            .emit_error(code, message, related_id, None, now_ms());
+    }
+
+    fn count(&mut self, v: Violation) -> Option<Close> {
+        let over = match v {
+            Violation::Protocol => {
+                self.protocol_violations += 1;
+                self.protocol_violations > MAX_PROTOCOL_VIOLATIONS
+            }
+            Violation::FlowControl => {
+                self.flow_violations += 1;
+                self.flow_violations > MAX_FLOW_VIOLATIONS
+            }
+        };
+        over.then(|| Close {
+            code: 1008,
+            reason: "too many violations".into(),
+        })
+    }
+
+    /// Leaves the session resumable and updates the counters.
+    pub fn finish(&self) {
+        self.session.lock().detach(&self.queue, now_ms());
+        self.engine
+            .metrics
+            .active_connections
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Runs the connection until either side ends it: reads `inbound`, writes what the
+    /// session queues to `sink` in batches, and keeps the timers (gap replay requests,
+    /// delayed credit grants, heartbeat, token expiry).
+    pub async fn run<S: FrameSink>(
+        mut self,
+        mut inbound: impl Stream<Item = Inbound> + Unpin + Send,
+        mut sink: S,
+        shutdown: CancellationToken,
+    ) {
+        let opts = self.options.clone();
+        let mut next_ping = Instant::now() + opts.heartbeat_interval;
+        let mut ping_sent: Option<(Instant, u64)> = None;
+        let expiry = opts
+            .token_expires_ms
+            .map(|exp| Instant::now() + Duration::from_millis(exp.saturating_sub(now_ms())));
+        let mut batch: Vec<OutItem> = Vec::new();
+        let mut frames: Vec<Arc<Outgoing>> = Vec::new();
+        let mut inbound_open = true;
+        'conn: loop {
+            let timer = self.next_timer(next_ping, ping_sent, expiry, &opts);
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => {
+                    self.flush_queue(&mut sink, &mut batch, &mut frames).await;
+                    sink.close(&Close { code: 1001, reason: "server shutting down".into() }).await;
+                    break 'conn;
+                }
+                _ = self.queue.drain(&mut batch) => {
+                    let mut close = None;
+                    for item in batch.drain(..) {
+                        match item {
+                            OutItem::Frame(f) => frames.push(f),
+                            OutItem::Close(c) => { close = Some(c); break; }
+                        }
+                    }
+                    if !frames.is_empty() {
+                        let sid = self.session.id.clone();
+                        let sent = sink.send_batch(&sid, &frames).await;
+                        self.engine.metrics.messages_out.fetch_add(frames.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                        frames.clear();
+                        if sent.is_err() { break 'conn; }
+                    }
+                    if let Some(c) = close {
+                        sink.close(&c).await;
+                        break 'conn;
+                    }
+                }
+                item = inbound.next(), if inbound_open => {
+                    let close = match item {
+                        Some(Inbound::Text(t)) => self.on_text(&t),
+                        Some(Inbound::Binary(b)) => self.on_binary(&b),
+                        Some(Inbound::TooLarge) => Some(self.on_too_large(0)),
+                        None => {
+                            if opts.transport == Transport::HttpStream {
+                                // The request body ended; the response goes on (browsers
+                                // send later messages with POST).
+                                inbound_open = false;
+                                continue 'conn;
+                            }
+                            break 'conn;
+                        }
+                    };
+                    if let Some(c) = close {
+                        self.queue.push(OutItem::Close(c));
+                    }
+                }
+                _ = tokio::time::sleep_until(timer) => {
+                    let now = Instant::now();
+                    let now_wall = now_ms();
+                    {
+                        let mut core = self.session.lock();
+                        core.poll_gap(now_wall);
+                        core.flush_grants(now_wall);
+                    }
+                    if expiry.is_some_and(|e| now >= e) {
+                        self.error(ErrorCode::AuthenticationFailed, "token expired", None);
+                        self.queue.push(OutItem::Close(Close { code: 1008, reason: "token expired".into() }));
+                        continue 'conn;
+                    }
+                    if let Some((sent_at, sent_wall)) = ping_sent {
+                        if now >= sent_at + opts.heartbeat_timeout {
+                            let heard = self.session.lock().last_client_activity_ms() >= sent_wall;
+                            if !heard && opts.bidirectional {
+                                tracing::info!(session = %self.session.id, "heartbeat timeout: closing connection, session kept");
+                                sink.close(&Close { code: 1001, reason: "heartbeat timeout".into() }).await;
+                                break 'conn;
+                            }
+                            ping_sent = None;
+                        }
+                    }
+                    if now >= next_ping {
+                        self.ping();
+                        if sink.keepalive().await.is_err() { break 'conn; }
+                        ping_sent = Some((now, now_wall));
+                        next_ping = now + opts.heartbeat_interval;
+                    }
+                }
+            }
+        }
+        self.finish();
+    }
+
+    fn ping(&self) {
+        let mut core = self.session.lock();
+        let nonce = uuid::Uuid::new_v4().to_string();
+        let env = core.envelope(
+            channel::SYSTEM,
+            P::Ping(Nonce {
+                nonce: Some(nonce),
+                extra: Map::new(),
+            }),
+        );
+        core.emit(env, now_ms());
+    }
+
+    fn next_timer(
+        &self,
+        next_ping: Instant,
+        ping_sent: Option<(Instant, u64)>,
+        expiry: Option<Instant>,
+        opts: &ConnectionOptions,
+    ) -> Instant {
+        let mut t = next_ping;
+        if let Some((sent, _)) = ping_sent {
+            t = t.min(sent + opts.heartbeat_timeout);
+        }
+        if let Some(e) = expiry {
+            t = t.min(e);
+        }
+        let core = self.session.lock();
+        let now_wall = now_ms();
+        for deadline in [core.next_gap_deadline(), core.next_grant_ms()]
+            .into_iter()
+            .flatten()
+        {
+            t = t.min(Instant::now() + Duration::from_millis(deadline.saturating_sub(now_wall)));
+        }
+        t
+    }
+
+    async fn flush_queue<S: FrameSink>(
+        &self,
+        sink: &mut S,
+        batch: &mut Vec<OutItem>,
+        frames: &mut Vec<Arc<Outgoing>>,
+    ) {
+        if self.queue.is_empty() {
+            return;
+        }
+        self.queue.drain(batch).await;
+        frames.extend(batch.drain(..).filter_map(|i| match i {
+            OutItem::Frame(f) => Some(f),
+            OutItem::Close(_) => None,
+        }));
+        let _ = sink.send_batch(&self.session.id, frames).await;
+        frames.clear();
+    }
+}
+
+/// An ERROR sent outside any session's numbering (seq 0): only the connect-time
+/// RESUME_FAILED, which precedes the fresh session's HAI.
+fn unsequenced_error(code: ErrorCode, message: &str, session: &str) -> Outgoing {
+    let env = Envelope::new(
+        uuid::Uuid::new_v4().to_string(),
+        if (1..=128).contains(&session.chars().count()) {
+            session
+        } else {
+            "-"
+        },
+        0,
+        now_ms(),
+        channel::SYSTEM,
+        P::Error(ErrorPayload {
+            code: code.as_str().to_string(),
+            message: message.to_string(),
+            related_id: None,
+            detail: None,
+            run_id: None,
+            extra: Map::new(),
+        }),
+    );
+    Outgoing::new(0, EventType::Error, env.to_json())
+}
+
+/// An ERROR frame for a connection that has no session (authentication failed).
+pub fn sessionless_error(code: ErrorCode, message: &str) -> Bytes {
+    let id = uuid::Uuid::new_v4().to_string();
+    unsequenced_error(code, message, &id).json
+}

@@ -1,0 +1,690 @@
+//! The state of one session and every protocol rule applied to it, whatever the transport.
+//!
+//! `SessionCore` is plain data behind the session's lock: no sockets, no timers. The
+//! connection driver feeds it validated envelopes and the time; it answers with envelopes
+//! queued to the attached connection and with [`Action`]s (agent and tool work) that the
+//! async side starts. Every message the server sends passes through [`SessionCore::emit`],
+//! which applies the client's event filter, flow control, run cancellation, sequencing and
+//! the replay window in one place.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use haip_protocol::flow::{Credit, ReceiveMeter, SendGate};
+use haip_protocol::handshake::{self, Offer, PeerTerms, VersionIncompatible};
+use haip_protocol::payload::{
+    AudioChunk, ChannelRef, ErrorPayload, FlowUpdate, Hai, Nonce, RunFinished, RunStatus, ToolList,
+    ToolSchema,
+};
+use haip_protocol::replay::{ReplayConfig, ReplayError, ReplayWindow};
+use haip_protocol::runs::{RunError, RunTable, ToolCalls};
+use haip_protocol::sequencer::{Arrival, Sequencer};
+use haip_protocol::{channel, Envelope, ErrorCode, Payload};
+use serde_json::{Map, Value};
+use tokio_util::sync::CancellationToken;
+
+use super::outbound::{Close, ConnQueue, OutItem, Outgoing};
+
+/// The limits a session is created with (from the server configuration).
+#[derive(Debug, Clone)]
+pub struct SessionLimits {
+    pub replay: ReplayConfig,
+    pub max_concurrent_runs: u64,
+    /// Credit the client may use towards the server (`UNLIMITED` when flow control is off).
+    pub inbound_credit: Credit,
+    /// Out-of-order client messages held while waiting for a gap to fill.
+    pub max_held_inbound: usize,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        SessionLimits {
+            replay: ReplayConfig::default(),
+            max_concurrent_runs: 10,
+            inbound_credit: Credit::new(Some(1000), Some(1024 * 1024)),
+            max_held_inbound: 1000,
+        }
+    }
+}
+
+/// Work the session asks its async side to start.
+#[derive(Debug)]
+pub enum Action {
+    /// A USER text message completed: the agent answers it.
+    Text {
+        text: String,
+        thread_id: Option<String>,
+    },
+    /// An AUDIO_CHUNK arrived on USER.
+    Audio(AudioChunk),
+    /// A TOOL_CALL for a known tool was accepted.
+    CallTool {
+        call_id: String,
+        tool: String,
+        params: Map<String, Value>,
+        run_id: Option<String>,
+        cancel: CancellationToken,
+    },
+    /// The connection must close (after what is queued).
+    Close(Close),
+}
+
+/// A rule broken by the client, counted by the connection towards its close thresholds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Violation {
+    Protocol,
+    FlowControl,
+}
+
+/// Which tools exist, for TOOL_LIST, TOOL_SCHEMA and TOOL_CALL routing.
+pub trait ToolCatalog: Send + Sync {
+    fn list(&self) -> ToolList;
+    fn schema(&self, tool: &str) -> Option<ToolSchema>;
+    fn has(&self, tool: &str) -> bool;
+}
+
+pub struct SessionCore {
+    pub id: String,
+    pub subject: String,
+    limits: Arc<SessionLimits>,
+    binary_frames: bool,
+    last_sent_seq: u64,
+    replay: ReplayWindow<Arc<Outgoing>>,
+    gate: SendGate<Envelope>,
+    meter: ReceiveMeter,
+    inbound: Sequencer<(Envelope, u64)>,
+    runs: RunTable,
+    tool_calls: ToolCalls,
+    terms: PeerTerms,
+    negotiated: bool,
+    attached: Option<Arc<ConnQueue>>,
+    /// USER messages being assembled: message_id -> text so far.
+    texts: HashMap<String, (String, Option<String>)>,
+    /// Cancellation of the agent work of each open run and each running tool call.
+    cancels: HashMap<String, CancellationToken>,
+    last_client_activity_ms: u64,
+    detached_since_ms: Option<u64>,
+}
+
+impl SessionCore {
+    pub fn new(
+        id: String,
+        subject: String,
+        limits: Arc<SessionLimits>,
+        binary_frames: bool,
+        now_ms: u64,
+    ) -> SessionCore {
+        SessionCore {
+            id,
+            subject,
+            replay: ReplayWindow::new(limits.replay),
+            gate: SendGate::new(Credit::UNLIMITED),
+            meter: ReceiveMeter::new(limits.inbound_credit),
+            inbound: Sequencer::new(limits.max_held_inbound),
+            runs: RunTable::new(limits.max_concurrent_runs),
+            tool_calls: ToolCalls::default(),
+            terms: PeerTerms::defaults(),
+            negotiated: false,
+            attached: None,
+            texts: HashMap::new(),
+            cancels: HashMap::new(),
+            last_client_activity_ms: now_ms,
+            detached_since_ms: Some(now_ms),
+            limits,
+            binary_frames,
+            last_sent_seq: 0,
+        }
+    }
+
+    /// The server's HAI for this session (also confirms a resume, with `last_rx_seq`).
+    pub fn server_hai(&self, last_rx_seq: Option<u64>) -> Hai {
+        handshake::hai(&Offer {
+            binary_frames: self.binary_frames,
+            credit: self.meter.advertised(),
+            max_concurrent_runs: self.limits.max_concurrent_runs,
+            last_rx_seq,
+        })
+    }
+
+    pub fn last_client_seq(&self) -> Option<u64> {
+        self.inbound.last_delivered()
+    }
+
+    pub fn last_sent_seq(&self) -> u64 {
+        self.last_sent_seq
+    }
+
+    pub fn is_attached(&self) -> bool {
+        self.attached.is_some()
+    }
+
+    pub fn detached_since_ms(&self) -> Option<u64> {
+        self.detached_since_ms
+    }
+
+    pub fn last_client_activity_ms(&self) -> u64 {
+        self.last_client_activity_ms
+    }
+
+    pub fn touch(&mut self, now_ms: u64) {
+        self.last_client_activity_ms = now_ms;
+    }
+
+    pub fn held_outbound(&self) -> (usize, u64) {
+        (self.gate.held_messages(), self.gate.held_bytes())
+    }
+
+    /// Attaches a connection and queues what it must see first: nothing for a fresh
+    /// session (the caller announces it), or the replay after `last_rx_seq` followed by
+    /// the confirming HAI for a resume. All or nothing: on error nothing is queued.
+    pub fn attach(
+        &mut self,
+        queue: Arc<ConnQueue>,
+        resume_after: Option<u64>,
+        binary_frames: bool,
+        now_ms: u64,
+    ) -> Result<(), ReplayError> {
+        if let Some(n) = resume_after {
+            let replay: Vec<OutItem> = self
+                .replay
+                .after(n)?
+                .map(|o| OutItem::Frame(o.clone()))
+                .collect();
+            queue.push_all(replay);
+        }
+        if let Some(old) = self.attached.replace(queue) {
+            old.push(OutItem::Close(Close {
+                code: 1000,
+                reason: "session resumed on another connection".into(),
+            }));
+        }
+        self.binary_frames = binary_frames;
+        self.detached_since_ms = None;
+        self.last_client_activity_ms = now_ms;
+        if resume_after.is_some() {
+            let hai = self.server_hai(self.last_client_seq());
+            self.emit(self.system(Payload::Hai(hai)), now_ms);
+        }
+        Ok(())
+    }
+
+    /// Detaches `queue` if it is the attached connection; the session stays resumable.
+    pub fn detach(&mut self, queue: &Arc<ConnQueue>, now_ms: u64) {
+        if self
+            .attached
+            .as_ref()
+            .is_some_and(|a| Arc::ptr_eq(a, queue))
+        {
+            self.attached = None;
+            self.detached_since_ms = Some(now_ms);
+        }
+    }
+
+    /// An envelope of this session on `channel` with seq and ts still to be set.
+    pub fn envelope(&self, channel: &str, payload: Payload) -> Envelope {
+        Envelope::new(
+            uuid::Uuid::new_v4().to_string(),
+            self.id.clone(),
+            0,
+            0,
+            channel,
+            payload,
+        )
+    }
+
+    fn system(&self, payload: Payload) -> Envelope {
+        self.envelope(channel::SYSTEM, payload)
+    }
+
+    /// Sends ERROR on SYSTEM.
+    pub fn emit_error(
+        &mut self,
+        code: ErrorCode,
+        message: impl Into<String>,
+        related_id: Option<String>,
+        detail: Option<Value>,
+        now_ms: u64,
+    ) {
+        let detail = match detail {
+            Some(Value::Object(m)) => Some(m),
+            _ => None,
+        };
+        let payload = Payload::Error(ErrorPayload {
+            code: code.as_str().to_string(),
+            message: message.into(),
+            related_id,
+            detail,
+            run_id: None,
+            extra: Map::new(),
+        });
+        let env = self.system(payload);
+        self.emit(env, now_ms);
+    }
+
+    /// Sends one message: applies the event filter, drops output of a cancelled run, then
+    /// lets flow control release it (or hold it, never dropping).
+    pub fn emit(&mut self, env: Envelope, now_ms: u64) {
+        if !self.terms.accepts.contains(env.event_type()) {
+            return; // suppressed messages take no seq
+        }
+        if let Some(run_id) = &env.run_id {
+            let closing = matches!(env.payload, Payload::RunFinished(_) | Payload::RunError(_));
+            if self.runs.is_cancelled(run_id) && !closing {
+                return;
+            }
+        }
+        let cost = if self.gate.credit(&env.channel).bytes.is_some() {
+            env.to_json().len() as u64 + 24
+        } else {
+            0
+        };
+        let channel = env.channel.clone();
+        if let Some(env) = self.gate.offer(&channel, cost, env) {
+            self.send_now(env, now_ms);
+        }
+    }
+
+    fn send_now(&mut self, mut env: Envelope, now_ms: u64) {
+        self.last_sent_seq += 1;
+        env.seq = self.last_sent_seq;
+        env.ts = now_ms;
+        env.ack = self.inbound.last_delivered();
+        let json = env.to_json();
+        let bytes = json.len() as u64;
+        let out = Arc::new(Outgoing::new(env.seq, env.event_type(), json));
+        // Seqs are consecutive by construction, so the push cannot be refused.
+        let _ = self.replay.push(env.seq, now_ms, bytes, out.clone());
+        if let Some(q) = &self.attached {
+            q.push(OutItem::Frame(out));
+        }
+    }
+
+    /// Handles one valid envelope from the client (`cost` counts towards flow control).
+    /// Returns the work to start and the rule the client broke, if any.
+    pub fn receive(
+        &mut self,
+        env: Envelope,
+        cost: u64,
+        tools: &dyn ToolCatalog,
+        now_ms: u64,
+    ) -> (Vec<Action>, Option<Violation>) {
+        self.last_client_activity_ms = now_ms;
+        if let Err(refusal) = self.meter.admit(&env.channel, cost) {
+            let detail = serde_json::json!({"reason": refusal.as_str(), "channel": env.channel});
+            self.emit_error(
+                ErrorCode::FlowControlViolation,
+                format!("message refused by flow control on channel {}", env.channel),
+                Some(env.id),
+                Some(detail),
+                now_ms,
+            );
+            return (Vec::new(), Some(Violation::FlowControl));
+        }
+        let seq = env.seq;
+        let ready = match self.inbound.accept(seq, (env, cost), now_ms) {
+            Arrival::Deliver(ready) => ready,
+            Arrival::Duplicate | Arrival::Held => return (Vec::new(), None),
+            Arrival::Overflow((env, _)) => {
+                self.emit_error(
+                    ErrorCode::SeqViolation,
+                    format!("seq {seq} is too far ahead: too many messages already held"),
+                    Some(env.id),
+                    None,
+                    now_ms,
+                );
+                return (Vec::new(), Some(Violation::Protocol));
+            }
+        };
+        let mut actions = Vec::new();
+        let mut violation = None;
+        for (env, cost) in ready {
+            let ch = env.channel.clone();
+            if let Some(v) = self.process(env, tools, now_ms, &mut actions) {
+                violation = Some(v);
+            }
+            if let Some(grant) = self.meter.consumed(&ch, cost, now_ms) {
+                self.send_grant(grant, now_ms);
+            }
+        }
+        (actions, violation)
+    }
+
+    /// Asks for a missing range when a gap has been open too long.
+    pub fn poll_gap(&mut self, now_ms: u64) {
+        if let Some(missing) = self.inbound.poll_gap(now_ms) {
+            let payload = Payload::ReplayRequest(haip_protocol::payload::ReplayRequest {
+                from_seq: missing.from_seq,
+                to_seq: Some(missing.to_seq),
+                extra: Map::new(),
+            });
+            let env = self.system(payload);
+            self.emit(env, now_ms);
+        }
+    }
+
+    /// Hands back credit the client is owed but that stayed below the half threshold.
+    pub fn flush_grants(&mut self, now_ms: u64) {
+        for grant in self.meter.flush(now_ms) {
+            self.send_grant(grant, now_ms);
+        }
+    }
+
+    pub fn next_grant_ms(&self) -> Option<u64> {
+        self.meter.next_flush_ms()
+    }
+
+    fn send_grant(&mut self, grant: haip_protocol::flow::Grant, now_ms: u64) {
+        let payload = Payload::FlowUpdate(FlowUpdate {
+            channel: grant.channel,
+            add_messages: Some(grant.add_messages),
+            add_bytes: Some(grant.add_bytes),
+            extra: Map::new(),
+        });
+        let env = self.system(payload);
+        self.emit(env, now_ms);
+    }
+
+    pub fn next_gap_deadline(&self) -> Option<u64> {
+        self.inbound.next_deadline()
+    }
+
+    fn process(
+        &mut self,
+        env: Envelope,
+        tools: &dyn ToolCatalog,
+        now_ms: u64,
+        actions: &mut Vec<Action>,
+    ) -> Option<Violation> {
+        let related = Some(env.id.clone());
+        match env.payload {
+            Payload::Hai(hai) => return self.negotiate(&hai, related, now_ms, actions),
+            Payload::Ping(Nonce { nonce, .. }) => {
+                let env = self.system(Payload::Pong(Nonce {
+                    nonce,
+                    extra: Map::new(),
+                }));
+                self.emit(env, now_ms);
+            }
+            Payload::Pong(_) | Payload::Error(_) | Payload::RunError(_) => {}
+            Payload::ReplayRequest(r) => {
+                let frames: Result<Vec<_>, _> = self
+                    .replay
+                    .range(r.from_seq, r.to_seq)
+                    .map(|it| it.cloned().collect());
+                match frames {
+                    Ok(frames) => {
+                        if let Some(q) = &self.attached {
+                            q.push_all(frames.into_iter().map(OutItem::Frame));
+                        }
+                    }
+                    Err(e) => self.emit_error(
+                        ErrorCode::ReplayTooOld,
+                        e.to_string(),
+                        related,
+                        Some(serde_json::json!({
+                            "from_seq": r.from_seq.to_string(),
+                            "oldest_seq": self.replay.oldest_seq().map(|s| s.to_string()),
+                        })),
+                        now_ms,
+                    ),
+                }
+            }
+            Payload::FlowUpdate(f) => {
+                let released = self.gate.grant(
+                    &f.channel,
+                    f.add_messages.unwrap_or(0),
+                    f.add_bytes.unwrap_or(0),
+                );
+                for env in released {
+                    self.send_now(env, now_ms);
+                }
+            }
+            Payload::PauseChannel(ChannelRef { channel, .. }) => {
+                self.gate.pause(&channel);
+            }
+            Payload::ResumeChannel(ChannelRef { channel, .. }) => {
+                for env in self.gate.resume(&channel) {
+                    self.send_now(env, now_ms);
+                }
+            }
+            Payload::MessageStart(m) if env.channel == channel::USER => {
+                let text = m.text.unwrap_or_default();
+                self.texts.insert(m.message_id, (text, env.thread_id));
+            }
+            Payload::MessagePart(m) if env.channel == channel::USER => {
+                self.texts
+                    .entry(m.message_id)
+                    .or_insert_with(|| (String::new(), env.thread_id))
+                    .0
+                    .push_str(&m.text);
+            }
+            Payload::MessageEnd(m) if env.channel == channel::USER => {
+                let (text, thread_id) = self
+                    .texts
+                    .remove(&m.message_id)
+                    .unwrap_or((String::new(), env.thread_id));
+                actions.push(Action::Text { text, thread_id });
+            }
+            Payload::MessageStart(_) | Payload::MessagePart(_) | Payload::MessageEnd(_) => {}
+            Payload::AudioChunk(mut chunk) => {
+                if env.channel == channel::USER || env.channel == channel::AUDIO_IN {
+                    if chunk.data.is_none() {
+                        chunk.data = Some(Vec::new());
+                    }
+                    actions.push(Action::Audio(chunk));
+                }
+            }
+            Payload::ToolCall(call) => {
+                if !tools.has(&call.tool) {
+                    self.emit_error(
+                        ErrorCode::ToolNotFound,
+                        format!("no tool named {:?}", call.tool),
+                        related,
+                        Some(serde_json::json!({"tool": call.tool, "call_id": call.call_id})),
+                        now_ms,
+                    );
+                    return None;
+                }
+                let run_id = env.run_id.clone();
+                if self
+                    .tool_calls
+                    .start(&call.call_id, &call.tool, run_id.clone(), now_ms)
+                    .is_err()
+                {
+                    self.emit_error(
+                        ErrorCode::ProtocolViolation,
+                        format!("tool call {:?} is already running", call.call_id),
+                        related,
+                        Some(serde_json::json!({"field": "payload.call_id"})),
+                        now_ms,
+                    );
+                    return Some(Violation::Protocol);
+                }
+                let cancel = CancellationToken::new();
+                self.cancels.insert(call.call_id.clone(), cancel.clone());
+                actions.push(Action::CallTool {
+                    call_id: call.call_id,
+                    tool: call.tool,
+                    params: call.params.unwrap_or_default(),
+                    run_id,
+                    cancel,
+                });
+            }
+            Payload::ToolCancel(c) => {
+                if self.tool_calls.cancel(&c.call_id).is_ok() {
+                    if let Some(token) = self.cancels.get(&c.call_id) {
+                        token.cancel();
+                    }
+                }
+            }
+            Payload::ToolList(list) => {
+                if list.tools.is_empty() {
+                    let env = self.envelope(channel::SYSTEM, Payload::ToolList(tools.list()));
+                    self.emit(env, now_ms);
+                }
+            }
+            Payload::ToolSchema(s) => match tools.schema(&s.tool) {
+                Some(schema) => {
+                    let env = self.envelope(channel::SYSTEM, Payload::ToolSchema(schema));
+                    self.emit(env, now_ms);
+                }
+                None => self.emit_error(
+                    ErrorCode::ToolNotFound,
+                    format!("no tool named {:?}", s.tool),
+                    related,
+                    None,
+                    now_ms,
+                ),
+            },
+            Payload::ToolUpdate(_) | Payload::ToolDone(_) => {}
+            Payload::RunStarted(r) => {
+                let run_id = r.run_id.or(env.run_id);
+                if let Some(run_id) = run_id {
+                    if let Err(e) = self.runs.open(&run_id, r.thread_id, now_ms) {
+                        self.run_error(e, related, now_ms);
+                    }
+                }
+            }
+            Payload::RunFinished(r) => {
+                if let Some(run_id) = r.run_id.or(env.run_id) {
+                    if self.runs.close(&run_id).is_ok() {
+                        self.cancels.remove(&run_id);
+                    }
+                }
+            }
+            Payload::RunCancel(c) => match self.runs.cancel(&c.run_id) {
+                Ok(()) => {
+                    if let Some(token) = self.cancels.get(&c.run_id) {
+                        token.cancel();
+                    }
+                    for call_id in self.tool_calls.of_run(&c.run_id) {
+                        if let Some(token) = self.cancels.get(&call_id) {
+                            token.cancel();
+                        }
+                    }
+                    if !self.cancels.contains_key(&c.run_id) {
+                        // A run the client opened itself: nothing to stop, just close it.
+                        self.finish_run(&c.run_id, RunStatus::Cancelled, now_ms);
+                    }
+                }
+                Err(e) => self.run_error(e, related, now_ms),
+            },
+        }
+        None
+    }
+
+    fn negotiate(
+        &mut self,
+        hai: &Hai,
+        related: Option<String>,
+        now_ms: u64,
+        actions: &mut Vec<Action>,
+    ) -> Option<Violation> {
+        if self.negotiated {
+            return None; // a second HAI is ignored
+        }
+        match handshake::accept_peer_hai(hai) {
+            Ok(terms) => {
+                self.runs
+                    .set_limit(terms.run_limit(self.limits.max_concurrent_runs));
+                for env in self.gate.reset_credit(terms.credit) {
+                    self.send_now(env, now_ms);
+                }
+                self.terms = terms;
+                self.negotiated = true;
+                None
+            }
+            Err(e) => {
+                self.emit_error(
+                    ErrorCode::VersionIncompatible,
+                    e.to_string(),
+                    related,
+                    Some(VersionIncompatible::detail()),
+                    now_ms,
+                );
+                actions.push(Action::Close(Close {
+                    code: 1002,
+                    reason: "version incompatible".into(),
+                }));
+                None
+            }
+        }
+    }
+
+    fn run_error(&mut self, e: RunError, related: Option<String>, now_ms: u64) {
+        let code = match e {
+            RunError::LimitExceeded { .. } => ErrorCode::RunLimitExceeded,
+            RunError::NotFound(_) => ErrorCode::RunNotFound,
+            RunError::AlreadyOpen(_) => ErrorCode::ProtocolViolation,
+        };
+        self.emit_error(code, e.to_string(), related, None, now_ms);
+    }
+
+    /// Opens a run for agent output; its RUN_STARTED is sent. Fails with
+    /// RUN_LIMIT_EXCEEDED (also sent to the client) when too many runs are open.
+    pub fn open_run(
+        &mut self,
+        thread_id: Option<String>,
+        now_ms: u64,
+    ) -> Option<(String, CancellationToken)> {
+        let run_id = uuid::Uuid::new_v4().to_string();
+        if let Err(e) = self.runs.open(&run_id, thread_id.clone(), now_ms) {
+            self.run_error(e, None, now_ms);
+            return None;
+        }
+        let token = CancellationToken::new();
+        self.cancels.insert(run_id.clone(), token.clone());
+        let mut env = self.envelope(
+            channel::AGENT,
+            Payload::RunStarted(haip_protocol::payload::RunStarted {
+                run_id: Some(run_id.clone()),
+                thread_id: thread_id.clone(),
+                metadata: None,
+                extra: Map::new(),
+            }),
+        );
+        env.run_id = Some(run_id.clone());
+        env.thread_id = thread_id;
+        self.emit(env, now_ms);
+        Some((run_id, token))
+    }
+
+    /// Closes a run with RUN_FINISHED.
+    pub fn finish_run(&mut self, run_id: &str, status: RunStatus, now_ms: u64) {
+        if self.runs.close(run_id).is_err() {
+            return;
+        }
+        self.cancels.remove(run_id);
+        let mut env = self.envelope(
+            channel::AGENT,
+            Payload::RunFinished(RunFinished {
+                run_id: Some(run_id.to_string()),
+                status: Some(status),
+                summary: None,
+                extra: Map::new(),
+            }),
+        );
+        env.run_id = Some(run_id.to_string());
+        self.emit(env, now_ms);
+    }
+
+    /// Forgets a finished tool call.
+    pub fn finish_tool_call(&mut self, call_id: &str) {
+        let _ = self.tool_calls.finish(call_id);
+        self.cancels.remove(call_id);
+    }
+
+    /// Cancels all agent and tool work (the session is being dropped).
+    pub fn cancel_all(&mut self) {
+        for token in self.cancels.values() {
+            token.cancel();
+        }
+    }
+
+    /// Closes the attached connection, if any, after what is queued.
+    pub fn close_connection(&mut self, close: Close) {
+        if let Some(q) = &self.attached {
+            q.push(OutItem::Close(close));
+        }
+    }
+}

@@ -1,0 +1,317 @@
+//! The session engine: owns every session and applies the protocol for all transports.
+//!
+//! Transports hand the engine a [`connection::Connection`] per client connection; the
+//! engine keeps sessions in a registry so that they outlive their connections and can be
+//! resumed on any transport.
+
+pub mod connection;
+pub mod core;
+pub mod outbound;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use haip_protocol::payload::{RunStatus, ToolDone, ToolProgress, ToolUpdate};
+use haip_protocol::replay::ReplayError;
+use haip_protocol::{channel, Envelope, Payload};
+use serde_json::{Map, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::{Agent, Reply};
+use crate::tools::{ToolContext, ToolRegistry};
+use core::{Action, SessionCore, SessionLimits, ToolCatalog, Violation};
+use outbound::{Close, ConnQueue};
+
+/// Milliseconds since the epoch: the `ts` of every message the server sends.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// One session: its state behind a lock that is never held across an await.
+pub struct Session {
+    pub id: String,
+    pub subject: String,
+    core: Mutex<SessionCore>,
+}
+
+impl Session {
+    pub fn lock(&self) -> MutexGuard<'_, SessionCore> {
+        // A panic while holding the lock would be a bug; the state is still usable.
+        self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Why a resume was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ResumeError {
+    #[error("unknown session {0:?}")]
+    Unknown(String),
+    #[error("session {0:?} belongs to another subject")]
+    NotYours(String),
+    #[error("{0}")]
+    Replay(#[from] ReplayError),
+}
+
+/// Counters read by /health, /stats and /metrics.
+#[derive(Default)]
+pub struct Metrics {
+    pub total_connections: AtomicU64,
+    pub active_connections: AtomicU64,
+    pub messages_in: AtomicU64,
+    pub messages_out: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+pub struct Engine {
+    limits: Arc<SessionLimits>,
+    sessions: Mutex<HashMap<String, Arc<Session>>>,
+    agent: Arc<dyn Agent>,
+    tools: Arc<ToolRegistry>,
+    pub metrics: Metrics,
+    session_ttl_ms: u64,
+}
+
+impl Engine {
+    pub fn new(
+        limits: SessionLimits,
+        agent: Arc<dyn Agent>,
+        tools: ToolRegistry,
+        session_ttl_ms: u64,
+    ) -> Arc<Engine> {
+        Arc::new(Engine {
+            limits: Arc::new(limits),
+            sessions: Mutex::new(HashMap::new()),
+            agent,
+            tools: Arc::new(tools),
+            metrics: Metrics::default(),
+            session_ttl_ms,
+        })
+    }
+
+    fn registry(&self) -> MutexGuard<'_, HashMap<String, Arc<Session>>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.registry().len()
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<Session>> {
+        self.registry().get(id).cloned()
+    }
+
+    /// Creates a session attached to `queue` and announces it: HAI (seq 1), then TOOL_LIST.
+    pub fn open_session(
+        &self,
+        subject: &str,
+        queue: Arc<ConnQueue>,
+        binary_frames: bool,
+    ) -> Arc<Session> {
+        let now = now_ms();
+        let id = uuid::Uuid::new_v4().to_string();
+        let mut core = SessionCore::new(
+            id.clone(),
+            subject.to_string(),
+            self.limits.clone(),
+            binary_frames,
+            now,
+        );
+        let _ = core.attach(queue, None, binary_frames, now);
+        let hai = core.server_hai(None);
+        let env = core.envelope(channel::SYSTEM, Payload::Hai(hai));
+        core.emit(env, now);
+        let env = core.envelope(channel::SYSTEM, Payload::ToolList(self.tools.list()));
+        core.emit(env, now);
+        let session = Arc::new(Session {
+            id: id.clone(),
+            subject: subject.to_string(),
+            core: Mutex::new(core),
+        });
+        self.registry().insert(id, session.clone());
+        session
+    }
+
+    /// Attaches `queue` to a kept session of `subject`, replaying after `last_rx_seq`.
+    pub fn resume(
+        &self,
+        subject: &str,
+        session_id: &str,
+        last_rx_seq: u64,
+        queue: Arc<ConnQueue>,
+        binary_frames: bool,
+    ) -> Result<Arc<Session>, ResumeError> {
+        let session = self
+            .get(session_id)
+            .ok_or_else(|| ResumeError::Unknown(session_id.to_string()))?;
+        if session.subject != subject {
+            return Err(ResumeError::NotYours(session_id.to_string()));
+        }
+        session
+            .lock()
+            .attach(queue, Some(last_rx_seq), binary_frames, now_ms())?;
+        Ok(session)
+    }
+
+    /// Drops a session (a fresh one replaced by a resume, or one past its TTL).
+    pub fn remove(&self, id: &str) {
+        if let Some(s) = self.registry().remove(id) {
+            s.lock().cancel_all();
+        }
+    }
+
+    /// The session a `POST /haip/messages` targets (contract section 4.3).
+    pub fn session_for_post(
+        &self,
+        subject: &str,
+        header: Option<&str>,
+        envelope_session: Option<&str>,
+    ) -> Option<Arc<Session>> {
+        let reg = self.registry();
+        let mine = |id: &str| reg.get(id).filter(|s| s.subject == subject).cloned();
+        if let Some(id) = header {
+            return mine(id);
+        }
+        if let Some(s) = envelope_session.and_then(mine) {
+            return Some(s);
+        }
+        let mut live = reg
+            .values()
+            .filter(|s| s.subject == subject && s.lock().is_attached());
+        match (live.next(), live.next()) {
+            (Some(s), None) => Some(s.clone()),
+            _ => None,
+        }
+    }
+
+    /// Drops sessions that have been without a connection for longer than the TTL.
+    pub fn reap(&self) -> usize {
+        let now = now_ms();
+        let expired: Vec<String> = self
+            .registry()
+            .values()
+            .filter(|s| {
+                s.lock()
+                    .detached_since_ms()
+                    .is_some_and(|t| now.saturating_sub(t) > self.session_ttl_ms)
+            })
+            .map(|s| s.id.clone())
+            .collect();
+        for id in &expired {
+            self.remove(id);
+        }
+        expired.len()
+    }
+
+    /// Processes one valid client envelope and starts the work it asks for.
+    pub fn handle(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        env: Envelope,
+        cost: u64,
+    ) -> (Option<Close>, Option<Violation>) {
+        self.metrics.messages_in.fetch_add(1, Ordering::Relaxed);
+        let (actions, violation) = session
+            .lock()
+            .receive(env, cost, self.tools.as_ref(), now_ms());
+        let mut close = None;
+        for action in actions {
+            match action {
+                Action::Close(c) => close = Some(c),
+                Action::Text { text, thread_id } => {
+                    let reply = Reply::new(session.clone(), thread_id);
+                    tokio::spawn(self.agent.on_text(reply, text));
+                }
+                Action::Audio(chunk) => {
+                    let reply = Reply::new(session.clone(), None);
+                    tokio::spawn(self.agent.on_audio(reply, chunk));
+                }
+                Action::CallTool {
+                    call_id,
+                    tool,
+                    params,
+                    run_id,
+                    cancel,
+                } => {
+                    let task = run_tool(
+                        self.tools.clone(),
+                        session.clone(),
+                        call_id,
+                        tool,
+                        params,
+                        run_id,
+                        cancel,
+                    );
+                    tokio::spawn(task);
+                }
+            }
+        }
+        (close, violation)
+    }
+}
+
+/// Runs one tool call: TOOL_UPDATE RUNNING, then TOOL_DONE with the result, an error, or
+/// CANCELLED when TOOL_CANCEL (or the run's cancellation) arrives first.
+async fn run_tool(
+    tools: Arc<ToolRegistry>,
+    session: Arc<Session>,
+    call_id: String,
+    tool: String,
+    params: Map<String, Value>,
+    run_id: Option<String>,
+    cancel: CancellationToken,
+) {
+    let send = |payload: Payload| {
+        let mut core = session.lock();
+        let mut env = core.envelope(channel::AGENT, payload);
+        env.run_id = run_id.clone();
+        core.emit(env, now_ms());
+    };
+    send(Payload::ToolUpdate(ToolUpdate {
+        call_id: call_id.clone(),
+        status: ToolProgress::Running,
+        progress: None,
+        partial: None,
+        extra: Map::new(),
+    }));
+    let progress = {
+        let session = session.clone();
+        let call_id = call_id.clone();
+        let run_id = run_id.clone();
+        move |pct: f64| {
+            let mut core = session.lock();
+            let mut env = core.envelope(
+                channel::AGENT,
+                Payload::ToolUpdate(ToolUpdate {
+                    call_id: call_id.clone(),
+                    status: ToolProgress::Running,
+                    progress: Some(pct.clamp(0.0, 100.0)),
+                    partial: None,
+                    extra: Map::new(),
+                }),
+            );
+            env.run_id = run_id.clone();
+            core.emit(env, now_ms());
+        }
+    };
+    let ctx = ToolContext::new(cancel.clone(), Box::new(progress));
+    let outcome = tools.call(&tool, params, ctx).await;
+    let (status, result) = match outcome {
+        _ if cancel.is_cancelled() => (RunStatus::Cancelled, None),
+        Ok(v) => (RunStatus::Ok, Some(v)),
+        Err(e) => (
+            RunStatus::Error,
+            Some(serde_json::json!({"code": "TOOL_EXECUTION_ERROR", "message": e.to_string()})),
+        ),
+    };
+    send(Payload::ToolDone(ToolDone {
+        call_id: call_id.clone(),
+        status,
+        result,
+        extra: Map::new(),
+    }));
+    session.lock().finish_tool_call(&call_id);
+}

@@ -1,0 +1,93 @@
+//! Upstream for SSE and browsers: `POST /haip/messages` (contract section 4.3).
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use haip_protocol::Envelope;
+use serde_json::json;
+use serde_json::value::RawValue;
+
+use crate::app::{authenticate, bearer, SharedState};
+use crate::engine::now_ms;
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        Json(json!({"error": {"code": code, "message": message}})),
+    )
+        .into_response()
+}
+
+pub async fn messages(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let identity = match authenticate(&state, bearer(&headers)) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    // One envelope or an array of them; each is validated on its own below.
+    let raws: Vec<&RawValue> = match body.first() {
+        Some(b'[') => match serde_json::from_slice(&body) {
+            Ok(v) => v,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "PROTOCOL_VIOLATION",
+                    &e.to_string(),
+                )
+            }
+        },
+        _ => match serde_json::from_slice::<&RawValue>(&body) {
+            Ok(v) => vec![v],
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "PROTOCOL_VIOLATION",
+                    &e.to_string(),
+                )
+            }
+        },
+    };
+    let parsed: Vec<Result<Envelope, _>> = raws.iter().map(|r| Envelope::parse(r.get())).collect();
+    let header = headers.get("x-haip-session").and_then(|v| v.to_str().ok());
+    let first_session = parsed
+        .iter()
+        .find_map(|p| p.as_ref().ok().map(|e| e.session.as_str()));
+    let Some(session) = state
+        .engine
+        .session_for_post(&identity.subject, header, first_session)
+    else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "SESSION_NOT_FOUND",
+            "no live session of this subject to deliver to",
+        );
+    };
+    let mut accepted = 0u64;
+    for (raw, result) in raws.iter().zip(parsed) {
+        match result {
+            Ok(env) => {
+                let cost = env.flow_cost(raw.get().len());
+                state.engine.handle(&session, env, cost);
+                accepted += 1;
+            }
+            Err(e) => session.lock().emit_error(
+                e.code,
+                e.reason.clone(),
+                e.related_id.clone(),
+                Some(e.detail()),
+                now_ms(),
+            ),
+        }
+    }
+    let ack = session
+        .lock()
+        .last_client_seq()
+        .map(|s| s.to_string())
+        .unwrap_or_default();
+    Json(json!({"status": "ok", "accepted": accepted, "ack": ack})).into_response()
+}

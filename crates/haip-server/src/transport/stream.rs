@@ -1,0 +1,152 @@
+//! HTTP streaming: `POST /haip/stream`, NDJSON both ways (contract section 4.4).
+
+use std::io;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::StreamExt;
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use crate::app::{authenticate, bearer, SharedState};
+use crate::engine::connection::{Connection, FrameSink, Inbound, Transport};
+use crate::engine::outbound::{Close, Outgoing};
+use crate::transport::lines::{Line, LineSplitter};
+use crate::transport::{ChunkBody, ConnectParams};
+
+struct NdjsonSink {
+    tx: mpsc::Sender<Bytes>,
+}
+
+impl FrameSink for NdjsonSink {
+    async fn send_batch(&mut self, _session: &str, frames: &[Arc<Outgoing>]) -> io::Result<()> {
+        let mut buf = BytesMut::with_capacity(frames.iter().map(|f| f.json.len() + 1).sum());
+        for f in frames {
+            buf.put_slice(&f.json);
+            buf.put_u8(b'\n');
+        }
+        self.tx
+            .send(buf.freeze())
+            .await
+            .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))
+    }
+
+    async fn keepalive(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+
+    async fn close(&mut self, _close: &Close) {}
+}
+
+pub async fn open(
+    State(state): State<SharedState>,
+    Query(params): Query<ConnectParams>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let identity = match authenticate(&state, bearer(&headers)) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    let slot = match state.admit(Transport::HttpStream) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let limit = state.config.http_stream_max_payload;
+    let mut splitter = LineSplitter::new(limit);
+    let mut body = body.into_data_stream();
+    // The first line is read before answering, so that a body too large before its first
+    // newline can still get an HTTP 413.
+    let mut first: Vec<Inbound> = Vec::new();
+    let mut ended = false;
+    while first.is_empty() && !ended {
+        match body.next().await {
+            Some(Ok(chunk)) => {
+                for line in splitter.push(&chunk) {
+                    match line {
+                        Line::Complete(l) => first.push(Inbound::Text(l)),
+                        Line::TooLong if first.is_empty() => return too_large(limit),
+                        Line::TooLong => first.push(Inbound::TooLarge),
+                    }
+                }
+            }
+            Some(Err(_)) | None => {
+                ended = true;
+                if let Some(Line::Complete(l)) = splitter.finish() {
+                    first.push(Inbound::Text(l));
+                }
+            }
+        }
+    }
+    let inbound = futures_util::stream::iter(first).chain(
+        futures_util::stream::unfold(
+            (body, splitter, ended),
+            |(mut body, mut splitter, ended)| async move {
+                if ended {
+                    return None;
+                }
+                loop {
+                    match body.next().await {
+                        Some(Ok(chunk)) => {
+                            let items: Vec<Inbound> = splitter
+                                .push(&chunk)
+                                .into_iter()
+                                .map(|l| match l {
+                                    Line::Complete(b) => Inbound::Text(b),
+                                    Line::TooLong => Inbound::TooLarge,
+                                })
+                                .collect();
+                            if !items.is_empty() {
+                                return Some((items, (body, splitter, false)));
+                            }
+                        }
+                        Some(Err(_)) | None => {
+                            let last: Vec<Inbound> = match splitter.finish() {
+                                Some(Line::Complete(b)) => vec![Inbound::Text(b)],
+                                _ => Vec::new(),
+                            };
+                            return Some((last, (body, splitter, true)));
+                        }
+                    }
+                }
+            },
+        )
+        .flat_map(futures_util::stream::iter),
+    );
+    let options = state.options(Transport::HttpStream, &identity);
+    let conn = Connection::open(
+        state.engine.clone(),
+        &identity.subject,
+        options,
+        params.resume(),
+    );
+    let (tx, rx) = mpsc::channel::<Bytes>(8);
+    let shutdown = state.shutdown.clone();
+    tokio::spawn(async move {
+        let _slot = slot;
+        conn.run(Box::pin(inbound), NdjsonSink { tx }, shutdown)
+            .await;
+    });
+    let mut r = Body::from_stream(ChunkBody(rx)).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
+}
+
+fn too_large(limit: usize) -> Response {
+    (
+        StatusCode::PAYLOAD_TOO_LARGE,
+        Json(json!({"error": {"code": "PROTOCOL_VIOLATION",
+            "message": format!("first line longer than {limit} bytes")}})),
+    )
+        .into_response()
+}

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -12,6 +12,10 @@ use haip_protocol::flow::Credit;
 use haip_protocol::replay::ReplayConfig;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
+use tower_http::compression::predicate::{DefaultPredicate, NotForContentType, Predicate};
+use tower_http::compression::CompressionLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::trace::TraceLayer;
 
 use crate::agent::Agent;
 use crate::auth::{Authenticator, Identity};
@@ -191,7 +195,41 @@ pub fn router(state: SharedState) -> Router {
             app = app.route("/haip/messages", post(transport::post::messages));
         }
     }
+    if c.enable_compression {
+        // Streams must reach the client message by message, so they are never compressed.
+        app = app.layer(CompressionLayer::new().compress_when(
+            DefaultPredicate::new().and(NotForContentType::const_new("application/x-ndjson")),
+        ));
+    }
+    if c.enable_cors {
+        app = app.layer(cors_layer(&c.cors_origins));
+    }
+    if c.enable_logging {
+        app = app.layer(TraceLayer::new_for_http());
+    }
     app.with_state(state)
+}
+
+fn cors_layer(origins: &[String]) -> CorsLayer {
+    let allow_origin = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o).ok()),
+        )
+    };
+    CorsLayer::new()
+        .allow_origin(allow_origin)
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            HeaderName::from_static("last-event-id"),
+            HeaderName::from_static("x-haip-session"),
+        ])
+        .max_age(std::time::Duration::from_secs(600))
 }
 
 async fn health(axum::extract::State(state): axum::extract::State<SharedState>) -> Response {

@@ -6,12 +6,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use haip_protocol::payload::RunStatus;
 use haip_server::agent::{Agent, BoxFuture, Reply};
 use haip_server::app::AppState;
 use haip_server::auth::{random_secret, Authenticator};
 use haip_server::config::ServerConfig;
 use haip_server::tools::{Tool, ToolContext, ToolFuture, ToolRegistry};
-use haip_protocol::payload::RunStatus;
 use serde_json::{json, Map, Value};
 
 /// Answers every message in capitals, one word at a time, and stops when cancelled.
@@ -64,7 +64,10 @@ impl Tool for LengthTool {
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
     let config = ServerConfig {
-        port: std::env::var("PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(8080),
+        port: std::env::var("PORT")
+            .ok()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(8080),
         ..ServerConfig::default()
     };
     let secret = random_secret();

@@ -1,0 +1,163 @@
+//! HTTP streaming (`POST /haip/stream`, contract section 4.4): NDJSON both ways over one
+//! request, limits, 401 answers, and the browser mode where the request body ends and later
+//! messages arrive with `POST /haip/messages`.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+
+#[tokio::test]
+async fn response_is_ndjson_and_full_duplex() {
+    let srv = Server::start().await;
+    let mut c = srv.connect(Kind::Stream).await;
+    c.send_msg("SYSTEM", "HAI", hai_payload(&ALL_EVENTS)).await;
+    let (status, headers) = c.stream_head().await;
+    assert_eq!(status, 200);
+    let ct = headers
+        .iter()
+        .find(|(k, _)| k == "content-type")
+        .map(|(_, v)| v.as_str());
+    assert_eq!(ct, Some("application/x-ndjson"));
+    assert!(
+        !headers.iter().any(|(k, _)| k == "content-encoding"),
+        "streams are never compressed"
+    );
+    assert_eq!(ty(&c.recv().await), "HAI");
+    // Several round trips on the same open request.
+    for word in ["first", "second", "third"] {
+        c.say(word).await;
+        let run = c.collect_until(|v| ty(v) == "RUN_FINISHED").await;
+        let part = run.iter().find(|v| ty(v) == "MESSAGE_PART").unwrap();
+        assert_eq!(part["payload"]["text"], word);
+    }
+    assert_contiguous(&c.log);
+}
+
+#[tokio::test]
+async fn bad_tokens_get_401() {
+    let srv = Server::start().await;
+    let line = format!(
+        "{}\n",
+        envelope("h", "s", 1, "SYSTEM", "HAI", hai_payload(&ALL_EVENTS))
+    );
+    for token in [
+        None,
+        Some(jwt_bad_signature()),
+        Some(jwt_expired()),
+        Some(jwt_alg_none()),
+    ] {
+        let mut req = http().post(srv.url("/haip/stream")).body(line.clone());
+        if let Some(t) = &token {
+            req = req.header("Authorization", format!("Bearer {t}"));
+        }
+        let resp = bounded(req.send()).await.unwrap();
+        assert_eq!(resp.status().as_u16(), 401, "{token:?}");
+        let www = resp.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(www.starts_with("Bearer"));
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "AUTHENTICATION_FAILED");
+        assert!(body["error"]["message"].is_string());
+    }
+}
+
+#[tokio::test]
+async fn first_line_over_the_limit_is_413() {
+    let srv = Server::start_with(|c| c.http_stream_max_payload = 1024).await;
+    let resp = bounded(
+        http()
+            .post(srv.url("/haip/stream"))
+            .header("Authorization", format!("Bearer {}", srv.token()))
+            .body("x".repeat(4096))
+            .send(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status().as_u16(), 413);
+}
+
+#[tokio::test]
+async fn later_line_over_the_limit_is_a_violation_and_ends_the_stream() {
+    let srv = Server::start_with(|c| c.http_stream_max_payload = 1024).await;
+    let mut c = srv.connect(Kind::Stream).await;
+    c.ping("fits").await;
+    c.recv_type("PONG").await;
+    let big = c.msg("SYSTEM", "PING", json!({"nonce": "y".repeat(3000)}));
+    c.send(&big).await;
+    let e = c.recv_type("ERROR").await;
+    assert_eq!(e["payload"]["code"], "PROTOCOL_VIOLATION");
+    let (code, _) = c.expect_close().await;
+    assert_eq!(code, None, "the stream ends");
+}
+
+#[tokio::test]
+async fn body_may_end_and_later_messages_come_by_post() {
+    let srv = Server::start().await;
+    let mut c = srv.connect(Kind::Stream).await;
+    c.send_msg("SYSTEM", "HAI", hai_payload(&ALL_EVENTS)).await;
+    c.end_body();
+    let session = c.recv_type("HAI").await["session"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let start = c.msg(
+        "USER",
+        "MESSAGE_START",
+        json!({"message_id": "b", "text": "via post"}),
+    );
+    let end = c.msg("USER", "MESSAGE_END", json!({"message_id": "b"}));
+    let base = format!("http://{}", srv.addr);
+    let body = Value::from(vec![start, end]).to_string();
+    let r = post_messages(&base, &srv.token(), Some(&session), &body).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body, json!({"status": "ok", "accepted": 2, "ack": "3"}));
+    let run = c.collect_until(|v| ty(v) == "RUN_FINISHED").await;
+    let text: String = run
+        .iter()
+        .filter(|v| ty(v) == "MESSAGE_PART")
+        .map(|v| v["payload"]["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(text, "via post");
+}
+
+#[tokio::test]
+async fn finite_body_of_several_lines() {
+    let srv = Server::start().await;
+    let lines: String = [
+        envelope("h1", "s", 1, "SYSTEM", "HAI", hai_payload(&ALL_EVENTS)),
+        envelope("p2", "s", 2, "SYSTEM", "PING", json!({"nonce": "a"})),
+        envelope("p3", "s", 3, "SYSTEM", "PING", json!({"nonce": "b"})),
+    ]
+    .iter()
+    .map(|v| format!("{v}\r\n"))
+    .collect();
+    let resp = bounded(
+        http()
+            .post(srv.url("/haip/stream"))
+            .header("Authorization", format!("Bearer {}", srv.token()))
+            .body(lines)
+            .send(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let mut stream = resp.bytes_stream();
+    let mut buf = String::new();
+    use futures_util::StreamExt;
+    while buf.matches(r#""type":"PONG""#).count() < 2 || !buf.ends_with('\n') {
+        let chunk = bounded(stream.next()).await.expect("open").unwrap();
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let msgs: Vec<Value> = buf
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_str(l).expect("one JSON envelope per line"))
+        .collect();
+    let pongs: Vec<&Value> = msgs.iter().filter(|v| ty(v) == "PONG").collect();
+    assert_eq!(pongs[0]["payload"]["nonce"], "a");
+    assert_eq!(pongs[1]["payload"]["nonce"], "b");
+    assert_eq!(pongs[1]["ack"], "3");
+}

@@ -121,6 +121,10 @@ pub struct Settings {
     /// Milliseconds between the echo agent's words [default: 20]
     #[arg(long, env = "ECHO_WORD_DELAY")]
     echo_word_delay: Option<u64>,
+    /// Serve /autobahn, an unauthenticated WebSocket echo for the Autobahn conformance suite
+    /// (scripts/autobahn); for testing only [default: false]
+    #[arg(long, env = "HAIP_AUTOBAHN_ECHO", num_args = 0..=1, default_missing_value = "true")]
+    autobahn_echo: Option<bool>,
 }
 
 #[derive(clap::Args)]
@@ -194,7 +198,8 @@ pub fn resolve(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
         enable_compression,
         enable_logging,
         log_format,
-        echo_word_delay
+        echo_word_delay,
+        autobahn_echo
     );
     let d = ServerConfig::default();
     let ms = |v: Option<u64>, default: Duration| v.map_or(default, Duration::from_millis);
@@ -283,6 +288,7 @@ pub fn resolve(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
         enable_logging: s.enable_logging.unwrap_or(d.enable_logging),
         log_format,
         echo_word_delay: ms(s.echo_word_delay, d.echo_word_delay),
+        autobahn_echo: s.autobahn_echo.unwrap_or(d.autobahn_echo),
     })
 }
 
@@ -380,6 +386,9 @@ async fn serve(mut config: ServerConfig) -> anyhow::Result<()> {
         );
         println!("  HTTP streaming: curl -N -H 'Authorization: Bearer {token}' --data-binary @- http://{base}{}", config.http_stream_path);
         println!("  health:         http://{base}/health");
+    }
+    if config.autobahn_echo {
+        println!("  Autobahn echo:  ws://{base}/autobahn (unauthenticated, for testing only)");
     }
     let state = AppState::new(config, auth, agent, ToolRegistry::with_builtins());
     let shutdown = state.shutdown.clone();

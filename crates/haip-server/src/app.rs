@@ -181,6 +181,9 @@ pub fn router(state: SharedState) -> Router {
             .route(&c.websocket_path, get(transport::ws::upgrade))
             .route("/", get(transport::ws::root));
     }
+    if c.autobahn_echo {
+        app = app.route("/autobahn", get(transport::ws::autobahn_echo));
+    }
     if c.enable_sse {
         app = app
             .route(

@@ -41,6 +41,9 @@ pub struct ServerConfig {
     pub log_format: LogFormat,
     /// Pause between the echo agent's words.
     pub echo_word_delay: Duration,
+    /// Serve `/autobahn`, an unauthenticated WebSocket echo for the Autobahn conformance
+    /// suite (`scripts/autobahn`). Off by default; never for production.
+    pub autobahn_echo: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +89,7 @@ impl Default for ServerConfig {
             enable_logging: true,
             log_format: LogFormat::Text,
             echo_word_delay: Duration::from_millis(20),
+            autobahn_echo: false,
         }
     }
 }

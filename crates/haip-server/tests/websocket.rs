@@ -3,8 +3,16 @@
 
 mod common;
 
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
 use common::*;
+use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
@@ -276,7 +284,6 @@ async fn invalid_json_text_frames_then_1008() {
 
 /// RFC 6455 section 5.5.1: an endpoint that receives a Close frame must send one back.
 #[tokio::test]
-#[ignore = "server bug: a client close frame is never answered; the server stops reading at Close (ws.rs take_while) and drops the socket without sending its close frame"]
 async fn client_close_is_answered() {
     let srv = Server::start().await;
     let mut c = srv.connect(Kind::Ws).await;
@@ -302,35 +309,267 @@ async fn second_connection_resuming_closes_the_first_with_1000() {
     assert_eq!(code, Some(1000));
 }
 
-/// RFC 7692 (contract section 4.1): offered by the client and on by default, so negotiated.
-/// The upgrade is made by hand to read the answer whatever the client library supports.
-#[tokio::test]
-#[ignore = "server bug: permessage-deflate is never negotiated although websocket_per_message_deflate defaults to true (the setting is unused in ws.rs)"]
-async fn permessage_deflate_is_negotiated_when_offered() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let srv = Server::start().await;
-    let mut tcp = tokio::net::TcpStream::connect(srv.addr).await.unwrap();
+/// Upgrades `/haip/websocket` by hand, offering `extensions` when given, and reads the
+/// answer's head byte by byte so that no frame byte is consumed. Returns the status line
+/// and headers (names in lower case) and the socket.
+async fn raw_upgrade(
+    srv: &Server,
+    extensions: Option<&str>,
+) -> (String, Vec<(String, String)>, TcpStream) {
+    let mut tcp = TcpStream::connect(srv.addr).await.unwrap();
+    let offer = extensions.map_or(String::new(), |e| {
+        format!("Sec-WebSocket-Extensions: {e}\r\n")
+    });
     let req = format!(
         "GET /haip/websocket?token={} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\n\
          Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-         Sec-WebSocket-Version: 13\r\n\
-         Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n",
+         Sec-WebSocket-Version: 13\r\n{offer}\r\n",
         srv.token(),
         srv.addr
     );
     tcp.write_all(req.as_bytes()).await.unwrap();
     let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = bounded(tcp.read(&mut buf)).await.unwrap();
-        assert!(n > 0, "connection closed during the upgrade");
-        head.extend_from_slice(&buf[..n]);
+    while !head.ends_with(b"\r\n\r\n") {
+        let b = bounded(tcp.read_u8())
+            .await
+            .expect("connection closed during the upgrade");
+        head.push(b);
     }
-    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
-    assert!(head.starts_with("http/1.1 101"), "{head}");
-    let ext = head
-        .lines()
-        .find(|l| l.starts_with("sec-websocket-extensions:"))
-        .unwrap_or("");
-    assert!(ext.contains("permessage-deflate"), "upgrade answer: {head}");
+    let head = String::from_utf8(head).unwrap();
+    let mut lines = head.lines();
+    let status = lines.next().unwrap().to_string();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (status, headers, tcp)
+}
+
+fn find<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// A socket that counts the bytes read from it.
+struct Counted {
+    io: TcpStream,
+    read: Arc<AtomicUsize>,
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.io).poll_read(cx, buf);
+        self.read
+            .fetch_add(buf.filled().len() - before, Ordering::Relaxed);
+        res
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// The next text frame, as JSON.
+async fn next_json<S>(ws: &mut yawc::WebSocket<S>) -> Value
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    loop {
+        let frame = bounded(ws.next_frame()).await.expect("frame");
+        if frame.opcode() == yawc::OpCode::Text {
+            return serde_json::from_slice(frame.payload()).expect("JSON text frame");
+        }
+    }
+}
+
+/// RFC 7692 (contract section 4.1): offered by the client and on by default, so negotiated,
+/// and messages then travel compressed both ways.
+#[tokio::test]
+async fn permessage_deflate_is_negotiated_when_offered() {
+    let srv = Server::start().await;
+    let (status, headers, tcp) =
+        raw_upgrade(&srv, Some("permessage-deflate; client_max_window_bits")).await;
+    assert!(status.starts_with("HTTP/1.1 101"), "{status}");
+    let ext = find(&headers, "sec-websocket-extensions")
+        .unwrap_or("")
+        .to_string();
+    assert!(ext.starts_with("permessage-deflate"), "{headers:?}");
+    // Imposed by the server so that idle connections hold no deflate state.
+    assert!(ext.contains("server_no_context_takeover"), "{ext}");
+    assert!(ext.contains("client_no_context_takeover"), "{ext}");
+
+    let read = Arc::new(AtomicUsize::new(0));
+    let io = Counted {
+        io: tcp,
+        read: read.clone(),
+    };
+    let options = yawc::Options::default().with_low_latency_compression();
+    let mut ws =
+        yawc::WebSocket::from_stream_with_extensions(io, yawc::Role::Client, Some(&ext), options)
+            .expect("client with the negotiated extension");
+    assert_eq!(ty(&next_json(&mut ws).await), "HAI");
+    assert_eq!(ty(&next_json(&mut ws).await), "TOOL_LIST");
+    // A very compressible message, compressed by the client; the PONG repeats it.
+    let nonce = "haip ".repeat(2000);
+    let ping = envelope(
+        "deflate-ping",
+        "test-session",
+        1,
+        "SYSTEM",
+        "PING",
+        json!({ "nonce": nonce }),
+    );
+    let before = read.load(Ordering::Relaxed);
+    bounded(ws.send(yawc::Frame::text(ping.to_string())))
+        .await
+        .expect("send");
+    let pong = loop {
+        let v = next_json(&mut ws).await;
+        if ty(&v) == "PONG" {
+            break v;
+        }
+    };
+    assert_eq!(pong["payload"]["nonce"], nonce.as_str());
+    let wire = read.load(Ordering::Relaxed) - before;
+    assert!(
+        wire < nonce.len() / 4,
+        "a {}-byte PONG took {wire} bytes on the wire: not compressed",
+        pong.to_string().len()
+    );
+}
+
+/// RFC 7692 section 7.1.2.2: no client_max_window_bits in the answer unless offered.
+#[tokio::test]
+async fn plain_deflate_offer_gets_no_client_window_bits() {
+    let srv = Server::start().await;
+    let (status, headers, _tcp) = raw_upgrade(&srv, Some("permessage-deflate")).await;
+    assert!(status.starts_with("HTTP/1.1 101"), "{status}");
+    let ext = find(&headers, "sec-websocket-extensions").unwrap_or("");
+    assert!(ext.starts_with("permessage-deflate"), "{headers:?}");
+    assert!(!ext.contains("client_max_window_bits"), "{ext}");
+}
+
+#[tokio::test]
+async fn permessage_deflate_is_not_negotiated_when_off() {
+    let srv = Server::start_with(|c| c.websocket_per_message_deflate = false).await;
+    let (status, headers, mut tcp) =
+        raw_upgrade(&srv, Some("permessage-deflate; client_max_window_bits")).await;
+    assert!(status.starts_with("HTTP/1.1 101"), "{status}");
+    assert_eq!(
+        find(&headers, "sec-websocket-extensions"),
+        None,
+        "{headers:?}"
+    );
+    // The HAI arrives as a plain text frame: FIN, no RSV1.
+    let first = bounded(tcp.read_u8()).await.unwrap();
+    assert_eq!(first, 0x81, "first frame header byte {first:#04x}");
+}
+
+#[tokio::test]
+async fn no_extension_without_an_offer() {
+    let srv = Server::start().await;
+    let (status, headers, _tcp) = raw_upgrade(&srv, None).await;
+    assert!(status.starts_with("HTTP/1.1 101"), "{status}");
+    assert_eq!(
+        find(&headers, "sec-websocket-extensions"),
+        None,
+        "{headers:?}"
+    );
+}
+
+/// The Autobahn echo (`autobahn_echo`, for scripts/autobahn) exists only when enabled.
+#[tokio::test]
+async fn autobahn_echo_only_when_enabled() {
+    use tokio_tungstenite::tungstenite::Message;
+    let srv = Server::start().await;
+    let err = bounded(tokio_tungstenite::connect_async(srv.ws_url("/autobahn")))
+        .await
+        .expect_err("no /autobahn by default");
+    assert!(err.to_string().contains("404"), "{err}");
+
+    let srv = Server::start_with(|c| c.autobahn_echo = true).await;
+    let (mut ws, _) = bounded(tokio_tungstenite::connect_async(srv.ws_url("/autobahn")))
+        .await
+        .expect("upgrade without a token");
+    bounded(ws.send(Message::Text("héllo".into())))
+        .await
+        .unwrap();
+    bounded(ws.send(Message::Binary(vec![0, 1, 2].into())))
+        .await
+        .unwrap();
+    assert_eq!(
+        bounded(ws.next()).await.unwrap().unwrap(),
+        Message::Text("héllo".into())
+    );
+    assert_eq!(
+        bounded(ws.next()).await.unwrap().unwrap(),
+        Message::Binary(vec![0, 1, 2].into())
+    );
+}
+
+/// One server frame read by hand: (opcode, payload).
+async fn raw_frame(tcp: &mut TcpStream) -> (u8, Vec<u8>) {
+    let b0 = bounded(tcp.read_u8()).await.expect("frame header");
+    let b1 = bounded(tcp.read_u8()).await.expect("frame header");
+    let len = match b1 & 0x7f {
+        126 => u64::from(tcp.read_u16().await.unwrap()),
+        127 => tcp.read_u64().await.unwrap(),
+        n => u64::from(n),
+    };
+    let mut payload = vec![0; len as usize];
+    bounded(tcp.read_exact(&mut payload)).await.unwrap();
+    (b0 & 0x0f, payload)
+}
+
+/// Sends a masked client frame (mask 0: the payload goes as is).
+async fn raw_send(tcp: &mut TcpStream, b0: u8, payload: &[u8]) {
+    assert!(payload.len() < 126);
+    let mut frame = vec![b0, 0x80 | payload.len() as u8, 0, 0, 0, 0];
+    frame.extend_from_slice(payload);
+    tcp.write_all(&frame).await.unwrap();
+}
+
+/// Reads frames until the close frame; returns its code.
+async fn raw_close_code(tcp: &mut TcpStream) -> u16 {
+    loop {
+        let (opcode, payload) = raw_frame(tcp).await;
+        if opcode == 8 {
+            return u16::from_be_bytes([payload[0], payload[1]]);
+        }
+    }
+}
+
+/// RFC 6455 sections 5.2 and 8.1 on the HAIP endpoint: a reserved opcode fails the
+/// connection with 1002, a text message that is not UTF-8 with 1007.
+#[tokio::test]
+async fn framing_errors_close_1002_and_bad_utf8_1007() {
+    let srv = Server::start().await;
+    let (_, _, mut tcp) = raw_upgrade(&srv, None).await;
+    raw_send(&mut tcp, 0x83, b"").await;
+    assert_eq!(raw_close_code(&mut tcp).await, 1002);
+
+    let (_, _, mut tcp) = raw_upgrade(&srv, None).await;
+    raw_send(&mut tcp, 0x81, &[0xce, 0xba, 0xff]).await;
+    assert_eq!(raw_close_code(&mut tcp).await, 1007);
 }

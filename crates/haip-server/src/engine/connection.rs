@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use haip_protocol::payload::{ErrorPayload, Nonce, Payload as P};
+use haip_protocol::payload::{ErrorPayload, Payload as P};
 use haip_protocol::{channel, Envelope, ErrorCode, EventType, Payload};
 use serde_json::Map;
 use tokio::time::Instant;
@@ -21,11 +21,6 @@ use tokio_util::sync::CancellationToken;
 use super::core::Violation;
 use super::outbound::{Close, ConnQueue, OutItem, Outgoing};
 use super::{now_ms, Engine, Session};
-
-/// Protocol violations a connection may commit before it is closed (contract section 2).
-pub const MAX_PROTOCOL_VIOLATIONS: u32 = 10;
-/// Flow-control violations a connection may commit before it is closed.
-pub const MAX_FLOW_VIOLATIONS: u32 = 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
@@ -77,6 +72,9 @@ pub struct ConnectionOptions {
     pub heartbeat_timeout: Duration,
     /// The token's `exp`, in ms since the epoch.
     pub token_expires_ms: Option<u64>,
+    /// Ends the connection (session kept) after this long without a message from the
+    /// client (`http_stream.timeout`).
+    pub idle_timeout: Option<Duration>,
 }
 
 pub struct Connection {
@@ -88,8 +86,6 @@ pub struct Connection {
     /// True until the client sends anything: a fresh session nobody used can be dropped
     /// when the client resumes another one instead.
     fresh_untouched: bool,
-    protocol_violations: u32,
-    flow_violations: u32,
     /// A text envelope with `bin_len`, waiting for its binary frame.
     pending_binary: Option<Envelope>,
 }
@@ -105,14 +101,7 @@ impl Connection {
     ) -> Connection {
         let queue = Arc::new(ConnQueue::default());
         let binary = options.transport == Transport::WebSocket;
-        engine
-            .metrics
-            .total_connections
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        engine
-            .metrics
-            .active_connections
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        engine.metrics.connection_opened(options.transport);
         let mut resume_error = None;
         if let Some((id, last)) = resume {
             match engine.resume(subject, &id, last, queue.clone(), binary) {
@@ -150,23 +139,18 @@ impl Connection {
             subject: subject.to_string(),
             options,
             fresh_untouched: fresh,
-            protocol_violations: 0,
-            flow_violations: 0,
             pending_binary: None,
         }
     }
 
     /// A text frame or NDJSON line.
-    pub fn on_text(&mut self, raw: &[u8]) -> Option<Close> {
+    pub fn on_text(&mut self, raw: &[u8]) {
         if let Some(waiting) = self.pending_binary.take() {
-            self.error(
+            self.violation(
                 ErrorCode::BinaryFrameError,
                 "expected the binary frame announced by bin_len, got a text frame",
                 Some(waiting.id),
             );
-            if let Some(close) = self.count(Violation::Protocol) {
-                return Some(close);
-            }
         }
         let env = match Envelope::parse_bytes(raw) {
             Ok(env) => env,
@@ -179,30 +163,30 @@ impl Connection {
                     Some(e.detail()),
                     now_ms(),
                 );
-                drop(core);
-                return self.count(Violation::Protocol);
+                core.count_violation(Violation::Protocol);
+                return;
             }
         };
         if env.bin_len.is_some() && self.options.transport == Transport::WebSocket {
             self.pending_binary = Some(env);
-            return None;
+            return;
         }
         let cost = env.flow_cost(raw.len());
         self.deliver(env, cost)
     }
 
     /// A binary frame: the second half of a two-frame message.
-    pub fn on_binary(&mut self, data: &[u8]) -> Option<Close> {
+    pub fn on_binary(&mut self, data: &[u8]) {
         let Some(mut env) = self.pending_binary.take() else {
-            self.error(
+            self.violation(
                 ErrorCode::BinaryFrameError,
                 "binary frame without an envelope announcing it (bin_len)",
                 None,
             );
-            return self.count(Violation::Protocol);
+            return;
         };
         if env.bin_len != Some(data.len() as u64) {
-            self.error(
+            self.violation(
                 ErrorCode::BinaryFrameError,
                 &format!(
                     "binary frame of {} bytes, bin_len announced {}",
@@ -211,7 +195,7 @@ impl Connection {
                 ),
                 Some(env.id),
             );
-            return self.count(Violation::Protocol);
+            return;
         }
         if let Payload::AudioChunk(chunk) = &mut env.payload {
             chunk.data = Some(data.to_vec());
@@ -222,20 +206,20 @@ impl Connection {
         self.deliver(env, cost)
     }
 
-    /// A frame or line over the size limit.
-    pub fn on_too_large(&mut self, limit: usize) -> Close {
+    /// A frame or line over the size limit: ERROR, then close 1009.
+    pub fn on_too_large(&mut self) {
         self.error(
             ErrorCode::ProtocolViolation,
-            &format!("message larger than the {limit}-byte limit"),
+            "message larger than the transport's size limit",
             None,
         );
-        Close {
+        self.queue.push(OutItem::Close(Close {
             code: 1009,
             reason: "message too big".into(),
-        }
+        }));
     }
 
-    fn deliver(&mut self, env: Envelope, cost: u64) -> Option<Close> {
+    fn deliver(&mut self, env: Envelope, cost: u64) {
         if let Payload::Hai(hai) = &env.payload {
             if let Some(last) = hai.last_rx_seq {
                 if env.session != self.session.id {
@@ -244,11 +228,7 @@ impl Connection {
             }
         }
         self.fresh_untouched = false;
-        let (close, violation) = self.engine.handle(&self.session, env, cost);
-        if close.is_some() {
-            return close;
-        }
-        violation.and_then(|v| self.count(v))
+        self.engine.handle(&self.session, env, cost);
     }
 
     /// The client's HAI names another session: move this connection onto it.
@@ -288,21 +268,11 @@ impl Connection {
             .emit_error(code, message, related_id, None, now_ms());
     }
 
-    fn count(&mut self, v: Violation) -> Option<Close> {
-        let over = match v {
-            Violation::Protocol => {
-                self.protocol_violations += 1;
-                self.protocol_violations > MAX_PROTOCOL_VIOLATIONS
-            }
-            Violation::FlowControl => {
-                self.flow_violations += 1;
-                self.flow_violations > MAX_FLOW_VIOLATIONS
-            }
-        };
-        over.then(|| Close {
-            code: 1008,
-            reason: "too many violations".into(),
-        })
+    /// Answers a protocol violation with ERROR and counts it towards the close threshold.
+    fn violation(&self, code: ErrorCode, message: &str, related_id: Option<String>) {
+        let mut core = self.session.lock();
+        core.emit_error(code, message, related_id, None, now_ms());
+        core.count_violation(Violation::Protocol);
     }
 
     /// Leaves the session resumable and updates the counters.
@@ -310,8 +280,7 @@ impl Connection {
         self.session.lock().detach(&self.queue, now_ms());
         self.engine
             .metrics
-            .active_connections
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            .connection_closed(self.options.transport);
     }
 
     /// Runs the connection until either side ends it: reads `inbound`, writes what the
@@ -352,7 +321,7 @@ impl Connection {
                     if !frames.is_empty() {
                         let sid = self.session.id.clone();
                         let sent = sink.send_batch(&sid, &frames).await;
-                        self.engine.metrics.messages_out.fetch_add(frames.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                        self.engine.metrics.frames_written(&frames);
                         frames.clear();
                         if sent.is_err() { break 'conn; }
                     }
@@ -361,11 +330,12 @@ impl Connection {
                         break 'conn;
                     }
                 }
+                _ = self.queue.timers_changed() => {}
                 item = inbound.next(), if inbound_open => {
-                    let close = match item {
+                    match item {
                         Some(Inbound::Text(t)) => self.on_text(&t),
                         Some(Inbound::Binary(b)) => self.on_binary(&b),
-                        Some(Inbound::TooLarge) => Some(self.on_too_large(0)),
+                        Some(Inbound::TooLarge) => self.on_too_large(),
                         None => {
                             if opts.transport == Transport::HttpStream {
                                 // The request body ended; the response goes on (browsers
@@ -375,9 +345,6 @@ impl Connection {
                             }
                             break 'conn;
                         }
-                    };
-                    if let Some(c) = close {
-                        self.queue.push(OutItem::Close(c));
                     }
                 }
                 _ = tokio::time::sleep_until(timer) => {
@@ -393,6 +360,14 @@ impl Connection {
                         self.queue.push(OutItem::Close(Close { code: 1008, reason: "token expired".into() }));
                         continue 'conn;
                     }
+                    if let Some(idle) = opts.idle_timeout {
+                        let quiet_ms = now_wall.saturating_sub(self.session.lock().last_client_activity_ms());
+                        if quiet_ms >= idle.as_millis() as u64 {
+                            tracing::info!(session = %self.session.id, "idle timeout: ending the stream, session kept");
+                            sink.close(&Close { code: 1000, reason: "idle timeout".into() }).await;
+                            break 'conn;
+                        }
+                    }
                     if let Some((sent_at, sent_wall)) = ping_sent {
                         if now >= sent_at + opts.heartbeat_timeout {
                             let heard = self.session.lock().last_client_activity_ms() >= sent_wall;
@@ -405,28 +380,23 @@ impl Connection {
                         }
                     }
                     if now >= next_ping {
-                        self.ping();
+                        self.session.lock().ping(now_wall);
                         if sink.keepalive().await.is_err() { break 'conn; }
-                        ping_sent = Some((now, now_wall));
+                        // The oldest unanswered PING keeps its deadline: replacing it with
+                        // each new PING would postpone the timeout forever when the
+                        // timeout is not shorter than the interval.
+                        let answered = ping_sent.is_some_and(|(_, sent_wall)| {
+                            self.session.lock().last_client_activity_ms() >= sent_wall
+                        });
+                        if ping_sent.is_none() || answered {
+                            ping_sent = Some((now, now_wall));
+                        }
                         next_ping = now + opts.heartbeat_interval;
                     }
                 }
             }
         }
         self.finish();
-    }
-
-    fn ping(&self) {
-        let mut core = self.session.lock();
-        let nonce = uuid::Uuid::new_v4().to_string();
-        let env = core.envelope(
-            channel::SYSTEM,
-            P::Ping(Nonce {
-                nonce: Some(nonce),
-                extra: Map::new(),
-            }),
-        );
-        core.emit(env, now_ms());
     }
 
     fn next_timer(
@@ -445,9 +415,16 @@ impl Connection {
         }
         let core = self.session.lock();
         let now_wall = now_ms();
-        for deadline in [core.next_gap_deadline(), core.next_grant_ms()]
-            .into_iter()
-            .flatten()
+        let idle_deadline = opts
+            .idle_timeout
+            .map(|idle| core.last_client_activity_ms() + idle.as_millis() as u64);
+        for deadline in [
+            core.next_gap_deadline(),
+            core.next_grant_ms(),
+            idle_deadline,
+        ]
+        .into_iter()
+        .flatten()
         {
             t = t.min(Instant::now() + Duration::from_millis(deadline.saturating_sub(now_wall)));
         }

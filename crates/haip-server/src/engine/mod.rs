@@ -6,10 +6,11 @@
 
 pub mod connection;
 pub mod core;
+pub mod metrics;
 pub mod outbound;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -21,8 +22,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agent::{Agent, Reply};
 use crate::tools::{ToolContext, ToolRegistry};
-use core::{Action, SessionCore, SessionLimits, ToolCatalog, Violation};
-use outbound::{Close, ConnQueue};
+use core::{Action, SessionCore, SessionLimits, ToolCatalog};
+use metrics::Metrics;
+use outbound::ConnQueue;
 
 /// Milliseconds since the epoch: the `ts` of every message the server sends.
 pub fn now_ms() -> u64 {
@@ -54,16 +56,6 @@ pub enum ResumeError {
     NotYours(String),
     #[error("{0}")]
     Replay(#[from] ReplayError),
-}
-
-/// Counters read by /health, /stats and /metrics.
-#[derive(Default)]
-pub struct Metrics {
-    pub total_connections: AtomicU64,
-    pub active_connections: AtomicU64,
-    pub messages_in: AtomicU64,
-    pub messages_out: AtomicU64,
-    pub errors: AtomicU64,
 }
 
 pub struct Engine {
@@ -175,7 +167,10 @@ impl Engine {
         if let Some(id) = header {
             return mine(id);
         }
-        if let Some(s) = envelope_session.and_then(mine) {
+        if let Some(s) = envelope_session
+            .and_then(mine)
+            .filter(|s| s.lock().is_attached())
+        {
             return Some(s);
         }
         let mut live = reg
@@ -206,21 +201,16 @@ impl Engine {
         expired.len()
     }
 
-    /// Processes one valid client envelope and starts the work it asks for.
-    pub fn handle(
-        self: &Arc<Self>,
-        session: &Arc<Session>,
-        env: Envelope,
-        cost: u64,
-    ) -> (Option<Close>, Option<Violation>) {
+    /// Processes one valid client envelope and starts the work it asks for. Errors, and a
+    /// close when one is due, go to the session's attached connection.
+    pub fn handle(self: &Arc<Self>, session: &Arc<Session>, env: Envelope, cost: u64) {
         self.metrics.messages_in.fetch_add(1, Ordering::Relaxed);
-        let (actions, violation) = session
+        let actions = session
             .lock()
             .receive(env, cost, self.tools.as_ref(), now_ms());
-        let mut close = None;
         for action in actions {
             match action {
-                Action::Close(c) => close = Some(c),
+                Action::RoundTrip(ms) => self.metrics.round_trip(ms),
                 Action::Text { text, thread_id } => {
                     let reply = Reply::new(session.clone(), thread_id);
                     tokio::spawn(self.agent.on_text(reply, text));
@@ -249,7 +239,6 @@ impl Engine {
                 }
             }
         }
-        (close, violation)
     }
 }
 
@@ -307,11 +296,16 @@ async fn run_tool(
             Some(serde_json::json!({"code": "TOOL_EXECUTION_ERROR", "message": e.to_string()})),
         ),
     };
-    send(Payload::ToolDone(ToolDone {
-        call_id: call_id.clone(),
-        status,
-        result,
-        extra: Map::new(),
-    }));
-    session.lock().finish_tool_call(&call_id);
+    let mut core = session.lock();
+    let mut env = core.envelope(
+        channel::AGENT,
+        Payload::ToolDone(ToolDone {
+            call_id: call_id.clone(),
+            status,
+            result,
+            extra: Map::new(),
+        }),
+    );
+    env.run_id = run_id;
+    core.tool_done(env, &call_id, now_ms());
 }

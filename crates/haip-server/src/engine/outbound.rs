@@ -37,6 +37,9 @@ pub enum OutItem {
 pub struct ConnQueue {
     items: Mutex<VecDeque<OutItem>>,
     ready: Notify,
+    /// Signalled when the session's timers (gap deadline, delayed grants) moved because of
+    /// a message that did not arrive through this connection (e.g. `POST /haip/messages`).
+    timers: Notify,
 }
 
 impl ConnQueue {
@@ -60,6 +63,23 @@ impl ConnQueue {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Tells the writer to recompute its timers.
+    pub fn wake_timers(&self) {
+        self.timers.notify_one();
+    }
+
+    /// Resolves after [`ConnQueue::wake_timers`] (a wake-up sent earlier is not lost).
+    pub async fn timers_changed(&self) {
+        self.timers.notified().await
+    }
+
+    /// Takes everything queued now, without waiting.
+    pub fn take_now(&self) -> Vec<OutItem> {
+        self.items
+            .lock()
+            .map_or_else(|_| Vec::new(), |mut q| q.drain(..).collect())
     }
 
     /// Takes everything queued, waiting until there is something.

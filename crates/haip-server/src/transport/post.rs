@@ -10,6 +10,7 @@ use serde_json::json;
 use serde_json::value::RawValue;
 
 use crate::app::{authenticate, bearer, SharedState};
+use crate::engine::core::Violation;
 use crate::engine::now_ms;
 
 fn error(status: StatusCode, code: &str, message: &str) -> Response {
@@ -75,13 +76,18 @@ pub async fn messages(
                 state.engine.handle(&session, env, cost);
                 accepted += 1;
             }
-            Err(e) => session.lock().emit_error(
-                e.code,
-                e.reason.clone(),
-                e.related_id.clone(),
-                Some(e.detail()),
-                now_ms(),
-            ),
+            Err(e) => {
+                // Counted against the session's live connection, as if it came through it.
+                let mut core = session.lock();
+                core.emit_error(
+                    e.code,
+                    e.reason.clone(),
+                    e.related_id.clone(),
+                    Some(e.detail()),
+                    now_ms(),
+                );
+                core.count_violation(Violation::Protocol);
+            }
         }
     }
     let ack = session

@@ -50,6 +50,9 @@ impl AppState {
             replay: ReplayConfig {
                 keep_newest: config.replay_window_size,
                 keep_for_ms: config.replay_window_time.as_millis() as u64,
+                // The replay window shares its frames with the connection's backlog, so this
+                // one number bounds the output memory of a session.
+                max_bytes: config.flow_control_max_held_bytes,
                 ..ReplayConfig::default()
             },
             max_concurrent_runs: config.max_concurrent_runs,
@@ -62,6 +65,8 @@ impl AppState {
                 Credit::UNLIMITED
             },
             max_held_inbound: config.replay_window_size.max(1),
+            max_held_messages: config.flow_control_max_held_messages,
+            max_held_bytes: config.flow_control_max_held_bytes,
         };
         let engine = Engine::new(limits, agent, tools, config.session_ttl.as_millis() as u64);
         Arc::new(AppState {

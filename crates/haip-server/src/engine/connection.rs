@@ -320,10 +320,23 @@ impl Connection {
                     }
                     if !frames.is_empty() {
                         let sid = self.session.id.clone();
-                        let sent = sink.send_batch(&sid, &frames).await;
+                        // A write that makes no progress for this long means the peer is
+                        // gone or not reading (a half-open connection never errors).
+                        let stall = opts.heartbeat_interval + opts.heartbeat_timeout;
+                        self.queue.set_writing(true);
+                        let sent = tokio::select! {
+                            r = tokio::time::timeout(stall, sink.send_batch(&sid, &frames)) => {
+                                r.unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "write stalled")))
+                            }
+                            _ = self.queue.aborted() => Err(io::Error::other("connection aborted")),
+                        };
+                        self.queue.set_writing(false);
                         self.engine.metrics.frames_written(&frames);
                         frames.clear();
-                        if sent.is_err() { break 'conn; }
+                        if let Err(e) = sent {
+                            tracing::info!(session = %self.session.id, error = %e, "write failed: dropping connection, session kept");
+                            break 'conn;
+                        }
                     }
                     if let Some(c) = close {
                         sink.close(&c).await;

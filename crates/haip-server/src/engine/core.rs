@@ -34,6 +34,10 @@ pub struct SessionLimits {
     pub inbound_credit: Credit,
     /// Out-of-order client messages held while waiting for a gap to fill.
     pub max_held_inbound: usize,
+    /// Output the client has not taken (held by flow control, or queued behind a write
+    /// that does not progress) beyond which the session is ended.
+    pub max_held_messages: usize,
+    pub max_held_bytes: u64,
 }
 
 impl Default for SessionLimits {
@@ -43,6 +47,8 @@ impl Default for SessionLimits {
             max_concurrent_runs: 10,
             inbound_credit: Credit::new(Some(1000), Some(1024 * 1024)),
             max_held_inbound: 1000,
+            max_held_messages: 10_000,
+            max_held_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -118,6 +124,9 @@ pub struct SessionCore {
     /// socket or `POST /haip/messages`); they start from zero on each attach.
     protocol_violations: u32,
     flow_violations: u32,
+    /// Set when the session was ended for holding too much output: it sends nothing more
+    /// and cannot be resumed.
+    ended: bool,
 }
 
 impl SessionCore {
@@ -146,6 +155,7 @@ impl SessionCore {
             ping_in_flight: None,
             protocol_violations: 0,
             flow_violations: 0,
+            ended: false,
             last_client_activity_ms: now_ms,
             detached_since_ms: Some(now_ms),
             limits,
@@ -186,6 +196,10 @@ impl SessionCore {
 
     pub fn touch(&mut self, now_ms: u64) {
         self.last_client_activity_ms = now_ms;
+    }
+
+    pub fn is_ended(&self) -> bool {
+        self.ended
     }
 
     pub fn held_outbound(&self) -> (usize, u64) {
@@ -306,7 +320,7 @@ impl SessionCore {
     /// Sends one message: applies the event filter, drops output of a cancelled run, then
     /// lets flow control release it (or hold it, never dropping).
     pub fn emit(&mut self, env: Envelope, now_ms: u64) {
-        if !self.terms.accepts.contains(env.event_type()) {
+        if self.ended || !self.terms.accepts.contains(env.event_type()) {
             return; // suppressed messages take no seq
         }
         if let Some(run_id) = &env.run_id {
@@ -319,15 +333,70 @@ impl SessionCore {
                 return;
             }
         }
-        let cost = if self.gate.credit(&env.channel).bytes.is_some() {
+        // The size is only needed when the gate may hold the message: it counts towards
+        // byte credit and towards the held-output bound.
+        let restricted =
+            !self.gate.credit(&env.channel).is_unlimited() || self.gate.is_paused(&env.channel);
+        let cost = if restricted {
             env.to_json().len() as u64 + 24
         } else {
             0
         };
         let channel = env.channel.clone();
-        if let Some(env) = self.gate.offer(&channel, cost, env) {
-            self.send_now(env, now_ms);
+        match self.gate.offer(&channel, cost, env) {
+            Some(env) => self.send_now(env, now_ms),
+            None => {
+                let (messages, bytes) = (self.gate.held_messages(), self.gate.held_bytes());
+                if messages > self.limits.max_held_messages || bytes > self.limits.max_held_bytes {
+                    self.end_for_held_output("held by flow control", messages, bytes, now_ms);
+                }
+            }
         }
+    }
+
+    /// Ends the session: its output outgrew the bound while the client did not take it
+    /// (no credit, a paused channel, or a connection that does not read). The client is
+    /// told with ERROR FLOW_CONTROL_VIOLATION when it still reads; memory is freed at once.
+    fn end_for_held_output(&mut self, why: &str, messages: usize, bytes: u64, now_ms: u64) {
+        tracing::warn!(
+            session = %self.id,
+            subject = %self.subject,
+            held_messages = messages,
+            held_bytes = bytes,
+            limit_messages = self.limits.max_held_messages,
+            limit_bytes = self.limits.max_held_bytes,
+            "ending session: output {why} over the limit"
+        );
+        let detail = serde_json::json!({
+            "reason": "HELD_OUTPUT_LIMIT",
+            "held_messages": messages,
+            "held_bytes": bytes,
+            "limit_messages": self.limits.max_held_messages,
+            "limit_bytes": self.limits.max_held_bytes,
+        });
+        self.ended = true;
+        let error = self.system(Payload::Error(ErrorPayload {
+            code: ErrorCode::FlowControlViolation.as_str().to_string(),
+            message: format!("session ended: output {why} exceeded the limit"),
+            related_id: None,
+            detail: detail.as_object().cloned(),
+            run_id: None,
+            extra: Map::new(),
+        }));
+        self.send_now(error, now_ms); // SYSTEM: never held by flow control
+        self.close_connection(Close {
+            code: 1008,
+            reason: "held output over limit".into(),
+        });
+        if let Some(q) = self.attached.take() {
+            if q.is_writing() {
+                q.abort(); // the client is not reading: do not wait for it
+            }
+        }
+        self.detached_since_ms = Some(now_ms);
+        self.cancel_all();
+        self.gate = SendGate::new(Credit::UNLIMITED);
+        self.replay = ReplayWindow::new(self.limits.replay);
     }
 
     fn send_now(&mut self, mut env: Envelope, now_ms: u64) {
@@ -340,8 +409,20 @@ impl SessionCore {
         let out = Arc::new(Outgoing::new(env.seq, env.event_type(), json));
         // Seqs are consecutive by construction, so the push cannot be refused.
         let _ = self.replay.push(env.seq, now_ms, bytes, out.clone());
-        if let Some(q) = &self.attached {
-            q.push(OutItem::Frame(out));
+        let Some(q) = &self.attached else {
+            return;
+        };
+        q.push(OutItem::Frame(out));
+        if q.is_writing() && !self.ended {
+            let (messages, bytes) = q.backlog();
+            if messages > self.limits.max_held_messages || bytes > self.limits.max_held_bytes {
+                self.end_for_held_output(
+                    "queued for a client that does not read",
+                    messages,
+                    bytes,
+                    now_ms,
+                );
+            }
         }
     }
 
@@ -805,13 +886,11 @@ mod tests {
 
     impl Fixture {
         fn new() -> Fixture {
-            let mut core = SessionCore::new(
-                "s1".into(),
-                "alice".into(),
-                Arc::new(SessionLimits::default()),
-                true,
-                0,
-            );
+            Fixture::with_limits(SessionLimits::default())
+        }
+
+        fn with_limits(limits: SessionLimits) -> Fixture {
+            let mut core = SessionCore::new("s1".into(), "alice".into(), Arc::new(limits), true, 0);
             let queue = Arc::new(ConnQueue::default());
             core.attach(queue.clone(), None, true, 0).unwrap();
             Fixture {
@@ -953,5 +1032,81 @@ mod tests {
         assert!(f.core.next_gap_deadline().is_some());
         let woken = futures_util::FutureExt::now_or_never(f.queue.timers_changed());
         assert!(woken.is_some());
+    }
+
+    fn hai_with_credit(messages: u64) -> Value {
+        let all: Vec<&str> = haip_protocol::EventType::ALL
+            .iter()
+            .map(|t| t.as_str())
+            .collect();
+        json!({"haip_version": "1.1.2", "accept_major": [1], "accept_events": all,
+            "capabilities": {"flow_control": {"initial_credit_messages": messages,
+                "initial_credit_bytes": 1_000_000}}})
+    }
+
+    fn agent_text(core: &SessionCore, text: &str) -> Envelope {
+        core.envelope(
+            channel::AGENT,
+            Payload::MessagePart(haip_protocol::payload::MessagePart {
+                message_id: "m1".into(),
+                text: text.into(),
+                extra: Map::new(),
+            }),
+        )
+    }
+
+    #[test]
+    fn output_held_beyond_the_bound_ends_the_session() {
+        let mut f = Fixture::with_limits(SessionLimits {
+            max_held_messages: 3,
+            ..SessionLimits::default()
+        });
+        f.send("HAI", "SYSTEM", None, hai_with_credit(1));
+        f.sent();
+        for i in 0..4 {
+            let env = agent_text(&f.core, &format!("w{i}"));
+            f.core.emit(env, 5);
+        }
+        // One fits the credit, three are held: at the bound, not over it.
+        assert_eq!(f.core.held_outbound().0, 3);
+        assert!(!f.core.is_ended());
+        let env = agent_text(&f.core, "one too many");
+        f.core.emit(env, 6);
+        assert!(f.core.is_ended());
+        let sent = f.sent();
+        let types: Vec<&str> = sent.iter().map(|s| s.0.as_str()).collect();
+        assert_eq!(types, ["MESSAGE_PART", "ERROR", "CLOSE 1008"]);
+        assert_eq!(sent[1].2["code"], "FLOW_CONTROL_VIOLATION");
+        assert_eq!(sent[1].2["detail"]["reason"], "HELD_OUTPUT_LIMIT");
+        assert_eq!(f.core.held_outbound(), (0, 0), "held output is freed");
+        // An ended session sends nothing more and cannot be attached again.
+        let env = agent_text(&f.core, "late");
+        f.core.emit(env, 7);
+        assert!(f.sent().is_empty());
+        assert!(!f.core.is_attached());
+    }
+
+    #[test]
+    fn a_backlog_counts_only_while_the_writer_is_stuck() {
+        let mut f = Fixture::with_limits(SessionLimits {
+            max_held_messages: 2,
+            ..SessionLimits::default()
+        });
+        f.send("HAI", "SYSTEM", None, hai_with_credit(1000));
+        // The writer is idle (between batches): a long backlog is a burst, not a stall.
+        for i in 0..5 {
+            let env = agent_text(&f.core, &format!("w{i}"));
+            f.core.emit(env, 5);
+        }
+        assert!(!f.core.is_ended());
+        f.sent();
+        // The writer is inside a write that does not progress: the bound applies.
+        f.queue.set_writing(true);
+        for i in 0..3 {
+            let env = agent_text(&f.core, &format!("x{i}"));
+            f.core.emit(env, 6);
+        }
+        assert!(f.core.is_ended());
+        assert!(futures_util::FutureExt::now_or_never(f.queue.aborted()).is_some());
     }
 }

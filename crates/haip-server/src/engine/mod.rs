@@ -54,6 +54,8 @@ pub enum ResumeError {
     Unknown(String),
     #[error("session {0:?} belongs to another subject")]
     NotYours(String),
+    #[error("session {0:?} was ended")]
+    Ended(String),
     #[error("{0}")]
     Replay(#[from] ReplayError),
 }
@@ -142,9 +144,12 @@ impl Engine {
         if session.subject != subject {
             return Err(ResumeError::NotYours(session_id.to_string()));
         }
-        session
-            .lock()
-            .attach(queue, Some(last_rx_seq), binary_frames, now_ms())?;
+        let mut core = session.lock();
+        if core.is_ended() {
+            return Err(ResumeError::Ended(session_id.to_string()));
+        }
+        core.attach(queue, Some(last_rx_seq), binary_frames, now_ms())?;
+        drop(core);
         Ok(session)
     }
 
@@ -189,9 +194,11 @@ impl Engine {
             .registry()
             .values()
             .filter(|s| {
-                s.lock()
-                    .detached_since_ms()
-                    .is_some_and(|t| now.saturating_sub(t) > self.session_ttl_ms)
+                let core = s.lock();
+                core.is_ended()
+                    || core
+                        .detached_since_ms()
+                        .is_some_and(|t| now.saturating_sub(t) > self.session_ttl_ms)
             })
             .map(|s| s.id.clone())
             .collect();

@@ -1,11 +1,13 @@
 //! What a connection writes: frames the session released, in seq order, and a final close.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use bytes::Bytes;
 use haip_protocol::EventType;
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 /// One message the server sent, serialized once and shared by the replay window and every
 /// connection that writes it (a replay after resume writes the same bytes again).
@@ -30,35 +32,67 @@ pub enum OutItem {
     Close(Close),
 }
 
+impl OutItem {
+    fn bytes(&self) -> u64 {
+        match self {
+            OutItem::Frame(f) => f.json.len() as u64,
+            OutItem::Close(_) => 0,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Queued {
+    items: VecDeque<OutItem>,
+    bytes: u64,
+}
+
 /// The queue between a session and the task writing one connection. The session pushes
 /// under its own lock, so frames are queued in seq order; the writer drains everything
 /// queued at once and writes it as one batch.
 #[derive(Debug, Default)]
 pub struct ConnQueue {
-    items: Mutex<VecDeque<OutItem>>,
+    queued: Mutex<Queued>,
     ready: Notify,
     /// Signalled when the session's timers (gap deadline, delayed grants) moved because of
     /// a message that did not arrive through this connection (e.g. `POST /haip/messages`).
     timers: Notify,
+    /// Cancelled to drop the connection at once, even while a write to a client that does
+    /// not read is stuck.
+    abort: CancellationToken,
+    /// True while the writer is inside a write: a backlog that grows meanwhile is output
+    /// the client is not reading.
+    writing: AtomicBool,
 }
 
 impl ConnQueue {
     pub fn push(&self, item: OutItem) {
-        if let Ok(mut q) = self.items.lock() {
-            q.push_back(item);
+        if let Ok(mut q) = self.queued.lock() {
+            q.bytes += item.bytes();
+            q.items.push_back(item);
         }
         self.ready.notify_one();
     }
 
     pub fn push_all(&self, items: impl IntoIterator<Item = OutItem>) {
-        if let Ok(mut q) = self.items.lock() {
-            q.extend(items);
+        if let Ok(mut q) = self.queued.lock() {
+            for item in items {
+                q.bytes += item.bytes();
+                q.items.push_back(item);
+            }
         }
         self.ready.notify_one();
     }
 
     pub fn len(&self) -> usize {
-        self.items.lock().map_or(0, |q| q.len())
+        self.queued.lock().map_or(0, |q| q.items.len())
+    }
+
+    /// Messages and bytes queued but not yet taken by the writer.
+    pub fn backlog(&self) -> (usize, u64) {
+        self.queued
+            .lock()
+            .map_or((0, 0), |q| (q.items.len(), q.bytes))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -75,19 +109,41 @@ impl ConnQueue {
         self.timers.notified().await
     }
 
+    pub fn set_writing(&self, writing: bool) {
+        self.writing.store(writing, Ordering::Release);
+    }
+
+    pub fn is_writing(&self) -> bool {
+        self.writing.load(Ordering::Acquire)
+    }
+
+    /// Drops the connection without waiting for its writes.
+    pub fn abort(&self) {
+        self.abort.cancel();
+    }
+
+    pub async fn aborted(&self) {
+        self.abort.cancelled().await
+    }
+
     /// Takes everything queued now, without waiting.
     pub fn take_now(&self) -> Vec<OutItem> {
-        self.items
-            .lock()
-            .map_or_else(|_| Vec::new(), |mut q| q.drain(..).collect())
+        self.queued.lock().map_or_else(
+            |_| Vec::new(),
+            |mut q| {
+                q.bytes = 0;
+                q.items.drain(..).collect()
+            },
+        )
     }
 
     /// Takes everything queued, waiting until there is something.
     pub async fn drain(&self, into: &mut Vec<OutItem>) {
         loop {
-            if let Ok(mut q) = self.items.lock() {
-                if !q.is_empty() {
-                    into.extend(q.drain(..));
+            if let Ok(mut q) = self.queued.lock() {
+                if !q.items.is_empty() {
+                    q.bytes = 0;
+                    into.extend(q.items.drain(..));
                     return;
                 }
             }

@@ -306,7 +306,7 @@ impl Connection {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
-                    self.flush_queue(&mut sink, &mut batch, &mut frames).await;
+                    self.flush_queue(&mut sink).await;
                     sink.close(&Close { code: 1001, reason: "server shutting down".into() }).await;
                     break 'conn;
                 }
@@ -444,22 +444,27 @@ impl Connection {
         t
     }
 
-    async fn flush_queue<S: FrameSink>(
-        &self,
-        sink: &mut S,
-        batch: &mut Vec<OutItem>,
-        frames: &mut Vec<Arc<Outgoing>>,
-    ) {
-        if self.queue.is_empty() {
-            return;
-        }
-        self.queue.drain(batch).await;
-        frames.extend(batch.drain(..).filter_map(|i| match i {
-            OutItem::Frame(f) => Some(f),
-            OutItem::Close(_) => None,
-        }));
-        let _ = sink.send_batch(&self.session.id, frames).await;
-        frames.clear();
+    /// Writes what is still queued before a shutdown close, for at most two seconds (a
+    /// client that does not read must not hold up the exit; the session stays resumable
+    /// for as long as the process lives).
+    async fn flush_queue<S: FrameSink>(&self, sink: &mut S) {
+        let frames: Vec<Arc<Outgoing>> = self
+            .queue
+            .take_now()
+            .into_iter()
+            .filter_map(|i| match i {
+                OutItem::Frame(f) => Some(f),
+                OutItem::Close(_) => None,
+            })
+            .collect();
+        let write_all = async {
+            for chunk in frames.chunks(super::outbound::MAX_BATCH_FRAMES) {
+                if sink.send_batch(&self.session.id, chunk).await.is_err() {
+                    return;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), write_all).await;
     }
 }
 

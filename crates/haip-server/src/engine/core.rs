@@ -222,7 +222,7 @@ impl SessionCore {
                 .after(n)?
                 .map(|o| OutItem::Frame(o.clone()))
                 .collect();
-            queue.push_all(replay);
+            queue.push_replay(replay);
         }
         if let Some(old) = self.attached.replace(queue) {
             old.push(OutItem::Close(Close {
@@ -413,16 +413,11 @@ impl SessionCore {
             return;
         };
         q.push(OutItem::Frame(out));
-        if q.is_writing() && !self.ended {
-            let (messages, bytes) = q.backlog();
-            if messages > self.limits.max_held_messages || bytes > self.limits.max_held_bytes {
-                self.end_for_held_output(
-                    "queued for a client that does not read",
-                    messages,
-                    bytes,
-                    now_ms,
-                );
-            }
+        let (messages, bytes) = q.backlog();
+        if !self.ended
+            && (messages > self.limits.max_held_messages || bytes > self.limits.max_held_bytes)
+        {
+            self.end_for_held_output("not written to the client", messages, bytes, now_ms);
         }
     }
 
@@ -576,7 +571,7 @@ impl SessionCore {
                 match frames {
                     Ok(frames) => {
                         if let Some(q) = &self.attached {
-                            q.push_all(frames.into_iter().map(OutItem::Frame));
+                            q.push_replay(frames.into_iter().map(OutItem::Frame));
                         }
                     }
                     Err(e) => self.emit_error(
@@ -1087,26 +1082,36 @@ mod tests {
     }
 
     #[test]
-    fn a_backlog_counts_only_while_the_writer_is_stuck() {
+    fn an_unwritten_backlog_beyond_the_bound_ends_the_session_but_a_replay_does_not() {
         let mut f = Fixture::with_limits(SessionLimits {
-            max_held_messages: 2,
+            max_held_messages: 4,
             ..SessionLimits::default()
         });
         f.send("HAI", "SYSTEM", None, hai_with_credit(1000));
-        // The writer is idle (between batches): a long backlog is a burst, not a stall.
-        for i in 0..5 {
+        for i in 0..4 {
             let env = agent_text(&f.core, &format!("w{i}"));
             f.core.emit(env, 5);
         }
+        f.sent(); // the writer took them
+                  // A resume replays more than the bound: that backlog was bounded by the window.
+        let fresh = Arc::new(ConnQueue::default());
+        f.core.attach(fresh.clone(), Some(0), true, 6).unwrap();
         assert!(!f.core.is_ended());
-        f.sent();
-        // The writer is inside a write that does not progress: the bound applies.
-        f.queue.set_writing(true);
+        assert!(fresh.len() > 4);
+        // New output the writer does not take counts.
+        fresh.set_writing(true);
+        // The confirming HAI and three more are within the bound.
         for i in 0..3 {
             let env = agent_text(&f.core, &format!("x{i}"));
-            f.core.emit(env, 6);
+            f.core.emit(env, 7);
         }
+        assert!(!f.core.is_ended(), "4 new messages are within the bound");
+        let env = agent_text(&f.core, "x3");
+        f.core.emit(env, 8);
         assert!(f.core.is_ended());
-        assert!(futures_util::FutureExt::now_or_never(f.queue.aborted()).is_some());
+        assert!(
+            futures_util::FutureExt::now_or_never(fresh.aborted()).is_some(),
+            "a stuck writer is aborted"
+        );
     }
 }

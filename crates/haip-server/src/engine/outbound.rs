@@ -41,15 +41,51 @@ impl OutItem {
     }
 }
 
+/// Most frames one write takes: enough to fill a syscall, small enough that a write stuck
+/// on a client that does not read holds little.
+pub const MAX_BATCH_FRAMES: usize = 256;
+pub const MAX_BATCH_BYTES: u64 = 256 * 1024;
+
 #[derive(Debug, Default)]
 struct Queued {
-    items: VecDeque<OutItem>,
+    /// Each item with whether it counts towards the backlog bound (a replay does not: the
+    /// replay window bounded it already).
+    items: VecDeque<(OutItem, bool)>,
+    /// Counted messages and bytes still queued.
+    messages: usize,
     bytes: u64,
 }
 
+impl Queued {
+    fn push(&mut self, item: OutItem, counted: bool) {
+        if counted {
+            self.messages += 1;
+            self.bytes += item.bytes();
+        }
+        self.items.push_back((item, counted));
+    }
+
+    /// Moves up to one batch into `into`.
+    fn take_batch(&mut self, into: &mut Vec<OutItem>) {
+        let mut bytes = 0;
+        while let Some((item, counted)) = self.items.pop_front() {
+            let size = item.bytes();
+            if counted {
+                self.messages -= 1;
+                self.bytes -= size;
+            }
+            bytes += size;
+            into.push(item);
+            if into.len() >= MAX_BATCH_FRAMES || bytes >= MAX_BATCH_BYTES {
+                break;
+            }
+        }
+    }
+}
+
 /// The queue between a session and the task writing one connection. The session pushes
-/// under its own lock, so frames are queued in seq order; the writer drains everything
-/// queued at once and writes it as one batch.
+/// under its own lock, so frames are queued in seq order; the writer takes them in batches
+/// and writes each batch with one flush.
 #[derive(Debug, Default)]
 pub struct ConnQueue {
     queued: Mutex<Queued>,
@@ -60,25 +96,25 @@ pub struct ConnQueue {
     /// Cancelled to drop the connection at once, even while a write to a client that does
     /// not read is stuck.
     abort: CancellationToken,
-    /// True while the writer is inside a write: a backlog that grows meanwhile is output
-    /// the client is not reading.
+    /// True while the writer is inside a write.
     writing: AtomicBool,
 }
 
 impl ConnQueue {
+    /// Queues a new message (or the close); it counts towards the backlog bound.
     pub fn push(&self, item: OutItem) {
         if let Ok(mut q) = self.queued.lock() {
-            q.bytes += item.bytes();
-            q.items.push_back(item);
+            q.push(item, true);
         }
         self.ready.notify_one();
     }
 
-    pub fn push_all(&self, items: impl IntoIterator<Item = OutItem>) {
+    /// Queues messages re-sent from the replay window; they do not count towards the
+    /// backlog bound.
+    pub fn push_replay(&self, items: impl IntoIterator<Item = OutItem>) {
         if let Ok(mut q) = self.queued.lock() {
             for item in items {
-                q.bytes += item.bytes();
-                q.items.push_back(item);
+                q.push(item, false);
             }
         }
         self.ready.notify_one();
@@ -88,15 +124,13 @@ impl ConnQueue {
         self.queued.lock().map_or(0, |q| q.items.len())
     }
 
-    /// Messages and bytes queued but not yet taken by the writer.
-    pub fn backlog(&self) -> (usize, u64) {
-        self.queued
-            .lock()
-            .map_or((0, 0), |q| (q.items.len(), q.bytes))
-    }
-
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// New messages and bytes queued but not yet taken by the writer.
+    pub fn backlog(&self) -> (usize, u64) {
+        self.queued.lock().map_or((0, 0), |q| (q.messages, q.bytes))
     }
 
     /// Tells the writer to recompute its timers.
@@ -131,19 +165,23 @@ impl ConnQueue {
         self.queued.lock().map_or_else(
             |_| Vec::new(),
             |mut q| {
+                q.messages = 0;
                 q.bytes = 0;
-                q.items.drain(..).collect()
+                q.items.drain(..).map(|(item, _)| item).collect()
             },
         )
     }
 
-    /// Takes everything queued, waiting until there is something.
+    /// Takes one batch (up to [`MAX_BATCH_FRAMES`] frames or [`MAX_BATCH_BYTES`]), waiting
+    /// until there is something.
     pub async fn drain(&self, into: &mut Vec<OutItem>) {
         loop {
             if let Ok(mut q) = self.queued.lock() {
                 if !q.items.is_empty() {
-                    q.bytes = 0;
-                    into.extend(q.items.drain(..));
+                    q.take_batch(into);
+                    if !q.items.is_empty() {
+                        self.ready.notify_one(); // more is waiting: the next drain goes on
+                    }
                     return;
                 }
             }

@@ -404,9 +404,12 @@ impl SessionCore {
         env.seq = self.last_sent_seq;
         env.ts = now_ms;
         env.ack = self.inbound.last_delivered();
+        let two_frame = self.two_frame(&env);
         let json = env.to_json();
         let bytes = json.len() as u64;
-        let out = Arc::new(Outgoing::new(env.seq, env.event_type(), json));
+        let mut out = Outgoing::new(env.seq, env.event_type(), json);
+        out.two_frame = two_frame;
+        let out = Arc::new(out);
         // Seqs are consecutive by construction, so the push cannot be refused.
         let _ = self.replay.push(env.seq, now_ms, bytes, out.clone());
         let Some(q) = &self.attached else {
@@ -419,6 +422,26 @@ impl SessionCore {
         {
             self.end_for_held_output("not written to the client", messages, bytes, now_ms);
         }
+    }
+
+    /// The header-plus-bytes form of an AUDIO_CHUNK, when the client said in its HAI that
+    /// it takes binary frames. Kept beside the base64 form: the same message may be
+    /// replayed later to a transport without binary frames.
+    fn two_frame(&self, env: &Envelope) -> Option<(bytes::Bytes, bytes::Bytes)> {
+        if !self.terms.binary_frames {
+            return None;
+        }
+        let Payload::AudioChunk(chunk) = &env.payload else {
+            return None;
+        };
+        let data = chunk.data.as_ref()?;
+        let mut header = env.clone();
+        if let Payload::AudioChunk(c) = &mut header.payload {
+            c.data = None;
+        }
+        header.bin_len = Some(data.len() as u64);
+        header.bin_mime = Some(chunk.mime.clone());
+        Some((header.to_json().into(), bytes::Bytes::copy_from_slice(data)))
     }
 
     /// Handles one valid envelope from the client (`cost` counts towards flow control)

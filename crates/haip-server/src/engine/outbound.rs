@@ -15,7 +15,11 @@ use tokio_util::sync::CancellationToken;
 pub struct Outgoing {
     pub seq: u64,
     pub event_type: EventType,
+    /// The envelope as one JSON text (binary data in base64): what SSE and NDJSON write.
     pub json: Bytes,
+    /// The two-frame form for a WebSocket client that accepts binary frames: the envelope
+    /// with `bin_len`/`bin_mime` and no `data`, then the raw bytes (contract section 7).
+    pub two_frame: Option<(Bytes, Bytes)>,
 }
 
 /// How a connection is to be closed.
@@ -196,6 +200,7 @@ impl Outgoing {
             seq,
             event_type,
             json: Bytes::from(json),
+            two_frame: None,
         }
     }
 }

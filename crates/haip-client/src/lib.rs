@@ -5,6 +5,7 @@
 //! with no I/O, tested on their own.
 
 pub mod backoff;
+pub mod session;
 pub mod topic;
 pub mod url;
 

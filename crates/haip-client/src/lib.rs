@@ -5,9 +5,15 @@
 //! with no I/O, tested on their own.
 
 pub mod backoff;
+pub mod client;
+pub mod error;
+pub mod link;
 pub mod session;
 pub mod topic;
 pub mod url;
+
+pub use client::{Client, Connection, ConnectionConfig, Received, Status, Subscription};
+pub use error::ClientError;
 
 /// The three HAIP transports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -81,6 +81,8 @@ pub struct ClientSession {
     ready: bool,
     ping_in_flight: Option<(String, u64)>,
     next_id: u64,
+    /// The seq of the HAI that opened the current connection.
+    hai_seq: u64,
 }
 
 impl ClientSession {
@@ -97,6 +99,7 @@ impl ClientSession {
             ready: false,
             ping_in_flight: None,
             next_id: 0,
+            hai_seq: 0,
             config,
         }
     }
@@ -119,6 +122,11 @@ impl ClientSession {
     /// Messages sent but not acknowledged, plus those not sent yet.
     pub fn pending(&self) -> usize {
         self.unacked.len() + self.outbox.len() + self.gate.held_messages()
+    }
+
+    /// Whether the current connection's handshake is done.
+    pub fn is_ready(&self) -> bool {
+        self.ready
     }
 
     fn fresh_id(&mut self, prefix: &str) -> String {
@@ -145,9 +153,21 @@ impl ClientSession {
             channel::SYSTEM,
             Payload::Hai(hai),
         );
-        // The HAI takes the next seq, but it is never resent: a new connection sends its own.
+        // The HAI is numbered like any message and kept until acknowledged, so that a gap
+        // it leaves (written, then the connection broke) can be filled. A HAI that nothing
+        // followed gives its seq to the next one instead: failed attempts use no numbers.
+        if self
+            .unacked
+            .back()
+            .is_some_and(|m| m.seq == self.last_seq && matches!(m.payload, Payload::Hai(_)))
+        {
+            self.unacked.pop_back();
+            self.last_seq -= 1;
+        }
         self.last_seq += 1;
         env.seq = self.last_seq;
+        self.hai_seq = env.seq;
+        self.unacked.push_back(env.clone());
         env
     }
 
@@ -167,21 +187,25 @@ impl ClientSession {
         if self.pending() >= self.config.max_pending {
             return Err(SendError::QueueFull(self.pending()));
         }
-        let id = self.fresh_id("msg");
-        let env = Envelope::new(
-            id,
-            self.session.clone().unwrap_or_else(|| "-".into()),
-            0,
-            now_ms,
-            channel,
-            payload,
-        );
+        let env = Envelope::new(String::new(), "-", 0, now_ms, channel, payload);
+        self.submit(env, now_ms)
+    }
+
+    /// Queues an application envelope (its `run_id`, `thread_id` kept; an empty id gets
+    /// one); returns what to write now.
+    pub fn submit(&mut self, mut env: Envelope, now_ms: u64) -> Result<Vec<Output>, SendError> {
+        if self.pending() >= self.config.max_pending {
+            return Err(SendError::QueueFull(self.pending()));
+        }
+        if env.id.is_empty() {
+            env.id = self.fresh_id("msg");
+        }
         Ok(self.send_envelope(env, now_ms))
     }
 
     /// Queues a prepared envelope (run_id, thread_id set by the caller); seq, session and
     /// ts are filled in when it leaves.
-    pub fn send_envelope(&mut self, env: Envelope, now_ms: u64) -> Vec<Output> {
+    fn send_envelope(&mut self, env: Envelope, now_ms: u64) -> Vec<Output> {
         let mut out = Vec::new();
         if !self.ready {
             self.outbox.push_back(env);
@@ -336,16 +360,21 @@ impl ClientSession {
         self.ready = true;
         let seen = server_last_rx.unwrap_or(0);
         let session = self.session.clone().unwrap_or_default();
+        let hai_seq = self.hai_seq;
         let again: Vec<Envelope> = self
             .unacked
             .iter()
-            .filter(|m| m.seq > seen)
+            .filter(|m| m.seq > seen && m.seq != hai_seq)
             .cloned()
             .collect();
-        if server_last_rx.is_none() && !again.is_empty() {
-            // A fresh session: renumber from here, as its baseline is our next seq.
-            self.unacked.clear();
+        if server_last_rx.is_none() {
+            // A fresh session: this connection's HAI set its baseline; what was pending for
+            // the old session is numbered after it (old HAIs are dropped).
+            self.unacked.retain(|m| m.seq == hai_seq);
             for mut env in again {
+                if matches!(env.payload, Payload::Hai(_)) {
+                    continue;
+                }
                 env.session = session.clone();
                 self.offer(env, now_ms, out);
             }
@@ -361,10 +390,9 @@ impl ClientSession {
     }
 
     /// The application took a message: credit goes back to the server as it consumes.
-    pub fn consumed(&mut self, env: &Envelope, serialized_len: usize, now_ms: u64) -> Vec<Output> {
-        let cost = env.flow_cost(serialized_len);
+    pub fn consumed(&mut self, channel: &str, cost: u64, now_ms: u64) -> Vec<Output> {
         let mut out = Vec::new();
-        if let Some(grant) = self.meter.consumed(&env.channel, cost, now_ms) {
+        if let Some(grant) = self.meter.consumed(channel, cost, now_ms) {
             self.grant(grant, now_ms, &mut out);
         }
         out
@@ -635,5 +663,26 @@ mod tests {
         c.send("USER", text("a"), 0).unwrap();
         c.send("USER", text("b"), 0).unwrap();
         assert_eq!(c.send("USER", text("c"), 0), Err(SendError::QueueFull(2)));
+    }
+}
+
+#[cfg(test)]
+mod hai_tests {
+    use super::*;
+
+    #[test]
+    fn failed_attempts_reuse_the_hai_seq_and_a_lost_hai_is_resent() {
+        let mut c = ClientSession::new(SessionConfig::default());
+        assert_eq!(c.connected(0).seq, 1);
+        assert_eq!(c.connected(1).seq, 1, "nothing followed: same seq");
+        let hai = Envelope::parse(
+            r#"{"id":"s1","session":"S","seq":"1","ts":"0","channel":"SYSTEM","type":"HAI",
+            "payload":{"haip_version":"1.1.2","accept_major":[1],"accept_events":["HAI"]}}"#,
+        )
+        .unwrap();
+        c.received(hai, 2);
+        c.disconnected();
+        // The server never processed our HAI (seq 1): its HAI says last_rx_seq 0.
+        assert_eq!(c.connected(3).seq, 1, "still nothing after the first HAI");
     }
 }

@@ -2,10 +2,11 @@
 //! past its bound: `haip serve` runs as its own process, its memory is read from /proc, and
 //! 50 reading clients check that they get every message while the non-reader floods.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+mod common;
+
 use std::time::{Duration, Instant};
+
+use common::Served;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
@@ -17,62 +18,21 @@ const READERS: usize = 50;
 const HELD_BYTES: u64 = 4 * 1024 * 1024;
 const WAIT: Duration = Duration::from_secs(60);
 
-struct Served {
-    child: Child,
-    port: u16,
-    token: String,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
+/// The server with the bound under test, flooding made fast (no pause between words),
+/// and a short replay window so the readers' own replay stays out of the measure.
 fn serve() -> Served {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_haip"))
-        .args(["serve", "--host", "127.0.0.1", "--port", &port.to_string()])
-        .args(["--flow-control-max-held-bytes", &HELD_BYTES.to_string()])
-        .args(["--echo-word-delay", "0", "--max-connections", "200"])
-        // Readers need no replay here: a short window keeps their memory out of the measure.
-        .args(["--replay-window-size", "10", "--replay-window-time", "1"])
-        .env_remove("JWT_SECRET")
-        .env("HAIP_LOG", "haip_server=warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("haip serve starts");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut token = None;
-    for line in BufReader::new(stdout).lines() {
-        let line = line.expect("utf-8");
-        if let Some(t) = line.strip_prefix("token (sub=demo, valid 24 h): ") {
-            token = Some(t.to_string());
-        }
-        if line.trim_start().starts_with("health:") {
-            break;
-        }
-    }
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let stderr = child.stderr.take().expect("stderr");
-    let sink = log.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            sink.lock().unwrap().push(line);
-        }
-    });
-    Served {
-        child,
-        port,
-        token: token.expect("a printed token"),
-        log,
-    }
+    common::serve(&[
+        "--flow-control-max-held-bytes",
+        &HELD_BYTES.to_string(),
+        "--echo-word-delay",
+        "0",
+        "--max-connections",
+        "200",
+        "--replay-window-size",
+        "10",
+        "--replay-window-time",
+        "1",
+    ])
 }
 
 /// Resident and peak resident memory of a process, in KiB.

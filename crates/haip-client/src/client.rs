@@ -247,6 +247,47 @@ impl Connection {
         answer.await.map_err(|_| ClientError::Stopped)?
     }
 
+    /// Sends a whole text message on USER (MESSAGE_START, MESSAGE_PART, MESSAGE_END) and
+    /// returns its message_id.
+    pub async fn send_text(&self, text: &str) -> Result<String, ClientError> {
+        use haip_protocol::payload::{MessageEnd, MessagePart, MessageStart};
+        let id = format!(
+            "text-{}-{}",
+            now_ms(),
+            jitter_unit().to_bits() & 0xffff_ffff
+        );
+        let extra = serde_json::Map::new;
+        self.send(
+            haip_protocol::channel::USER,
+            Payload::MessageStart(MessageStart {
+                message_id: id.clone(),
+                author: Some("user".into()),
+                text: None,
+                extra: extra(),
+            }),
+        )
+        .await?;
+        self.send(
+            haip_protocol::channel::USER,
+            Payload::MessagePart(MessagePart {
+                message_id: id.clone(),
+                text: text.to_string(),
+                extra: extra(),
+            }),
+        )
+        .await?;
+        self.send(
+            haip_protocol::channel::USER,
+            Payload::MessageEnd(MessageEnd {
+                message_id: id.clone(),
+                tokens: None,
+                extra: extra(),
+            }),
+        )
+        .await?;
+        Ok(id)
+    }
+
     /// Stops the connection for good.
     pub fn close(&self) {
         let _ = self.commands.send(Command::Close);
@@ -558,7 +599,7 @@ impl Driver {
                 }
             }
         }
-        if !writes.is_empty() {
+        if !writes.is_empty() || link.has_waiting() {
             link.write(&writes, None).await?;
         }
         Ok(())

@@ -99,6 +99,12 @@ impl Link {
             .map_err(|_| ClientError::Timeout(dial.timeout))?
     }
 
+    /// Whether writes wait for something (SSE posts wait until the stream names the
+    /// session); [`Link::write`] with nothing new sends them.
+    pub fn has_waiting(&self) -> bool {
+        matches!(self, Link::Sse(sse) if !sse.waiting.is_empty() && sse.session.is_some())
+    }
+
     pub fn transport(&self) -> Transport {
         match self {
             Link::WebSocket(_) => Transport::WebSocket,
@@ -269,15 +275,9 @@ impl SseLink {
 
     async fn read(&mut self) -> Result<Wire, Ended> {
         loop {
+            // Nothing is written here: a read may be cancelled at any await, and only the
+            // stream body (whose state lives in `self`) is awaited.
             if let Some(data) = self.ready.pop_front() {
-                if !self.waiting.is_empty() && self.session.is_some() {
-                    if let Err(e) = self.write(&[]).await {
-                        return Err(Ended {
-                            code: None,
-                            reason: e.to_string(),
-                        });
-                    }
-                }
                 return Ok(Wire::Text(data));
             }
             match self.body.next().await {

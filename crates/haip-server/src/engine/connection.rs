@@ -53,7 +53,6 @@ pub trait FrameSink: Send {
     /// Writes frames in order and flushes once.
     fn send_batch(
         &mut self,
-        session_id: &str,
         frames: &[Arc<Outgoing>],
     ) -> impl Future<Output = io::Result<()>> + Send;
     /// A transport-level keepalive (WebSocket ping, SSE comment).
@@ -81,13 +80,10 @@ pub struct Connection {
     engine: Arc<Engine>,
     pub session: Arc<Session>,
     pub queue: Arc<ConnQueue>,
-    subject: String,
     options: ConnectionOptions,
-    /// True until the client sends anything: a fresh session nobody used can be dropped
-    /// when the client resumes another one instead.
-    fresh_untouched: bool,
-    /// A text envelope with `bin_len`, waiting for its binary frame.
-    pending_binary: Option<Envelope>,
+    /// A text envelope with `bin_len`, waiting for its binary frame, with its flow cost
+    /// (the text frame plus `bin_len`).
+    pending_binary: Option<(Envelope, u64)>,
 }
 
 impl Connection {
@@ -105,9 +101,7 @@ impl Connection {
         let mut resume_error = None;
         if let Some((id, last)) = resume {
             match engine.resume(subject, &id, last, queue.clone(), binary) {
-                Ok(session) => {
-                    return Connection::new(engine, session, queue, subject, options, false)
-                }
+                Ok(session) => return Connection::new(engine, session, queue, options),
                 Err(e) => resume_error = Some((id, e.to_string())),
             }
         }
@@ -121,31 +115,27 @@ impl Connection {
             ))));
         }
         let session = engine.open_session(subject, queue.clone(), binary);
-        Connection::new(engine, session, queue, subject, options, true)
+        Connection::new(engine, session, queue, options)
     }
 
     fn new(
         engine: Arc<Engine>,
         session: Arc<Session>,
         queue: Arc<ConnQueue>,
-        subject: &str,
         options: ConnectionOptions,
-        fresh: bool,
     ) -> Connection {
         Connection {
             engine,
             session,
             queue,
-            subject: subject.to_string(),
             options,
-            fresh_untouched: fresh,
             pending_binary: None,
         }
     }
 
     /// A text frame or NDJSON line.
     pub fn on_text(&mut self, raw: &[u8]) {
-        if let Some(waiting) = self.pending_binary.take() {
+        if let Some((waiting, _)) = self.pending_binary.take() {
             self.violation(
                 ErrorCode::BinaryFrameError,
                 "expected the binary frame announced by bin_len, got a text frame",
@@ -168,7 +158,8 @@ impl Connection {
             }
         };
         if env.bin_len.is_some() && self.options.transport == Transport::WebSocket {
-            self.pending_binary = Some(env);
+            let cost = env.flow_cost(raw.len());
+            self.pending_binary = Some((env, cost));
             return;
         }
         let cost = env.flow_cost(raw.len());
@@ -177,7 +168,7 @@ impl Connection {
 
     /// A binary frame: the second half of a two-frame message.
     pub fn on_binary(&mut self, data: &[u8]) {
-        let Some(mut env) = self.pending_binary.take() else {
+        let Some((mut env, cost)) = self.pending_binary.take() else {
             self.violation(
                 ErrorCode::BinaryFrameError,
                 "binary frame without an envelope announcing it (bin_len)",
@@ -200,7 +191,6 @@ impl Connection {
         if let Payload::AudioChunk(chunk) = &mut env.payload {
             chunk.data = Some(data.to_vec());
         }
-        let cost = env.flow_cost(env.to_json().len());
         env.bin_len = None;
         env.bin_mime = None;
         self.deliver(env, cost)
@@ -223,43 +213,18 @@ impl Connection {
         if let Payload::Hai(hai) = &env.payload {
             if let Some(last) = hai.last_rx_seq {
                 if env.session != self.session.id {
-                    self.resume_on_hai(&env.session, last, env.id.clone());
+                    if let Some(resumed) = self.engine.move_connection(
+                        &self.session,
+                        &env.session,
+                        last,
+                        env.id.clone(),
+                    ) {
+                        self.session = resumed;
+                    }
                 }
             }
         }
-        self.fresh_untouched = false;
         self.engine.handle(&self.session, env, cost);
-    }
-
-    /// The client's HAI names another session: move this connection onto it.
-    fn resume_on_hai(&mut self, target: &str, last_rx_seq: u64, hai_id: String) {
-        let binary = self.options.transport == Transport::WebSocket;
-        match self.engine.resume(
-            &self.subject,
-            target,
-            last_rx_seq,
-            self.queue.clone(),
-            binary,
-        ) {
-            Ok(resumed) => {
-                let fresh = std::mem::replace(&mut self.session, resumed);
-                fresh.lock().detach(&self.queue, now_ms());
-                if self.fresh_untouched {
-                    self.engine.remove(&fresh.id);
-                }
-            }
-            Err(e) => {
-                let detail =
-                    serde_json::json!({"session": target, "last_rx_seq": last_rx_seq.to_string()});
-                self.session.lock().emit_error(
-                    ErrorCode::ResumeFailed,
-                    e.to_string(),
-                    Some(hai_id),
-                    Some(detail),
-                    now_ms(),
-                );
-            }
-        }
     }
 
     fn error(&self, code: ErrorCode, message: &str, related_id: Option<String>) {
@@ -316,16 +281,16 @@ impl Connection {
                         match item {
                             OutItem::Frame(f) => frames.push(f),
                             OutItem::Close(c) => { close = Some(c); break; }
+                            OutItem::Switch(s) => self.session = s,
                         }
                     }
                     if !frames.is_empty() {
-                        let sid = self.session.id.clone();
                         // A write that makes no progress for this long means the peer is
                         // gone or not reading (a half-open connection never errors).
                         let stall = opts.heartbeat_interval + opts.heartbeat_timeout;
                         self.queue.set_writing(true);
                         let sent = tokio::select! {
-                            r = tokio::time::timeout(stall, sink.send_batch(&sid, &frames)) => {
+                            r = tokio::time::timeout(stall, sink.send_batch(&frames)) => {
                                 r.unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "write stalled")))
                             }
                             _ = self.queue.aborted() => Err(io::Error::other("connection aborted")),
@@ -454,12 +419,12 @@ impl Connection {
             .into_iter()
             .filter_map(|i| match i {
                 OutItem::Frame(f) => Some(f),
-                OutItem::Close(_) => None,
+                OutItem::Close(_) | OutItem::Switch(_) => None,
             })
             .collect();
         let write_all = async {
             for chunk in frames.chunks(super::outbound::MAX_BATCH_FRAMES) {
-                if sink.send_batch(&self.session.id, chunk).await.is_err() {
+                if sink.send_batch(chunk).await.is_err() {
                     return;
                 }
             }
@@ -490,7 +455,12 @@ fn unsequenced_error(code: ErrorCode, message: &str, session: &str) -> Outgoing 
             extra: Map::new(),
         }),
     );
-    Outgoing::new(0, EventType::Error, env.to_json())
+    Outgoing::new(
+        Arc::from(env.session.as_str()),
+        0,
+        EventType::Error,
+        env.to_json(),
+    )
 }
 
 /// An ERROR frame for a connection that has no session (authentication failed).

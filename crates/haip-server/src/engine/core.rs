@@ -96,6 +96,8 @@ pub trait ToolCatalog: Send + Sync {
 
 pub struct SessionCore {
     pub id: String,
+    /// The id again, shared by every message sent.
+    shared_id: Arc<str>,
     pub subject: String,
     limits: Arc<SessionLimits>,
     binary_frames: bool,
@@ -138,6 +140,7 @@ impl SessionCore {
         now_ms: u64,
     ) -> SessionCore {
         SessionCore {
+            shared_id: Arc::from(id.as_str()),
             id,
             subject,
             replay: ReplayWindow::new(limits.replay),
@@ -184,6 +187,14 @@ impl SessionCore {
 
     pub fn is_attached(&self) -> bool {
         self.attached.is_some()
+    }
+
+    pub fn attached_queue(&self) -> Option<Arc<ConnQueue>> {
+        self.attached.clone()
+    }
+
+    pub fn binary_frames(&self) -> bool {
+        self.binary_frames
     }
 
     pub fn detached_since_ms(&self) -> Option<u64> {
@@ -407,7 +418,7 @@ impl SessionCore {
         let two_frame = self.two_frame(&env);
         let json = env.to_json();
         let bytes = json.len() as u64;
-        let mut out = Outgoing::new(env.seq, env.event_type(), json);
+        let mut out = Outgoing::new(self.shared_id.clone(), env.seq, env.event_type(), json);
         out.two_frame = two_frame;
         let out = Arc::new(out);
         // Seqs are consecutive by construction, so the push cannot be refused.
@@ -490,10 +501,22 @@ impl SessionCore {
             return Vec::new();
         }
         let seq = env.seq;
+        let channel = env.channel.clone();
         let ready = match self.inbound.accept(seq, (env, cost), now_ms) {
             Arrival::Deliver(ready) => ready,
-            Arrival::Duplicate | Arrival::Held => return Vec::new(),
+            Arrival::Held => return Vec::new(),
+            Arrival::Duplicate => {
+                // Dropped silently, but its credit was spent: hand it back, or a client
+                // that retransmits after a resume would run out of credit for good.
+                if let Some(grant) = self.meter.consumed(&channel, cost, now_ms) {
+                    self.send_grant(grant, now_ms);
+                }
+                return Vec::new();
+            }
             Arrival::Overflow((env, _)) => {
+                if let Some(grant) = self.meter.consumed(&channel, cost, now_ms) {
+                    self.send_grant(grant, now_ms);
+                }
                 self.emit_error(
                     ErrorCode::SeqViolation,
                     format!("seq {seq} is too far ahead: too many messages already held"),
@@ -952,6 +975,7 @@ mod tests {
                         )
                     }
                     OutItem::Close(c) => (format!("CLOSE {}", c.code), None, Value::Null),
+                    OutItem::Switch(s) => (format!("SWITCH {}", s.id), None, Value::Null),
                 })
                 .collect()
         }

@@ -40,6 +40,12 @@ pub struct Session {
     core: Mutex<SessionCore>,
 }
 
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").field("id", &self.id).finish()
+    }
+}
+
 impl Session {
     pub fn lock(&self) -> MutexGuard<'_, SessionCore> {
         // A panic while holding the lock would be a bug; the state is still usable.
@@ -151,6 +157,48 @@ impl Engine {
         core.attach(queue, Some(last_rx_seq), binary_frames, now_ms())?;
         drop(core);
         Ok(session)
+    }
+
+    /// A client HAI named another session of the same subject (contract section 3): the
+    /// connection attached to `from` moves onto that session, which replays after
+    /// `last_rx_seq`. The session left behind is dropped if the client never used it. On
+    /// failure the client gets RESUME_FAILED on `from`.
+    pub fn move_connection(
+        &self,
+        from: &Arc<Session>,
+        target: &str,
+        last_rx_seq: u64,
+        hai_id: String,
+    ) -> Option<Arc<Session>> {
+        let (queue, binary) = {
+            let core = from.lock();
+            (core.attached_queue()?, core.binary_frames())
+        };
+        match self.resume(&from.subject, target, last_rx_seq, queue.clone(), binary) {
+            Ok(resumed) => {
+                let mut old = from.lock();
+                old.detach(&queue, now_ms());
+                let unused = old.last_client_seq().is_none();
+                drop(old);
+                if unused {
+                    self.remove(&from.id);
+                }
+                queue.push(outbound::OutItem::Switch(resumed.clone()));
+                Some(resumed)
+            }
+            Err(e) => {
+                let detail =
+                    serde_json::json!({"session": target, "last_rx_seq": last_rx_seq.to_string()});
+                from.lock().emit_error(
+                    haip_protocol::ErrorCode::ResumeFailed,
+                    e.to_string(),
+                    Some(hai_id),
+                    Some(detail),
+                    now_ms(),
+                );
+                None
+            }
+        }
     }
 
     /// Drops a session (a fresh one replaced by a resume, or one past its TTL).

@@ -13,6 +13,8 @@ use tokio_util::sync::CancellationToken;
 /// connection that writes it (a replay after resume writes the same bytes again).
 #[derive(Debug)]
 pub struct Outgoing {
+    /// The session it belongs to (SSE writes it in each event's `id`).
+    pub session: std::sync::Arc<str>,
     pub seq: u64,
     pub event_type: EventType,
     /// The envelope as one JSON text (binary data in base64): what SSE and NDJSON write.
@@ -34,13 +36,16 @@ pub struct Close {
 pub enum OutItem {
     Frame(std::sync::Arc<Outgoing>),
     Close(Close),
+    /// The connection now serves this session (a resume requested through another way
+    /// than the connection itself, e.g. a HAI posted to `POST /haip/messages`).
+    Switch(std::sync::Arc<super::Session>),
 }
 
 impl OutItem {
     fn bytes(&self) -> u64 {
         match self {
             OutItem::Frame(f) => f.json.len() as u64,
-            OutItem::Close(_) => 0,
+            OutItem::Close(_) | OutItem::Switch(_) => 0,
         }
     }
 }
@@ -195,8 +200,14 @@ impl ConnQueue {
 }
 
 impl Outgoing {
-    pub fn new(seq: u64, event_type: EventType, json: String) -> Outgoing {
+    pub fn new(
+        session: std::sync::Arc<str>,
+        seq: u64,
+        event_type: EventType,
+        json: String,
+    ) -> Outgoing {
         Outgoing {
+            session,
             seq,
             event_type,
             json: Bytes::from(json),

@@ -22,7 +22,7 @@ struct WsSink {
 }
 
 impl FrameSink for WsSink {
-    async fn send_batch(&mut self, _session: &str, frames: &[Arc<Outgoing>]) -> io::Result<()> {
+    async fn send_batch(&mut self, frames: &[Arc<Outgoing>]) -> io::Result<()> {
         for f in frames {
             // Frames are valid UTF-8 JSON produced by serde_json.
             let text = std::str::from_utf8(&f.json).map_err(io::Error::other)?;

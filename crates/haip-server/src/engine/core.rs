@@ -893,6 +893,26 @@ impl SessionCore {
         }
     }
 
+    /// Pauses a client channel: PAUSE_CHANNEL, then its messages are refused until resumed.
+    pub fn pause_inbound(&mut self, channel: &str, now_ms: u64) {
+        if self.meter.pause(channel) {
+            let env = self.system(Payload::PauseChannel(ChannelRef {
+                channel: channel.to_string(),
+                extra: Map::new(),
+            }));
+            self.emit(env, now_ms);
+        }
+    }
+
+    pub fn resume_inbound(&mut self, channel: &str, now_ms: u64) {
+        self.meter.resume(channel);
+        let env = self.system(Payload::ResumeChannel(ChannelRef {
+            channel: channel.to_string(),
+            extra: Map::new(),
+        }));
+        self.emit(env, now_ms);
+    }
+
     /// Sends a heartbeat PING whose PONG will be timed.
     pub fn ping(&mut self, now_ms: u64) {
         let nonce = uuid::Uuid::new_v4().to_string();
@@ -1160,5 +1180,40 @@ mod tests {
             futures_util::FutureExt::now_or_never(fresh.aborted()).is_some(),
             "a stuck writer is aborted"
         );
+    }
+
+    #[test]
+    fn a_paused_client_channel_refuses_with_channel_paused_until_resumed() {
+        let mut f = Fixture::new();
+        f.send("HAI", "SYSTEM", None, hai_with_credit(1000));
+        f.core.pause_inbound("USER", 1);
+        let sent = f.sent();
+        assert_eq!(sent.last().unwrap().0, "PAUSE_CHANNEL");
+        let refused = f.send(
+            "TOOL_CALL",
+            "USER",
+            None,
+            json!({"call_id": "c1", "tool": "echo",
+            "params": {"message": "x"}}),
+        );
+        assert!(refused.is_empty(), "not processed");
+        let sent = f.sent();
+        assert_eq!(sent[0].0, "ERROR");
+        assert_eq!(sent[0].2["code"], "FLOW_CONTROL_VIOLATION");
+        assert_eq!(sent[0].2["detail"]["reason"], "CHANNEL_PAUSED");
+        // SYSTEM cannot be paused.
+        f.core.pause_inbound("SYSTEM", 2);
+        assert!(f.sent().is_empty());
+        f.core.resume_inbound("USER", 3);
+        assert_eq!(f.sent()[0].0, "RESUME_CHANNEL");
+        f.seq -= 1; // the refused message's seq was not used: the client sends it again
+        let accepted = f.send(
+            "TOOL_CALL",
+            "USER",
+            None,
+            json!({"call_id": "c2", "tool": "echo",
+            "params": {"message": "x"}}),
+        );
+        assert_eq!(accepted.len(), 1);
     }
 }

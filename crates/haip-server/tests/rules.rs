@@ -899,6 +899,36 @@ async fn pause_beats_credit(kind: Kind) {
 
 on_transports!(pause_holds_despite_credit, pause_beats_credit);
 
+/// Held output is bounded (`flow_control_max_held_messages`): a client that grants no more
+/// credit while the agent keeps talking gets ERROR FLOW_CONTROL_VIOLATION with reason
+/// HELD_OUTPUT_LIMIT, its connection closes, and the session cannot be resumed.
+async fn held_output_bound(kind: Kind) {
+    let srv = Server::start_with(|c| c.flow_control_max_held_messages = 20).await;
+    let mut c = srv.connect(kind).await;
+    let mut hai = hai_payload(&ALL_EVENTS);
+    hai["capabilities"] = json!({"flow_control": {"initial_credit_messages": 2}});
+    c.send_msg("SYSTEM", "HAI", hai).await;
+    let words: Vec<String> = (0..40).map(|i| format!("w{i}")).collect();
+    c.say(&words.join(" ")).await;
+    let error = expect_error(&mut c, "FLOW_CONTROL_VIOLATION").await;
+    assert_eq!(error["payload"]["detail"]["reason"], "HELD_OUTPUT_LIMIT");
+    let (code, _) = c.expect_close().await;
+    if kind.is_ws() {
+        assert_eq!(code, Some(1008));
+    }
+    assert!(
+        agent_msgs(&c.log).len() <= 2,
+        "nothing beyond the credit was sent: {:?}",
+        agent_msgs(&c.log)
+    );
+    let session = session_of(&c);
+    let last = seq(c.log.last().expect("messages"));
+    let mut again = srv.connect_with(kind, Opts::resume(&session, last)).await;
+    expect_resume_failed(&mut again, &session).await;
+}
+
+on_transports!(held_output_is_bounded, held_output_bound);
+
 // =======================================================================================
 // Section 6: flow control, client to server
 // =======================================================================================

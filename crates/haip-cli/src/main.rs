@@ -1,5 +1,10 @@
 //! `haip`: the HAIP command-line tool.
 
+mod chat;
+mod connect;
+mod health;
+mod monitor;
+mod send;
 mod serve;
 mod token;
 mod validate;
@@ -24,6 +29,10 @@ enum Command {
     Serve(Box<serve::ServeArgs>),
     Token(token::TokenArgs),
     Validate(validate::ValidateArgs),
+    Chat(chat::ChatArgs),
+    Send(send::SendArgs),
+    Monitor(monitor::MonitorArgs),
+    Health(health::HealthArgs),
 }
 
 fn main() -> ExitCode {
@@ -32,5 +41,9 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(&args),
         Command::Token(args) => token::run(&args),
         Command::Validate(args) => validate::run(&args),
+        Command::Chat(args) => chat::run(&args),
+        Command::Send(args) => send::run(&args),
+        Command::Monitor(args) => monitor::run(&args),
+        Command::Health(args) => health::run(&args),
     }
 }

@@ -94,6 +94,13 @@ pub struct Settings {
     /// Bytes a client may send per channel before credit returns [default: 1048576]
     #[arg(long, env = "FLOW_CONTROL_INITIAL_CREDIT_BYTES")]
     flow_control_initial_credit_bytes: Option<u64>,
+    /// Output a session may hold for a client that does not take it (no credit, paused
+    /// channel, not reading) before the session is ended [default: 10000]
+    #[arg(long, env = "FLOW_CONTROL_MAX_HELD_MESSAGES")]
+    flow_control_max_held_messages: Option<usize>,
+    /// The same bound in bytes [default: 67108864]
+    #[arg(long, env = "FLOW_CONTROL_MAX_HELD_BYTES")]
+    flow_control_max_held_bytes: Option<u64>,
     /// Most runs open at once per session [default: 10]
     #[arg(long, env = "MAX_CONCURRENT_RUNS")]
     max_concurrent_runs: Option<u64>,
@@ -190,6 +197,8 @@ pub fn resolve(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
         flow_control_enabled,
         flow_control_initial_credit_messages,
         flow_control_initial_credit_bytes,
+        flow_control_max_held_messages,
+        flow_control_max_held_bytes,
         max_concurrent_runs,
         replay_window_size,
         replay_window_time,
@@ -273,6 +282,16 @@ pub fn resolve(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
             s.flow_control_initial_credit_bytes,
         )?
         .unwrap_or(d.flow_control_initial_credit_bytes),
+        flow_control_max_held_messages: positive(
+            "FLOW_CONTROL_MAX_HELD_MESSAGES",
+            s.flow_control_max_held_messages,
+        )?
+        .unwrap_or(d.flow_control_max_held_messages),
+        flow_control_max_held_bytes: positive(
+            "FLOW_CONTROL_MAX_HELD_BYTES",
+            s.flow_control_max_held_bytes,
+        )?
+        .unwrap_or(d.flow_control_max_held_bytes),
         max_concurrent_runs: positive("MAX_CONCURRENT_RUNS", s.max_concurrent_runs)?
             .unwrap_or(d.max_concurrent_runs),
         replay_window_size: s.replay_window_size.unwrap_or(d.replay_window_size),

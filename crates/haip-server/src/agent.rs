@@ -65,6 +65,18 @@ impl Reply {
         })
     }
 
+    /// Asks the client to stop sending on `channel` (PAUSE_CHANNEL): back-pressure for an
+    /// agent that cannot keep up, e.g. with audio input. Messages the client sends there
+    /// anyway are refused with FLOW_CONTROL_VIOLATION (CHANNEL_PAUSED).
+    pub fn pause_channel(&self, channel: &str) {
+        self.session.lock().pause_inbound(channel, now_ms());
+    }
+
+    /// Lets the client send on `channel` again (RESUME_CHANNEL).
+    pub fn resume_channel(&self, channel: &str) {
+        self.session.lock().resume_inbound(channel, now_ms());
+    }
+
     /// Sends a message outside any run.
     pub fn send(&self, channel: &str, payload: Payload) {
         let mut core = self.session.lock();

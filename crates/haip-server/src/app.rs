@@ -1,6 +1,6 @@
 //! The HTTP application: shared state, routes, authentication and connection limits.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -22,6 +22,7 @@ use crate::auth::{Authenticator, Identity};
 use crate::config::ServerConfig;
 use crate::engine::connection::{ConnectionOptions, Transport};
 use crate::engine::core::SessionLimits;
+use crate::engine::metrics::{Metrics, TransportCounts};
 use crate::engine::Engine;
 use crate::tools::ToolRegistry;
 use crate::transport;
@@ -49,6 +50,9 @@ impl AppState {
             replay: ReplayConfig {
                 keep_newest: config.replay_window_size,
                 keep_for_ms: config.replay_window_time.as_millis() as u64,
+                // The replay window shares its frames with the connection's backlog, so this
+                // one number bounds the output memory of a session.
+                max_bytes: config.flow_control_max_held_bytes,
                 ..ReplayConfig::default()
             },
             max_concurrent_runs: config.max_concurrent_runs,
@@ -61,6 +65,8 @@ impl AppState {
                 Credit::UNLIMITED
             },
             max_held_inbound: config.replay_window_size.max(1),
+            max_held_messages: config.flow_control_max_held_messages,
+            max_held_bytes: config.flow_control_max_held_bytes,
         };
         let engine = Engine::new(limits, agent, tools, config.session_ttl.as_millis() as u64);
         Arc::new(AppState {
@@ -81,6 +87,8 @@ impl AppState {
             heartbeat_interval: self.config.heartbeat_interval,
             heartbeat_timeout: self.config.heartbeat_timeout,
             token_expires_ms: Some(identity.expires_ms),
+            idle_timeout: (transport == Transport::HttpStream)
+                .then_some(self.config.http_stream_timeout),
         }
     }
 
@@ -242,6 +250,22 @@ async fn health(axum::extract::State(state): axum::extract::State<SharedState>) 
     .into_response()
 }
 
+/// Per-transport counts, as a JSON object keyed by transport name.
+fn transport_counts(m: &Metrics) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    for t in [Transport::WebSocket, Transport::Sse, Transport::HttpStream] {
+        let c = m.transport(t);
+        out.insert(
+            t.as_str().to_string(),
+            json!({
+                "activeConnections": c.active.load(Ordering::Relaxed),
+                "totalConnections": c.total.load(Ordering::Relaxed),
+            }),
+        );
+    }
+    out.into()
+}
+
 async fn stats(axum::extract::State(state): axum::extract::State<SharedState>) -> Response {
     let m = &state.engine.metrics;
     let uptime_ms = state.started.elapsed().as_millis() as u64;
@@ -251,37 +275,84 @@ async fn stats(axum::extract::State(state): axum::extract::State<SharedState>) -
         "activeConnections": m.active_connections.load(Ordering::Relaxed),
         "totalMessages": total,
         "messagesPerSecond": total as f64 / (uptime_ms.max(1) as f64 / 1000.0),
-        "averageLatency": 0,
-        "errorRate": 0,
+        "averageLatency": m.average_round_trip_ms(),
+        "errorRate": m.error_rate(),
         "uptime": uptime_ms,
         "sessions": state.engine.session_count(),
+        "transports": transport_counts(m),
     }))
     .into_response()
 }
 
 async fn metrics(axum::extract::State(state): axum::extract::State<SharedState>) -> Response {
+    use std::fmt::Write;
     let m = &state.engine.metrics;
-    let body = format!(
-        "# HELP haip_connections_active Open client connections.\n\
-         # TYPE haip_connections_active gauge\n\
-         haip_connections_active {}\n\
-         # HELP haip_connections_total Connections accepted since start.\n\
-         # TYPE haip_connections_total counter\n\
-         haip_connections_total {}\n\
-         # HELP haip_sessions Sessions kept (attached or resumable).\n\
-         # TYPE haip_sessions gauge\n\
-         haip_sessions {}\n\
-         # HELP haip_messages_received_total Valid messages received from clients.\n\
-         # TYPE haip_messages_received_total counter\n\
-         haip_messages_received_total {}\n\
-         # HELP haip_messages_sent_total Messages written to clients.\n\
-         # TYPE haip_messages_sent_total counter\n\
-         haip_messages_sent_total {}\n",
-        m.active_connections.load(Ordering::Relaxed),
-        m.total_connections.load(Ordering::Relaxed),
-        state.engine.session_count(),
-        m.messages_in.load(Ordering::Relaxed),
-        m.messages_out.load(Ordering::Relaxed),
+    let mut body = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, String)]| {
+        let _ = writeln!(body, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(body, "{name}{labels} {value}");
+        }
+    };
+    let one = |v: &AtomicU64| vec![(String::new(), v.load(Ordering::Relaxed).to_string())];
+    let per_transport = |pick: fn(&TransportCounts) -> &AtomicU64| {
+        [Transport::WebSocket, Transport::Sse, Transport::HttpStream]
+            .iter()
+            .map(|t| {
+                (
+                    format!("{{transport=\"{}\"}}", t.as_str()),
+                    pick(m.transport(*t)).load(Ordering::Relaxed).to_string(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    metric(
+        "haip_connections_active",
+        "gauge",
+        "Open client connections.",
+        &per_transport(|c| &c.active),
+    );
+    metric(
+        "haip_connections_total",
+        "counter",
+        "Connections accepted since start.",
+        &per_transport(|c| &c.total),
+    );
+    metric(
+        "haip_sessions",
+        "gauge",
+        "Sessions kept (attached or resumable).",
+        &[(String::new(), state.engine.session_count().to_string())],
+    );
+    metric(
+        "haip_messages_received_total",
+        "counter",
+        "Valid messages received from clients.",
+        &one(&m.messages_in),
+    );
+    metric(
+        "haip_messages_sent_total",
+        "counter",
+        "Messages written to clients.",
+        &one(&m.messages_out),
+    );
+    metric(
+        "haip_errors_sent_total",
+        "counter",
+        "ERROR messages written to clients.",
+        &one(&m.errors_out),
+    );
+    metric(
+        "haip_heartbeat_round_trips_total",
+        "counter",
+        "PING to PONG round trips measured.",
+        &one(&m.round_trips),
+    );
+    metric(
+        "haip_heartbeat_round_trip_ms_sum",
+        "counter",
+        "Sum of the measured PING to PONG round trips, in ms.",
+        &one(&m.round_trip_ms_sum),
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

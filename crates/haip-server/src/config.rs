@@ -31,6 +31,9 @@ pub struct ServerConfig {
     pub flow_control_enabled: bool,
     pub flow_control_initial_credit_messages: u64,
     pub flow_control_initial_credit_bytes: u64,
+    /// Output held for a client that does not take it, beyond which its session is ended.
+    pub flow_control_max_held_messages: usize,
+    pub flow_control_max_held_bytes: u64,
     pub max_concurrent_runs: u64,
     pub replay_window_size: usize,
     pub replay_window_time: Duration,
@@ -80,6 +83,8 @@ impl Default for ServerConfig {
             flow_control_enabled: true,
             flow_control_initial_credit_messages: 1000,
             flow_control_initial_credit_bytes: 1024 * 1024,
+            flow_control_max_held_messages: 10_000,
+            flow_control_max_held_bytes: 64 * 1024 * 1024,
             max_concurrent_runs: 10,
             replay_window_size: 1000,
             replay_window_time: Duration::from_millis(300_000),

@@ -79,7 +79,6 @@ async fn stats_shape() {
 
 /// "plus per-transport counts" (contract section 4.5).
 #[tokio::test]
-#[ignore = "server bug: /stats has no per-transport counts (app.rs stats() only adds \"sessions\")"]
 async fn stats_has_per_transport_counts() {
     let srv = Server::start().await;
     let mut ws = srv.connect(Kind::Ws).await;

@@ -290,7 +290,6 @@ async fn sse_max_connections_gives_503() {
 /// this subject"; a session kept after its connection dropped is not live, so the post goes
 /// to the subject's single live session.
 #[tokio::test]
-#[ignore = "server bug: POST without X-HAIP-Session whose envelope names a detached (kept, not live) session is delivered to that detached session, not to the subject's single live session (Engine::session_for_post does not check is_attached for the envelope rule)"]
 async fn envelope_session_must_be_live_to_be_the_target() {
     let srv = Server::start().await;
     let mut old = srv.connect(Kind::Ws).await;

@@ -161,3 +161,45 @@ async fn finite_body_of_several_lines() {
     assert_eq!(pongs[1]["payload"]["nonce"], "b");
     assert_eq!(pongs[1]["ack"], "3");
 }
+
+/// `http_stream.timeout` (contract section 11): a stream on which the client says nothing
+/// for that long ends, and its session stays resumable.
+#[tokio::test]
+async fn an_idle_stream_ends_and_its_session_is_kept() {
+    let srv = Server::start_with(|c| c.http_stream_timeout = ms(400)).await;
+    let mut c = srv.connect(Kind::Stream).await;
+    c.send_msg("SYSTEM", "HAI", hai_payload(&ALL_EVENTS)).await;
+    let hai = c.recv_type("HAI").await;
+    let session = hai["session"].as_str().unwrap().to_string();
+    let started = std::time::Instant::now();
+    assert_eq!(c.expect_close().await, (None, String::new()));
+    assert!(
+        started.elapsed() >= ms(300),
+        "ended before the idle timeout"
+    );
+    let last = seq(c.log.last().unwrap());
+    let mut again = srv
+        .connect_with(Kind::Stream, Opts::resume(&session, last))
+        .await;
+    again
+        .send_msg("SYSTEM", "HAI", hai_payload(&ALL_EVENTS))
+        .await;
+    let hai = again.recv_type("HAI").await;
+    assert_eq!(hai["session"], session.as_str());
+}
+
+/// Talking keeps a stream open past the idle timeout.
+#[tokio::test]
+async fn a_talking_stream_is_not_idle() {
+    let srv = Server::start_with(|c| c.http_stream_timeout = ms(400)).await;
+    let mut c = srv.connect(Kind::Stream).await;
+    c.send_msg("SYSTEM", "HAI", hai_payload(&ALL_EVENTS)).await;
+    c.recv_type("HAI").await;
+    for _ in 0..4 {
+        c.send_msg("SYSTEM", "PING", json!({"nonce": "n"})).await;
+        c.recv_type("PONG").await;
+        tokio::time::sleep(ms(200)).await;
+    }
+    c.send_msg("SYSTEM", "PING", json!({"nonce": "last"})).await;
+    assert_eq!(c.recv_type("PONG").await["payload"]["nonce"], "last");
+}

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use haip_protocol::payload::{ErrorPayload, Nonce, Payload as P};
+use haip_protocol::payload::{ErrorPayload, Payload as P};
 use haip_protocol::{channel, Envelope, ErrorCode, EventType, Payload};
 use serde_json::Map;
 use tokio::time::Instant;
@@ -21,11 +21,6 @@ use tokio_util::sync::CancellationToken;
 use super::core::Violation;
 use super::outbound::{Close, ConnQueue, OutItem, Outgoing};
 use super::{now_ms, Engine, Session};
-
-/// Protocol violations a connection may commit before it is closed (contract section 2).
-pub const MAX_PROTOCOL_VIOLATIONS: u32 = 10;
-/// Flow-control violations a connection may commit before it is closed.
-pub const MAX_FLOW_VIOLATIONS: u32 = 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
@@ -58,7 +53,6 @@ pub trait FrameSink: Send {
     /// Writes frames in order and flushes once.
     fn send_batch(
         &mut self,
-        session_id: &str,
         frames: &[Arc<Outgoing>],
     ) -> impl Future<Output = io::Result<()>> + Send;
     /// A transport-level keepalive (WebSocket ping, SSE comment).
@@ -77,21 +71,19 @@ pub struct ConnectionOptions {
     pub heartbeat_timeout: Duration,
     /// The token's `exp`, in ms since the epoch.
     pub token_expires_ms: Option<u64>,
+    /// Ends the connection (session kept) after this long without a message from the
+    /// client (`http_stream.timeout`).
+    pub idle_timeout: Option<Duration>,
 }
 
 pub struct Connection {
     engine: Arc<Engine>,
     pub session: Arc<Session>,
     pub queue: Arc<ConnQueue>,
-    subject: String,
     options: ConnectionOptions,
-    /// True until the client sends anything: a fresh session nobody used can be dropped
-    /// when the client resumes another one instead.
-    fresh_untouched: bool,
-    protocol_violations: u32,
-    flow_violations: u32,
-    /// A text envelope with `bin_len`, waiting for its binary frame.
-    pending_binary: Option<Envelope>,
+    /// A text envelope with `bin_len`, waiting for its binary frame, with its flow cost
+    /// (the text frame plus `bin_len`).
+    pending_binary: Option<(Envelope, u64)>,
 }
 
 impl Connection {
@@ -105,20 +97,11 @@ impl Connection {
     ) -> Connection {
         let queue = Arc::new(ConnQueue::default());
         let binary = options.transport == Transport::WebSocket;
-        engine
-            .metrics
-            .total_connections
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        engine
-            .metrics
-            .active_connections
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        engine.metrics.connection_opened(options.transport);
         let mut resume_error = None;
         if let Some((id, last)) = resume {
             match engine.resume(subject, &id, last, queue.clone(), binary) {
-                Ok(session) => {
-                    return Connection::new(engine, session, queue, subject, options, false)
-                }
+                Ok(session) => return Connection::new(engine, session, queue, options),
                 Err(e) => resume_error = Some((id, e.to_string())),
             }
         }
@@ -132,41 +115,32 @@ impl Connection {
             ))));
         }
         let session = engine.open_session(subject, queue.clone(), binary);
-        Connection::new(engine, session, queue, subject, options, true)
+        Connection::new(engine, session, queue, options)
     }
 
     fn new(
         engine: Arc<Engine>,
         session: Arc<Session>,
         queue: Arc<ConnQueue>,
-        subject: &str,
         options: ConnectionOptions,
-        fresh: bool,
     ) -> Connection {
         Connection {
             engine,
             session,
             queue,
-            subject: subject.to_string(),
             options,
-            fresh_untouched: fresh,
-            protocol_violations: 0,
-            flow_violations: 0,
             pending_binary: None,
         }
     }
 
     /// A text frame or NDJSON line.
-    pub fn on_text(&mut self, raw: &[u8]) -> Option<Close> {
-        if let Some(waiting) = self.pending_binary.take() {
-            self.error(
+    pub fn on_text(&mut self, raw: &[u8]) {
+        if let Some((waiting, _)) = self.pending_binary.take() {
+            self.violation(
                 ErrorCode::BinaryFrameError,
                 "expected the binary frame announced by bin_len, got a text frame",
                 Some(waiting.id),
             );
-            if let Some(close) = self.count(Violation::Protocol) {
-                return Some(close);
-            }
         }
         let env = match Envelope::parse_bytes(raw) {
             Ok(env) => env,
@@ -179,30 +153,31 @@ impl Connection {
                     Some(e.detail()),
                     now_ms(),
                 );
-                drop(core);
-                return self.count(Violation::Protocol);
+                core.count_violation(Violation::Protocol);
+                return;
             }
         };
         if env.bin_len.is_some() && self.options.transport == Transport::WebSocket {
-            self.pending_binary = Some(env);
-            return None;
+            let cost = env.flow_cost(raw.len());
+            self.pending_binary = Some((env, cost));
+            return;
         }
         let cost = env.flow_cost(raw.len());
         self.deliver(env, cost)
     }
 
     /// A binary frame: the second half of a two-frame message.
-    pub fn on_binary(&mut self, data: &[u8]) -> Option<Close> {
-        let Some(mut env) = self.pending_binary.take() else {
-            self.error(
+    pub fn on_binary(&mut self, data: &[u8]) {
+        let Some((mut env, cost)) = self.pending_binary.take() else {
+            self.violation(
                 ErrorCode::BinaryFrameError,
                 "binary frame without an envelope announcing it (bin_len)",
                 None,
             );
-            return self.count(Violation::Protocol);
+            return;
         };
         if env.bin_len != Some(data.len() as u64) {
-            self.error(
+            self.violation(
                 ErrorCode::BinaryFrameError,
                 &format!(
                     "binary frame of {} bytes, bin_len announced {}",
@@ -211,75 +186,45 @@ impl Connection {
                 ),
                 Some(env.id),
             );
-            return self.count(Violation::Protocol);
+            return;
         }
         if let Payload::AudioChunk(chunk) = &mut env.payload {
             chunk.data = Some(data.to_vec());
         }
-        let cost = env.flow_cost(env.to_json().len());
         env.bin_len = None;
         env.bin_mime = None;
         self.deliver(env, cost)
     }
 
-    /// A frame or line over the size limit.
-    pub fn on_too_large(&mut self, limit: usize) -> Close {
+    /// A frame or line over the size limit: ERROR, then close 1009.
+    pub fn on_too_large(&mut self) {
         self.error(
             ErrorCode::ProtocolViolation,
-            &format!("message larger than the {limit}-byte limit"),
+            "message larger than the transport's size limit",
             None,
         );
-        Close {
+        self.queue.push(OutItem::Close(Close {
             code: 1009,
             reason: "message too big".into(),
-        }
+        }));
     }
 
-    fn deliver(&mut self, env: Envelope, cost: u64) -> Option<Close> {
+    fn deliver(&mut self, env: Envelope, cost: u64) {
         if let Payload::Hai(hai) = &env.payload {
             if let Some(last) = hai.last_rx_seq {
                 if env.session != self.session.id {
-                    self.resume_on_hai(&env.session, last, env.id.clone());
+                    if let Some(resumed) = self.engine.move_connection(
+                        &self.session,
+                        &env.session,
+                        last,
+                        env.id.clone(),
+                    ) {
+                        self.session = resumed;
+                    }
                 }
             }
         }
-        self.fresh_untouched = false;
-        let (close, violation) = self.engine.handle(&self.session, env, cost);
-        if close.is_some() {
-            return close;
-        }
-        violation.and_then(|v| self.count(v))
-    }
-
-    /// The client's HAI names another session: move this connection onto it.
-    fn resume_on_hai(&mut self, target: &str, last_rx_seq: u64, hai_id: String) {
-        let binary = self.options.transport == Transport::WebSocket;
-        match self.engine.resume(
-            &self.subject,
-            target,
-            last_rx_seq,
-            self.queue.clone(),
-            binary,
-        ) {
-            Ok(resumed) => {
-                let fresh = std::mem::replace(&mut self.session, resumed);
-                fresh.lock().detach(&self.queue, now_ms());
-                if self.fresh_untouched {
-                    self.engine.remove(&fresh.id);
-                }
-            }
-            Err(e) => {
-                let detail =
-                    serde_json::json!({"session": target, "last_rx_seq": last_rx_seq.to_string()});
-                self.session.lock().emit_error(
-                    ErrorCode::ResumeFailed,
-                    e.to_string(),
-                    Some(hai_id),
-                    Some(detail),
-                    now_ms(),
-                );
-            }
-        }
+        self.engine.handle(&self.session, env, cost);
     }
 
     fn error(&self, code: ErrorCode, message: &str, related_id: Option<String>) {
@@ -288,21 +233,11 @@ impl Connection {
             .emit_error(code, message, related_id, None, now_ms());
     }
 
-    fn count(&mut self, v: Violation) -> Option<Close> {
-        let over = match v {
-            Violation::Protocol => {
-                self.protocol_violations += 1;
-                self.protocol_violations > MAX_PROTOCOL_VIOLATIONS
-            }
-            Violation::FlowControl => {
-                self.flow_violations += 1;
-                self.flow_violations > MAX_FLOW_VIOLATIONS
-            }
-        };
-        over.then(|| Close {
-            code: 1008,
-            reason: "too many violations".into(),
-        })
+    /// Answers a protocol violation with ERROR and counts it towards the close threshold.
+    fn violation(&self, code: ErrorCode, message: &str, related_id: Option<String>) {
+        let mut core = self.session.lock();
+        core.emit_error(code, message, related_id, None, now_ms());
+        core.count_violation(Violation::Protocol);
     }
 
     /// Leaves the session resumable and updates the counters.
@@ -310,8 +245,7 @@ impl Connection {
         self.session.lock().detach(&self.queue, now_ms());
         self.engine
             .metrics
-            .active_connections
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            .connection_closed(self.options.transport);
     }
 
     /// Runs the connection until either side ends it: reads `inbound`, writes what the
@@ -337,7 +271,7 @@ impl Connection {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
-                    self.flush_queue(&mut sink, &mut batch, &mut frames).await;
+                    self.flush_queue(&mut sink).await;
                     sink.close(&Close { code: 1001, reason: "server shutting down".into() }).await;
                     break 'conn;
                 }
@@ -347,25 +281,39 @@ impl Connection {
                         match item {
                             OutItem::Frame(f) => frames.push(f),
                             OutItem::Close(c) => { close = Some(c); break; }
+                            OutItem::Switch(s) => self.session = s,
                         }
                     }
                     if !frames.is_empty() {
-                        let sid = self.session.id.clone();
-                        let sent = sink.send_batch(&sid, &frames).await;
-                        self.engine.metrics.messages_out.fetch_add(frames.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                        // A write that makes no progress for this long means the peer is
+                        // gone or not reading (a half-open connection never errors).
+                        let stall = opts.heartbeat_interval + opts.heartbeat_timeout;
+                        self.queue.set_writing(true);
+                        let sent = tokio::select! {
+                            r = tokio::time::timeout(stall, sink.send_batch(&frames)) => {
+                                r.unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "write stalled")))
+                            }
+                            _ = self.queue.aborted() => Err(io::Error::other("connection aborted")),
+                        };
+                        self.queue.set_writing(false);
+                        self.engine.metrics.frames_written(&frames);
                         frames.clear();
-                        if sent.is_err() { break 'conn; }
+                        if let Err(e) = sent {
+                            tracing::info!(session = %self.session.id, error = %e, "write failed: dropping connection, session kept");
+                            break 'conn;
+                        }
                     }
                     if let Some(c) = close {
                         sink.close(&c).await;
                         break 'conn;
                     }
                 }
+                _ = self.queue.timers_changed() => {}
                 item = inbound.next(), if inbound_open => {
-                    let close = match item {
+                    match item {
                         Some(Inbound::Text(t)) => self.on_text(&t),
                         Some(Inbound::Binary(b)) => self.on_binary(&b),
-                        Some(Inbound::TooLarge) => Some(self.on_too_large(0)),
+                        Some(Inbound::TooLarge) => self.on_too_large(),
                         None => {
                             if opts.transport == Transport::HttpStream {
                                 // The request body ended; the response goes on (browsers
@@ -375,9 +323,6 @@ impl Connection {
                             }
                             break 'conn;
                         }
-                    };
-                    if let Some(c) = close {
-                        self.queue.push(OutItem::Close(c));
                     }
                 }
                 _ = tokio::time::sleep_until(timer) => {
@@ -393,6 +338,14 @@ impl Connection {
                         self.queue.push(OutItem::Close(Close { code: 1008, reason: "token expired".into() }));
                         continue 'conn;
                     }
+                    if let Some(idle) = opts.idle_timeout {
+                        let quiet_ms = now_wall.saturating_sub(self.session.lock().last_client_activity_ms());
+                        if quiet_ms >= idle.as_millis() as u64 {
+                            tracing::info!(session = %self.session.id, "idle timeout: ending the stream, session kept");
+                            sink.close(&Close { code: 1000, reason: "idle timeout".into() }).await;
+                            break 'conn;
+                        }
+                    }
                     if let Some((sent_at, sent_wall)) = ping_sent {
                         if now >= sent_at + opts.heartbeat_timeout {
                             let heard = self.session.lock().last_client_activity_ms() >= sent_wall;
@@ -405,28 +358,23 @@ impl Connection {
                         }
                     }
                     if now >= next_ping {
-                        self.ping();
+                        self.session.lock().ping(now_wall);
                         if sink.keepalive().await.is_err() { break 'conn; }
-                        ping_sent = Some((now, now_wall));
+                        // The oldest unanswered PING keeps its deadline: replacing it with
+                        // each new PING would postpone the timeout forever when the
+                        // timeout is not shorter than the interval.
+                        let answered = ping_sent.is_some_and(|(_, sent_wall)| {
+                            self.session.lock().last_client_activity_ms() >= sent_wall
+                        });
+                        if ping_sent.is_none() || answered {
+                            ping_sent = Some((now, now_wall));
+                        }
                         next_ping = now + opts.heartbeat_interval;
                     }
                 }
             }
         }
         self.finish();
-    }
-
-    fn ping(&self) {
-        let mut core = self.session.lock();
-        let nonce = uuid::Uuid::new_v4().to_string();
-        let env = core.envelope(
-            channel::SYSTEM,
-            P::Ping(Nonce {
-                nonce: Some(nonce),
-                extra: Map::new(),
-            }),
-        );
-        core.emit(env, now_ms());
     }
 
     fn next_timer(
@@ -445,31 +393,43 @@ impl Connection {
         }
         let core = self.session.lock();
         let now_wall = now_ms();
-        for deadline in [core.next_gap_deadline(), core.next_grant_ms()]
-            .into_iter()
-            .flatten()
+        let idle_deadline = opts
+            .idle_timeout
+            .map(|idle| core.last_client_activity_ms() + idle.as_millis() as u64);
+        for deadline in [
+            core.next_gap_deadline(),
+            core.next_grant_ms(),
+            idle_deadline,
+        ]
+        .into_iter()
+        .flatten()
         {
             t = t.min(Instant::now() + Duration::from_millis(deadline.saturating_sub(now_wall)));
         }
         t
     }
 
-    async fn flush_queue<S: FrameSink>(
-        &self,
-        sink: &mut S,
-        batch: &mut Vec<OutItem>,
-        frames: &mut Vec<Arc<Outgoing>>,
-    ) {
-        if self.queue.is_empty() {
-            return;
-        }
-        self.queue.drain(batch).await;
-        frames.extend(batch.drain(..).filter_map(|i| match i {
-            OutItem::Frame(f) => Some(f),
-            OutItem::Close(_) => None,
-        }));
-        let _ = sink.send_batch(&self.session.id, frames).await;
-        frames.clear();
+    /// Writes what is still queued before a shutdown close, for at most two seconds (a
+    /// client that does not read must not hold up the exit; the session stays resumable
+    /// for as long as the process lives).
+    async fn flush_queue<S: FrameSink>(&self, sink: &mut S) {
+        let frames: Vec<Arc<Outgoing>> = self
+            .queue
+            .take_now()
+            .into_iter()
+            .filter_map(|i| match i {
+                OutItem::Frame(f) => Some(f),
+                OutItem::Close(_) | OutItem::Switch(_) => None,
+            })
+            .collect();
+        let write_all = async {
+            for chunk in frames.chunks(super::outbound::MAX_BATCH_FRAMES) {
+                if sink.send_batch(chunk).await.is_err() {
+                    return;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), write_all).await;
     }
 }
 
@@ -495,7 +455,12 @@ fn unsequenced_error(code: ErrorCode, message: &str, session: &str) -> Outgoing 
             extra: Map::new(),
         }),
     );
-    Outgoing::new(0, EventType::Error, env.to_json())
+    Outgoing::new(
+        Arc::from(env.session.as_str()),
+        0,
+        EventType::Error,
+        env.to_json(),
+    )
 }
 
 /// An ERROR frame for a connection that has no session (authentication failed).

@@ -34,6 +34,10 @@ pub struct SessionLimits {
     pub inbound_credit: Credit,
     /// Out-of-order client messages held while waiting for a gap to fill.
     pub max_held_inbound: usize,
+    /// Output the client has not taken (held by flow control, or queued behind a write
+    /// that does not progress) beyond which the session is ended.
+    pub max_held_messages: usize,
+    pub max_held_bytes: u64,
 }
 
 impl Default for SessionLimits {
@@ -43,6 +47,8 @@ impl Default for SessionLimits {
             max_concurrent_runs: 10,
             inbound_credit: Credit::new(Some(1000), Some(1024 * 1024)),
             max_held_inbound: 1000,
+            max_held_messages: 10_000,
+            max_held_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -65,8 +71,8 @@ pub enum Action {
         run_id: Option<String>,
         cancel: CancellationToken,
     },
-    /// The connection must close (after what is queued).
-    Close(Close),
+    /// The client answered the server's PING after this many ms (for /stats).
+    RoundTrip(u64),
 }
 
 /// A rule broken by the client, counted by the connection towards its close thresholds.
@@ -75,6 +81,11 @@ pub enum Violation {
     Protocol,
     FlowControl,
 }
+
+/// Protocol violations a connection may commit before it is closed (contract section 2).
+pub const MAX_PROTOCOL_VIOLATIONS: u32 = 10;
+/// Flow-control violations a connection may commit before it is closed.
+pub const MAX_FLOW_VIOLATIONS: u32 = 20;
 
 /// Which tools exist, for TOOL_LIST, TOOL_SCHEMA and TOOL_CALL routing.
 pub trait ToolCatalog: Send + Sync {
@@ -85,6 +96,8 @@ pub trait ToolCatalog: Send + Sync {
 
 pub struct SessionCore {
     pub id: String,
+    /// The id again, shared by every message sent.
+    shared_id: Arc<str>,
     pub subject: String,
     limits: Arc<SessionLimits>,
     binary_frames: bool,
@@ -102,8 +115,20 @@ pub struct SessionCore {
     texts: HashMap<String, (String, Option<String>)>,
     /// Cancellation of the agent work of each open run and each running tool call.
     cancels: HashMap<String, CancellationToken>,
+    /// Runs cancelled while tool calls of theirs were still running: their RUN_FINISHED
+    /// waits for the last TOOL_DONE, so that nothing of a run follows its RUN_FINISHED.
+    finish_after_tools: HashMap<String, RunStatus>,
+    /// The nonce and send time of the last heartbeat PING, to time its PONG.
+    ping_in_flight: Option<(String, u64)>,
     last_client_activity_ms: u64,
     detached_since_ms: Option<u64>,
+    /// Violations of the attached connection, whichever way its messages came in (its own
+    /// socket or `POST /haip/messages`); they start from zero on each attach.
+    protocol_violations: u32,
+    flow_violations: u32,
+    /// Set when the session was ended for holding too much output: it sends nothing more
+    /// and cannot be resumed.
+    ended: bool,
 }
 
 impl SessionCore {
@@ -115,6 +140,7 @@ impl SessionCore {
         now_ms: u64,
     ) -> SessionCore {
         SessionCore {
+            shared_id: Arc::from(id.as_str()),
             id,
             subject,
             replay: ReplayWindow::new(limits.replay),
@@ -128,6 +154,11 @@ impl SessionCore {
             attached: None,
             texts: HashMap::new(),
             cancels: HashMap::new(),
+            finish_after_tools: HashMap::new(),
+            ping_in_flight: None,
+            protocol_violations: 0,
+            flow_violations: 0,
+            ended: false,
             last_client_activity_ms: now_ms,
             detached_since_ms: Some(now_ms),
             limits,
@@ -158,6 +189,14 @@ impl SessionCore {
         self.attached.is_some()
     }
 
+    pub fn attached_queue(&self) -> Option<Arc<ConnQueue>> {
+        self.attached.clone()
+    }
+
+    pub fn binary_frames(&self) -> bool {
+        self.binary_frames
+    }
+
     pub fn detached_since_ms(&self) -> Option<u64> {
         self.detached_since_ms
     }
@@ -168,6 +207,10 @@ impl SessionCore {
 
     pub fn touch(&mut self, now_ms: u64) {
         self.last_client_activity_ms = now_ms;
+    }
+
+    pub fn is_ended(&self) -> bool {
+        self.ended
     }
 
     pub fn held_outbound(&self) -> (usize, u64) {
@@ -190,7 +233,7 @@ impl SessionCore {
                 .after(n)?
                 .map(|o| OutItem::Frame(o.clone()))
                 .collect();
-            queue.push_all(replay);
+            queue.push_replay(replay);
         }
         if let Some(old) = self.attached.replace(queue) {
             old.push(OutItem::Close(Close {
@@ -200,6 +243,8 @@ impl SessionCore {
         }
         self.binary_frames = binary_frames;
         self.detached_since_ms = None;
+        self.protocol_violations = 0;
+        self.flow_violations = 0;
         self.last_client_activity_ms = now_ms;
         if resume_after.is_some() {
             let hai = self.server_hai(self.last_client_seq());
@@ -261,27 +306,108 @@ impl SessionCore {
         self.emit(env, now_ms);
     }
 
+    /// Counts a rule the client broke against the attached connection and closes it (1008)
+    /// once a threshold of contract section 2 is passed. True when it was closed.
+    pub fn count_violation(&mut self, violation: Violation) -> bool {
+        let over = match violation {
+            Violation::Protocol => {
+                self.protocol_violations += 1;
+                self.protocol_violations > MAX_PROTOCOL_VIOLATIONS
+            }
+            Violation::FlowControl => {
+                self.flow_violations += 1;
+                self.flow_violations > MAX_FLOW_VIOLATIONS
+            }
+        };
+        if over {
+            self.close_connection(Close {
+                code: 1008,
+                reason: "too many violations".into(),
+            });
+        }
+        over
+    }
+
     /// Sends one message: applies the event filter, drops output of a cancelled run, then
     /// lets flow control release it (or hold it, never dropping).
     pub fn emit(&mut self, env: Envelope, now_ms: u64) {
-        if !self.terms.accepts.contains(env.event_type()) {
+        if self.ended || !self.terms.accepts.contains(env.event_type()) {
             return; // suppressed messages take no seq
         }
         if let Some(run_id) = &env.run_id {
-            let closing = matches!(env.payload, Payload::RunFinished(_) | Payload::RunError(_));
+            // TOOL_DONE still goes out: it tells the client how each call of the run ended.
+            let closing = matches!(
+                env.payload,
+                Payload::RunFinished(_) | Payload::RunError(_) | Payload::ToolDone(_)
+            );
             if self.runs.is_cancelled(run_id) && !closing {
                 return;
             }
         }
-        let cost = if self.gate.credit(&env.channel).bytes.is_some() {
+        // The size is only needed when the gate may hold the message: it counts towards
+        // byte credit and towards the held-output bound.
+        let restricted =
+            !self.gate.credit(&env.channel).is_unlimited() || self.gate.is_paused(&env.channel);
+        let cost = if restricted {
             env.to_json().len() as u64 + 24
         } else {
             0
         };
         let channel = env.channel.clone();
-        if let Some(env) = self.gate.offer(&channel, cost, env) {
-            self.send_now(env, now_ms);
+        match self.gate.offer(&channel, cost, env) {
+            Some(env) => self.send_now(env, now_ms),
+            None => {
+                let (messages, bytes) = (self.gate.held_messages(), self.gate.held_bytes());
+                if messages > self.limits.max_held_messages || bytes > self.limits.max_held_bytes {
+                    self.end_for_held_output("held by flow control", messages, bytes, now_ms);
+                }
+            }
         }
+    }
+
+    /// Ends the session: its output outgrew the bound while the client did not take it
+    /// (no credit, a paused channel, or a connection that does not read). The client is
+    /// told with ERROR FLOW_CONTROL_VIOLATION when it still reads; memory is freed at once.
+    fn end_for_held_output(&mut self, why: &str, messages: usize, bytes: u64, now_ms: u64) {
+        tracing::warn!(
+            session = %self.id,
+            subject = %self.subject,
+            held_messages = messages,
+            held_bytes = bytes,
+            limit_messages = self.limits.max_held_messages,
+            limit_bytes = self.limits.max_held_bytes,
+            "ending session: output {why} over the limit"
+        );
+        let detail = serde_json::json!({
+            "reason": "HELD_OUTPUT_LIMIT",
+            "held_messages": messages,
+            "held_bytes": bytes,
+            "limit_messages": self.limits.max_held_messages,
+            "limit_bytes": self.limits.max_held_bytes,
+        });
+        self.ended = true;
+        let error = self.system(Payload::Error(ErrorPayload {
+            code: ErrorCode::FlowControlViolation.as_str().to_string(),
+            message: format!("session ended: output {why} exceeded the limit"),
+            related_id: None,
+            detail: detail.as_object().cloned(),
+            run_id: None,
+            extra: Map::new(),
+        }));
+        self.send_now(error, now_ms); // SYSTEM: never held by flow control
+        self.close_connection(Close {
+            code: 1008,
+            reason: "held output over limit".into(),
+        });
+        if let Some(q) = self.attached.take() {
+            if q.is_writing() {
+                q.abort(); // the client is not reading: do not wait for it
+            }
+        }
+        self.detached_since_ms = Some(now_ms);
+        self.cancel_all();
+        self.gate = SendGate::new(Credit::UNLIMITED);
+        self.replay = ReplayWindow::new(self.limits.replay);
     }
 
     fn send_now(&mut self, mut env: Envelope, now_ms: u64) {
@@ -289,26 +415,79 @@ impl SessionCore {
         env.seq = self.last_sent_seq;
         env.ts = now_ms;
         env.ack = self.inbound.last_delivered();
+        let two_frame = self.two_frame(&env);
         let json = env.to_json();
         let bytes = json.len() as u64;
-        let out = Arc::new(Outgoing::new(env.seq, env.event_type(), json));
+        let mut out = Outgoing::new(self.shared_id.clone(), env.seq, env.event_type(), json);
+        out.two_frame = two_frame;
+        let out = Arc::new(out);
         // Seqs are consecutive by construction, so the push cannot be refused.
         let _ = self.replay.push(env.seq, now_ms, bytes, out.clone());
-        if let Some(q) = &self.attached {
-            q.push(OutItem::Frame(out));
+        let Some(q) = &self.attached else {
+            return;
+        };
+        q.push(OutItem::Frame(out));
+        let (messages, bytes) = q.backlog();
+        if !self.ended
+            && (messages > self.limits.max_held_messages || bytes > self.limits.max_held_bytes)
+        {
+            self.end_for_held_output("not written to the client", messages, bytes, now_ms);
         }
     }
 
-    /// Handles one valid envelope from the client (`cost` counts towards flow control).
-    /// Returns the work to start and the rule the client broke, if any.
+    /// The header-plus-bytes form of an AUDIO_CHUNK, when the client said in its HAI that
+    /// it takes binary frames. Kept beside the base64 form: the same message may be
+    /// replayed later to a transport without binary frames.
+    fn two_frame(&self, env: &Envelope) -> Option<(bytes::Bytes, bytes::Bytes)> {
+        if !self.terms.binary_frames {
+            return None;
+        }
+        let Payload::AudioChunk(chunk) = &env.payload else {
+            return None;
+        };
+        let data = chunk.data.as_ref()?;
+        let mut header = env.clone();
+        if let Payload::AudioChunk(c) = &mut header.payload {
+            c.data = None;
+        }
+        header.bin_len = Some(data.len() as u64);
+        header.bin_mime = Some(chunk.mime.clone());
+        Some((header.to_json().into(), bytes::Bytes::copy_from_slice(data)))
+    }
+
+    /// Handles one valid envelope from the client (`cost` counts towards flow control)
+    /// and returns the work to start. Rules the client broke are answered and counted here;
+    /// a connection that must close gets its close queued.
     pub fn receive(
         &mut self,
         env: Envelope,
         cost: u64,
         tools: &dyn ToolCatalog,
         now_ms: u64,
-    ) -> (Vec<Action>, Option<Violation>) {
+    ) -> Vec<Action> {
         self.last_client_activity_ms = now_ms;
+        let timers_before = self.timers();
+        let actions = self.receive_inner(env, cost, tools, now_ms);
+        if self.timers() != timers_before {
+            if let Some(q) = &self.attached {
+                q.wake_timers();
+            }
+        }
+        actions
+    }
+
+    /// The deadlines the attached connection sleeps towards.
+    fn timers(&self) -> (Option<u64>, Option<u64>) {
+        (self.inbound.next_deadline(), self.meter.next_flush_ms())
+    }
+
+    fn receive_inner(
+        &mut self,
+        env: Envelope,
+        cost: u64,
+        tools: &dyn ToolCatalog,
+        now_ms: u64,
+    ) -> Vec<Action> {
         if let Err(refusal) = self.meter.admit(&env.channel, cost) {
             let detail = serde_json::json!({"reason": refusal.as_str(), "channel": env.channel});
             self.emit_error(
@@ -318,13 +497,26 @@ impl SessionCore {
                 Some(detail),
                 now_ms,
             );
-            return (Vec::new(), Some(Violation::FlowControl));
+            self.count_violation(Violation::FlowControl);
+            return Vec::new();
         }
         let seq = env.seq;
+        let channel = env.channel.clone();
         let ready = match self.inbound.accept(seq, (env, cost), now_ms) {
             Arrival::Deliver(ready) => ready,
-            Arrival::Duplicate | Arrival::Held => return (Vec::new(), None),
+            Arrival::Held => return Vec::new(),
+            Arrival::Duplicate => {
+                // Dropped silently, but its credit was spent: hand it back, or a client
+                // that retransmits after a resume would run out of credit for good.
+                if let Some(grant) = self.meter.consumed(&channel, cost, now_ms) {
+                    self.send_grant(grant, now_ms);
+                }
+                return Vec::new();
+            }
             Arrival::Overflow((env, _)) => {
+                if let Some(grant) = self.meter.consumed(&channel, cost, now_ms) {
+                    self.send_grant(grant, now_ms);
+                }
                 self.emit_error(
                     ErrorCode::SeqViolation,
                     format!("seq {seq} is too far ahead: too many messages already held"),
@@ -332,21 +524,21 @@ impl SessionCore {
                     None,
                     now_ms,
                 );
-                return (Vec::new(), Some(Violation::Protocol));
+                self.count_violation(Violation::Protocol);
+                return Vec::new();
             }
         };
         let mut actions = Vec::new();
-        let mut violation = None;
         for (env, cost) in ready {
             let ch = env.channel.clone();
             if let Some(v) = self.process(env, tools, now_ms, &mut actions) {
-                violation = Some(v);
+                self.count_violation(v);
             }
             if let Some(grant) = self.meter.consumed(&ch, cost, now_ms) {
                 self.send_grant(grant, now_ms);
             }
         }
-        (actions, violation)
+        actions
     }
 
     /// Asks for a missing range when a gap has been open too long.
@@ -397,13 +589,24 @@ impl SessionCore {
     ) -> Option<Violation> {
         let related = Some(env.id.clone());
         match env.payload {
-            Payload::Hai(hai) => return self.negotiate(&hai, related, now_ms, actions),
+            Payload::Hai(hai) => self.negotiate(&hai, related, now_ms),
             Payload::Ping(Nonce { nonce, .. }) => {
                 let env = self.system(Payload::Pong(Nonce {
                     nonce,
                     extra: Map::new(),
                 }));
                 self.emit(env, now_ms);
+            }
+            Payload::Pong(Nonce {
+                nonce: Some(nonce), ..
+            }) if self
+                .ping_in_flight
+                .as_ref()
+                .is_some_and(|(sent, _)| *sent == nonce) =>
+            {
+                if let Some((_, sent_ms)) = self.ping_in_flight.take() {
+                    actions.push(Action::RoundTrip(now_ms.saturating_sub(sent_ms)));
+                }
             }
             Payload::Pong(_) | Payload::Error(_) | Payload::RunError(_) => {}
             Payload::ReplayRequest(r) => {
@@ -414,7 +617,7 @@ impl SessionCore {
                 match frames {
                     Ok(frames) => {
                         if let Some(q) = &self.attached {
-                            q.push_all(frames.into_iter().map(OutItem::Frame));
+                            q.push_replay(frames.into_iter().map(OutItem::Frame));
                         }
                     }
                     Err(e) => self.emit_error(
@@ -573,15 +776,9 @@ impl SessionCore {
         None
     }
 
-    fn negotiate(
-        &mut self,
-        hai: &Hai,
-        related: Option<String>,
-        now_ms: u64,
-        actions: &mut Vec<Action>,
-    ) -> Option<Violation> {
+    fn negotiate(&mut self, hai: &Hai, related: Option<String>, now_ms: u64) {
         if self.negotiated {
-            return None; // a second HAI is ignored
+            return; // a second HAI is ignored
         }
         match handshake::accept_peer_hai(hai) {
             Ok(terms) => {
@@ -592,7 +789,6 @@ impl SessionCore {
                 }
                 self.terms = terms;
                 self.negotiated = true;
-                None
             }
             Err(e) => {
                 self.emit_error(
@@ -602,11 +798,10 @@ impl SessionCore {
                     Some(VersionIncompatible::detail()),
                     now_ms,
                 );
-                actions.push(Action::Close(Close {
+                self.close_connection(Close {
                     code: 1002,
                     reason: "version incompatible".into(),
-                }));
-                None
+                });
             }
         }
     }
@@ -649,11 +844,19 @@ impl SessionCore {
         Some((run_id, token))
     }
 
-    /// Closes a run with RUN_FINISHED.
+    /// Closes a run with RUN_FINISHED, once the last of its tool calls is done.
     pub fn finish_run(&mut self, run_id: &str, status: RunStatus, now_ms: u64) {
+        if self.runs.get(run_id).is_none() {
+            return;
+        }
+        if !self.tool_calls.of_run(run_id).is_empty() {
+            self.finish_after_tools.insert(run_id.to_string(), status);
+            return;
+        }
         if self.runs.close(run_id).is_err() {
             return;
         }
+        self.finish_after_tools.remove(run_id);
         self.cancels.remove(run_id);
         let mut env = self.envelope(
             channel::AGENT,
@@ -668,10 +871,19 @@ impl SessionCore {
         self.emit(env, now_ms);
     }
 
-    /// Forgets a finished tool call.
-    pub fn finish_tool_call(&mut self, call_id: &str) {
-        let _ = self.tool_calls.finish(call_id);
+    /// Sends a call's TOOL_DONE and forgets the call; a run that was waiting for it to
+    /// finish gets its RUN_FINISHED now. One step under the lock, so nothing slips between.
+    pub fn tool_done(&mut self, env: Envelope, call_id: &str, now_ms: u64) {
+        self.emit(env, now_ms);
         self.cancels.remove(call_id);
+        let Ok(call) = self.tool_calls.finish(call_id) else {
+            return;
+        };
+        if let Some(run_id) = call.run_id {
+            if let Some(status) = self.finish_after_tools.get(&run_id).copied() {
+                self.finish_run(&run_id, status, now_ms);
+            }
+        }
     }
 
     /// Cancels all agent and tool work (the session is being dropped).
@@ -681,10 +893,327 @@ impl SessionCore {
         }
     }
 
+    /// Pauses a client channel: PAUSE_CHANNEL, then its messages are refused until resumed.
+    pub fn pause_inbound(&mut self, channel: &str, now_ms: u64) {
+        if self.meter.pause(channel) {
+            let env = self.system(Payload::PauseChannel(ChannelRef {
+                channel: channel.to_string(),
+                extra: Map::new(),
+            }));
+            self.emit(env, now_ms);
+        }
+    }
+
+    pub fn resume_inbound(&mut self, channel: &str, now_ms: u64) {
+        self.meter.resume(channel);
+        let env = self.system(Payload::ResumeChannel(ChannelRef {
+            channel: channel.to_string(),
+            extra: Map::new(),
+        }));
+        self.emit(env, now_ms);
+    }
+
+    /// Sends a heartbeat PING whose PONG will be timed.
+    pub fn ping(&mut self, now_ms: u64) {
+        let nonce = uuid::Uuid::new_v4().to_string();
+        self.ping_in_flight = Some((nonce.clone(), now_ms));
+        let env = self.system(Payload::Ping(Nonce {
+            nonce: Some(nonce),
+            extra: Map::new(),
+        }));
+        self.emit(env, now_ms);
+    }
+
     /// Closes the attached connection, if any, after what is queued.
     pub fn close_connection(&mut self, close: Close) {
         if let Some(q) = &self.attached {
             q.push(OutItem::Close(close));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tools::ToolRegistry;
+    use serde_json::json;
+
+    struct Fixture {
+        core: SessionCore,
+        queue: Arc<ConnQueue>,
+        tools: ToolRegistry,
+        seq: u64,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            Fixture::with_limits(SessionLimits::default())
+        }
+
+        fn with_limits(limits: SessionLimits) -> Fixture {
+            let mut core = SessionCore::new("s1".into(), "alice".into(), Arc::new(limits), true, 0);
+            let queue = Arc::new(ConnQueue::default());
+            core.attach(queue.clone(), None, true, 0).unwrap();
+            Fixture {
+                core,
+                queue,
+                tools: ToolRegistry::with_builtins(),
+                seq: 0,
+            }
+        }
+
+        fn send(
+            &mut self,
+            ty: &str,
+            channel: &str,
+            run_id: Option<&str>,
+            payload: Value,
+        ) -> Vec<Action> {
+            self.seq += 1;
+            let mut v = json!({"id": format!("c{}", self.seq), "session": "s1",
+                "seq": self.seq.to_string(), "ts": "0", "channel": channel,
+                "type": ty, "payload": payload});
+            if let Some(r) = run_id {
+                v["run_id"] = json!(r);
+            }
+            let env = Envelope::parse(&v.to_string()).unwrap();
+            self.core.receive(env, 100, &self.tools, 10)
+        }
+
+        /// Everything queued since the last call: (type, run_id, payload).
+        fn sent(&self) -> Vec<(String, Option<String>, Value)> {
+            self.queue
+                .take_now()
+                .into_iter()
+                .map(|i| match i {
+                    OutItem::Frame(f) => {
+                        let v: Value = serde_json::from_slice(&f.json).unwrap();
+                        (
+                            v["type"].as_str().unwrap().to_string(),
+                            v["run_id"].as_str().map(str::to_string),
+                            v["payload"].clone(),
+                        )
+                    }
+                    OutItem::Close(c) => (format!("CLOSE {}", c.code), None, Value::Null),
+                    OutItem::Switch(s) => (format!("SWITCH {}", s.id), None, Value::Null),
+                })
+                .collect()
+        }
+    }
+
+    #[test]
+    fn the_eleventh_protocol_violation_closes_with_1008() {
+        let mut f = Fixture::new();
+        for _ in 0..MAX_PROTOCOL_VIOLATIONS {
+            assert!(!f.core.count_violation(Violation::Protocol));
+        }
+        assert!(f.sent().iter().all(|(t, _, _)| !t.starts_with("CLOSE")));
+        assert!(f.core.count_violation(Violation::Protocol));
+        assert_eq!(f.sent().last().unwrap().0, "CLOSE 1008");
+    }
+
+    #[test]
+    fn flow_violations_have_their_own_threshold_and_reset_on_attach() {
+        let mut f = Fixture::new();
+        for _ in 0..MAX_FLOW_VIOLATIONS {
+            assert!(!f.core.count_violation(Violation::FlowControl));
+        }
+        let fresh = Arc::new(ConnQueue::default());
+        f.core.attach(fresh, Some(0), true, 1).unwrap();
+        assert!(!f.core.count_violation(Violation::FlowControl));
+    }
+
+    #[test]
+    fn a_wrong_version_hai_answers_error_and_closes_with_1002() {
+        let mut f = Fixture::new();
+        f.sent();
+        f.send(
+            "HAI",
+            "SYSTEM",
+            None,
+            json!({"haip_version": "2.0.0", "accept_major": [2], "accept_events": ["HAI"]}),
+        );
+        let sent = f.sent();
+        assert_eq!(sent[0].0, "ERROR");
+        assert_eq!(sent[0].2["code"], "VERSION_INCOMPATIBLE");
+        assert_eq!(sent[1].0, "CLOSE 1002");
+    }
+
+    #[test]
+    fn a_cancelled_run_finishes_only_after_its_tool_calls() {
+        let mut f = Fixture::new();
+        f.send("RUN_STARTED", "USER", Some("r1"), json!({"run_id": "r1"}));
+        let actions = f.send(
+            "TOOL_CALL",
+            "USER",
+            Some("r1"),
+            json!({"call_id": "c1", "tool": "sleep", "params": {"ms": 1000}}),
+        );
+        let cancel = match &actions[..] {
+            [Action::CallTool { cancel, .. }] => cancel.clone(),
+            other => panic!("{other:?}"),
+        };
+        f.sent();
+        f.send("RUN_CANCEL", "USER", None, json!({"run_id": "r1"}));
+        assert!(cancel.is_cancelled());
+        assert!(f.sent().is_empty(), "RUN_FINISHED must wait for TOOL_DONE");
+        let mut done = f.core.envelope(
+            channel::AGENT,
+            Payload::ToolDone(haip_protocol::payload::ToolDone {
+                call_id: "c1".into(),
+                status: RunStatus::Cancelled,
+                result: None,
+                extra: Map::new(),
+            }),
+        );
+        done.run_id = Some("r1".into());
+        f.core.tool_done(done, "c1", 20);
+        let sent = f.sent();
+        let types: Vec<&str> = sent.iter().map(|s| s.0.as_str()).collect();
+        assert_eq!(types, ["TOOL_DONE", "RUN_FINISHED"]);
+        assert_eq!(sent[1].2["status"], "CANCELLED");
+    }
+
+    #[test]
+    fn a_pong_with_the_ping_nonce_is_timed() {
+        let mut f = Fixture::new();
+        f.core.ping(0);
+        let nonce = f.sent().last().unwrap().2["nonce"].clone();
+        let actions = f.send("PONG", "SYSTEM", None, json!({"nonce": "other"}));
+        assert!(actions.is_empty());
+        let actions = f.send("PONG", "SYSTEM", None, json!({"nonce": nonce}));
+        assert!(matches!(actions[..], [Action::RoundTrip(10)]));
+    }
+
+    #[test]
+    fn a_gap_wakes_the_attached_connection_timers() {
+        let mut f = Fixture::new();
+        f.send("PING", "SYSTEM", None, json!({}));
+        f.seq += 1; // skip one: a gap opens and its deadline must be watched
+        f.send("PING", "SYSTEM", None, json!({}));
+        assert!(f.core.next_gap_deadline().is_some());
+        let woken = futures_util::FutureExt::now_or_never(f.queue.timers_changed());
+        assert!(woken.is_some());
+    }
+
+    fn hai_with_credit(messages: u64) -> Value {
+        let all: Vec<&str> = haip_protocol::EventType::ALL
+            .iter()
+            .map(|t| t.as_str())
+            .collect();
+        json!({"haip_version": "1.1.2", "accept_major": [1], "accept_events": all,
+            "capabilities": {"flow_control": {"initial_credit_messages": messages,
+                "initial_credit_bytes": 1_000_000}}})
+    }
+
+    fn agent_text(core: &SessionCore, text: &str) -> Envelope {
+        core.envelope(
+            channel::AGENT,
+            Payload::MessagePart(haip_protocol::payload::MessagePart {
+                message_id: "m1".into(),
+                text: text.into(),
+                extra: Map::new(),
+            }),
+        )
+    }
+
+    #[test]
+    fn output_held_beyond_the_bound_ends_the_session() {
+        let mut f = Fixture::with_limits(SessionLimits {
+            max_held_messages: 3,
+            ..SessionLimits::default()
+        });
+        f.send("HAI", "SYSTEM", None, hai_with_credit(1));
+        f.sent();
+        for i in 0..4 {
+            let env = agent_text(&f.core, &format!("w{i}"));
+            f.core.emit(env, 5);
+        }
+        // One fits the credit, three are held: at the bound, not over it.
+        assert_eq!(f.core.held_outbound().0, 3);
+        assert!(!f.core.is_ended());
+        let env = agent_text(&f.core, "one too many");
+        f.core.emit(env, 6);
+        assert!(f.core.is_ended());
+        let sent = f.sent();
+        let types: Vec<&str> = sent.iter().map(|s| s.0.as_str()).collect();
+        assert_eq!(types, ["MESSAGE_PART", "ERROR", "CLOSE 1008"]);
+        assert_eq!(sent[1].2["code"], "FLOW_CONTROL_VIOLATION");
+        assert_eq!(sent[1].2["detail"]["reason"], "HELD_OUTPUT_LIMIT");
+        assert_eq!(f.core.held_outbound(), (0, 0), "held output is freed");
+        // An ended session sends nothing more and cannot be attached again.
+        let env = agent_text(&f.core, "late");
+        f.core.emit(env, 7);
+        assert!(f.sent().is_empty());
+        assert!(!f.core.is_attached());
+    }
+
+    #[test]
+    fn an_unwritten_backlog_beyond_the_bound_ends_the_session_but_a_replay_does_not() {
+        let mut f = Fixture::with_limits(SessionLimits {
+            max_held_messages: 4,
+            ..SessionLimits::default()
+        });
+        f.send("HAI", "SYSTEM", None, hai_with_credit(1000));
+        for i in 0..4 {
+            let env = agent_text(&f.core, &format!("w{i}"));
+            f.core.emit(env, 5);
+        }
+        f.sent(); // the writer took them
+                  // A resume replays more than the bound: that backlog was bounded by the window.
+        let fresh = Arc::new(ConnQueue::default());
+        f.core.attach(fresh.clone(), Some(0), true, 6).unwrap();
+        assert!(!f.core.is_ended());
+        assert!(fresh.len() > 4);
+        // New output the writer does not take counts.
+        fresh.set_writing(true);
+        // The confirming HAI and three more are within the bound.
+        for i in 0..3 {
+            let env = agent_text(&f.core, &format!("x{i}"));
+            f.core.emit(env, 7);
+        }
+        assert!(!f.core.is_ended(), "4 new messages are within the bound");
+        let env = agent_text(&f.core, "x3");
+        f.core.emit(env, 8);
+        assert!(f.core.is_ended());
+        assert!(
+            futures_util::FutureExt::now_or_never(fresh.aborted()).is_some(),
+            "a stuck writer is aborted"
+        );
+    }
+
+    #[test]
+    fn a_paused_client_channel_refuses_with_channel_paused_until_resumed() {
+        let mut f = Fixture::new();
+        f.send("HAI", "SYSTEM", None, hai_with_credit(1000));
+        f.core.pause_inbound("USER", 1);
+        let sent = f.sent();
+        assert_eq!(sent.last().unwrap().0, "PAUSE_CHANNEL");
+        let refused = f.send(
+            "TOOL_CALL",
+            "USER",
+            None,
+            json!({"call_id": "c1", "tool": "echo",
+            "params": {"message": "x"}}),
+        );
+        assert!(refused.is_empty(), "not processed");
+        let sent = f.sent();
+        assert_eq!(sent[0].0, "ERROR");
+        assert_eq!(sent[0].2["code"], "FLOW_CONTROL_VIOLATION");
+        assert_eq!(sent[0].2["detail"]["reason"], "CHANNEL_PAUSED");
+        // SYSTEM cannot be paused.
+        f.core.pause_inbound("SYSTEM", 2);
+        assert!(f.sent().is_empty());
+        f.core.resume_inbound("USER", 3);
+        assert_eq!(f.sent()[0].0, "RESUME_CHANNEL");
+        f.seq -= 1; // the refused message's seq was not used: the client sends it again
+        let accepted = f.send(
+            "TOOL_CALL",
+            "USER",
+            None,
+            json!({"call_id": "c2", "tool": "echo",
+            "params": {"message": "x"}}),
+        );
+        assert_eq!(accepted.len(), 1);
     }
 }

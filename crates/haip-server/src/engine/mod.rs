@@ -6,10 +6,11 @@
 
 pub mod connection;
 pub mod core;
+pub mod metrics;
 pub mod outbound;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -21,8 +22,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agent::{Agent, Reply};
 use crate::tools::{ToolContext, ToolRegistry};
-use core::{Action, SessionCore, SessionLimits, ToolCatalog, Violation};
-use outbound::{Close, ConnQueue};
+use core::{Action, SessionCore, SessionLimits, ToolCatalog};
+use metrics::Metrics;
+use outbound::ConnQueue;
 
 /// Milliseconds since the epoch: the `ts` of every message the server sends.
 pub fn now_ms() -> u64 {
@@ -36,6 +38,12 @@ pub struct Session {
     pub id: String,
     pub subject: String,
     core: Mutex<SessionCore>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").field("id", &self.id).finish()
+    }
 }
 
 impl Session {
@@ -52,18 +60,10 @@ pub enum ResumeError {
     Unknown(String),
     #[error("session {0:?} belongs to another subject")]
     NotYours(String),
+    #[error("session {0:?} was ended")]
+    Ended(String),
     #[error("{0}")]
     Replay(#[from] ReplayError),
-}
-
-/// Counters read by /health, /stats and /metrics.
-#[derive(Default)]
-pub struct Metrics {
-    pub total_connections: AtomicU64,
-    pub active_connections: AtomicU64,
-    pub messages_in: AtomicU64,
-    pub messages_out: AtomicU64,
-    pub errors: AtomicU64,
 }
 
 pub struct Engine {
@@ -150,10 +150,55 @@ impl Engine {
         if session.subject != subject {
             return Err(ResumeError::NotYours(session_id.to_string()));
         }
-        session
-            .lock()
-            .attach(queue, Some(last_rx_seq), binary_frames, now_ms())?;
+        let mut core = session.lock();
+        if core.is_ended() {
+            return Err(ResumeError::Ended(session_id.to_string()));
+        }
+        core.attach(queue, Some(last_rx_seq), binary_frames, now_ms())?;
+        drop(core);
         Ok(session)
+    }
+
+    /// A client HAI named another session of the same subject (contract section 3): the
+    /// connection attached to `from` moves onto that session, which replays after
+    /// `last_rx_seq`. The session left behind is dropped if the client never used it. On
+    /// failure the client gets RESUME_FAILED on `from`.
+    pub fn move_connection(
+        &self,
+        from: &Arc<Session>,
+        target: &str,
+        last_rx_seq: u64,
+        hai_id: String,
+    ) -> Option<Arc<Session>> {
+        let (queue, binary) = {
+            let core = from.lock();
+            (core.attached_queue()?, core.binary_frames())
+        };
+        match self.resume(&from.subject, target, last_rx_seq, queue.clone(), binary) {
+            Ok(resumed) => {
+                let mut old = from.lock();
+                old.detach(&queue, now_ms());
+                let unused = old.last_client_seq().is_none();
+                drop(old);
+                if unused {
+                    self.remove(&from.id);
+                }
+                queue.push(outbound::OutItem::Switch(resumed.clone()));
+                Some(resumed)
+            }
+            Err(e) => {
+                let detail =
+                    serde_json::json!({"session": target, "last_rx_seq": last_rx_seq.to_string()});
+                from.lock().emit_error(
+                    haip_protocol::ErrorCode::ResumeFailed,
+                    e.to_string(),
+                    Some(hai_id),
+                    Some(detail),
+                    now_ms(),
+                );
+                None
+            }
+        }
     }
 
     /// Drops a session (a fresh one replaced by a resume, or one past its TTL).
@@ -175,7 +220,10 @@ impl Engine {
         if let Some(id) = header {
             return mine(id);
         }
-        if let Some(s) = envelope_session.and_then(mine) {
+        if let Some(s) = envelope_session
+            .and_then(mine)
+            .filter(|s| s.lock().is_attached())
+        {
             return Some(s);
         }
         let mut live = reg
@@ -194,9 +242,11 @@ impl Engine {
             .registry()
             .values()
             .filter(|s| {
-                s.lock()
-                    .detached_since_ms()
-                    .is_some_and(|t| now.saturating_sub(t) > self.session_ttl_ms)
+                let core = s.lock();
+                core.is_ended()
+                    || core
+                        .detached_since_ms()
+                        .is_some_and(|t| now.saturating_sub(t) > self.session_ttl_ms)
             })
             .map(|s| s.id.clone())
             .collect();
@@ -206,21 +256,16 @@ impl Engine {
         expired.len()
     }
 
-    /// Processes one valid client envelope and starts the work it asks for.
-    pub fn handle(
-        self: &Arc<Self>,
-        session: &Arc<Session>,
-        env: Envelope,
-        cost: u64,
-    ) -> (Option<Close>, Option<Violation>) {
+    /// Processes one valid client envelope and starts the work it asks for. Errors, and a
+    /// close when one is due, go to the session's attached connection.
+    pub fn handle(self: &Arc<Self>, session: &Arc<Session>, env: Envelope, cost: u64) {
         self.metrics.messages_in.fetch_add(1, Ordering::Relaxed);
-        let (actions, violation) = session
+        let actions = session
             .lock()
             .receive(env, cost, self.tools.as_ref(), now_ms());
-        let mut close = None;
         for action in actions {
             match action {
-                Action::Close(c) => close = Some(c),
+                Action::RoundTrip(ms) => self.metrics.round_trip(ms),
                 Action::Text { text, thread_id } => {
                     let reply = Reply::new(session.clone(), thread_id);
                     tokio::spawn(self.agent.on_text(reply, text));
@@ -249,7 +294,6 @@ impl Engine {
                 }
             }
         }
-        (close, violation)
     }
 }
 
@@ -307,11 +351,16 @@ async fn run_tool(
             Some(serde_json::json!({"code": "TOOL_EXECUTION_ERROR", "message": e.to_string()})),
         ),
     };
-    send(Payload::ToolDone(ToolDone {
-        call_id: call_id.clone(),
-        status,
-        result,
-        extra: Map::new(),
-    }));
-    session.lock().finish_tool_call(&call_id);
+    let mut core = session.lock();
+    let mut env = core.envelope(
+        channel::AGENT,
+        Payload::ToolDone(ToolDone {
+            call_id: call_id.clone(),
+            status,
+            result,
+            extra: Map::new(),
+        }),
+    );
+    env.run_id = run_id;
+    core.tool_done(env, &call_id, now_ms());
 }

@@ -1,19 +1,27 @@
 //! What a connection writes: frames the session released, in seq order, and a final close.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use bytes::Bytes;
 use haip_protocol::EventType;
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 /// One message the server sent, serialized once and shared by the replay window and every
 /// connection that writes it (a replay after resume writes the same bytes again).
 #[derive(Debug)]
 pub struct Outgoing {
+    /// The session it belongs to (SSE writes it in each event's `id`).
+    pub session: std::sync::Arc<str>,
     pub seq: u64,
     pub event_type: EventType,
+    /// The envelope as one JSON text (binary data in base64): what SSE and NDJSON write.
     pub json: Bytes,
+    /// The two-frame form for a WebSocket client that accepts binary frames: the envelope
+    /// with `bin_len`/`bin_mime` and no `data`, then the raw bytes (contract section 7).
+    pub two_frame: Option<(Bytes, Bytes)>,
 }
 
 /// How a connection is to be closed.
@@ -28,46 +36,161 @@ pub struct Close {
 pub enum OutItem {
     Frame(std::sync::Arc<Outgoing>),
     Close(Close),
+    /// The connection now serves this session (a resume requested through another way
+    /// than the connection itself, e.g. a HAI posted to `POST /haip/messages`).
+    Switch(std::sync::Arc<super::Session>),
+}
+
+impl OutItem {
+    fn bytes(&self) -> u64 {
+        match self {
+            OutItem::Frame(f) => f.json.len() as u64,
+            OutItem::Close(_) | OutItem::Switch(_) => 0,
+        }
+    }
+}
+
+/// Most frames one write takes: enough to fill a syscall, small enough that a write stuck
+/// on a client that does not read holds little.
+pub const MAX_BATCH_FRAMES: usize = 256;
+pub const MAX_BATCH_BYTES: u64 = 256 * 1024;
+
+#[derive(Debug, Default)]
+struct Queued {
+    /// Each item with whether it counts towards the backlog bound (a replay does not: the
+    /// replay window bounded it already).
+    items: VecDeque<(OutItem, bool)>,
+    /// Counted messages and bytes still queued.
+    messages: usize,
+    bytes: u64,
+}
+
+impl Queued {
+    fn push(&mut self, item: OutItem, counted: bool) {
+        if counted {
+            self.messages += 1;
+            self.bytes += item.bytes();
+        }
+        self.items.push_back((item, counted));
+    }
+
+    /// Moves up to one batch into `into`.
+    fn take_batch(&mut self, into: &mut Vec<OutItem>) {
+        let mut bytes = 0;
+        while let Some((item, counted)) = self.items.pop_front() {
+            let size = item.bytes();
+            if counted {
+                self.messages -= 1;
+                self.bytes -= size;
+            }
+            bytes += size;
+            into.push(item);
+            if into.len() >= MAX_BATCH_FRAMES || bytes >= MAX_BATCH_BYTES {
+                break;
+            }
+        }
+    }
 }
 
 /// The queue between a session and the task writing one connection. The session pushes
-/// under its own lock, so frames are queued in seq order; the writer drains everything
-/// queued at once and writes it as one batch.
+/// under its own lock, so frames are queued in seq order; the writer takes them in batches
+/// and writes each batch with one flush.
 #[derive(Debug, Default)]
 pub struct ConnQueue {
-    items: Mutex<VecDeque<OutItem>>,
+    queued: Mutex<Queued>,
     ready: Notify,
+    /// Signalled when the session's timers (gap deadline, delayed grants) moved because of
+    /// a message that did not arrive through this connection (e.g. `POST /haip/messages`).
+    timers: Notify,
+    /// Cancelled to drop the connection at once, even while a write to a client that does
+    /// not read is stuck.
+    abort: CancellationToken,
+    /// True while the writer is inside a write.
+    writing: AtomicBool,
 }
 
 impl ConnQueue {
+    /// Queues a new message (or the close); it counts towards the backlog bound.
     pub fn push(&self, item: OutItem) {
-        if let Ok(mut q) = self.items.lock() {
-            q.push_back(item);
+        if let Ok(mut q) = self.queued.lock() {
+            q.push(item, true);
         }
         self.ready.notify_one();
     }
 
-    pub fn push_all(&self, items: impl IntoIterator<Item = OutItem>) {
-        if let Ok(mut q) = self.items.lock() {
-            q.extend(items);
+    /// Queues messages re-sent from the replay window; they do not count towards the
+    /// backlog bound.
+    pub fn push_replay(&self, items: impl IntoIterator<Item = OutItem>) {
+        if let Ok(mut q) = self.queued.lock() {
+            for item in items {
+                q.push(item, false);
+            }
         }
         self.ready.notify_one();
     }
 
     pub fn len(&self) -> usize {
-        self.items.lock().map_or(0, |q| q.len())
+        self.queued.lock().map_or(0, |q| q.items.len())
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// Takes everything queued, waiting until there is something.
+    /// New messages and bytes queued but not yet taken by the writer.
+    pub fn backlog(&self) -> (usize, u64) {
+        self.queued.lock().map_or((0, 0), |q| (q.messages, q.bytes))
+    }
+
+    /// Tells the writer to recompute its timers.
+    pub fn wake_timers(&self) {
+        self.timers.notify_one();
+    }
+
+    /// Resolves after [`ConnQueue::wake_timers`] (a wake-up sent earlier is not lost).
+    pub async fn timers_changed(&self) {
+        self.timers.notified().await
+    }
+
+    pub fn set_writing(&self, writing: bool) {
+        self.writing.store(writing, Ordering::Release);
+    }
+
+    pub fn is_writing(&self) -> bool {
+        self.writing.load(Ordering::Acquire)
+    }
+
+    /// Drops the connection without waiting for its writes.
+    pub fn abort(&self) {
+        self.abort.cancel();
+    }
+
+    pub async fn aborted(&self) {
+        self.abort.cancelled().await
+    }
+
+    /// Takes everything queued now, without waiting.
+    pub fn take_now(&self) -> Vec<OutItem> {
+        self.queued.lock().map_or_else(
+            |_| Vec::new(),
+            |mut q| {
+                q.messages = 0;
+                q.bytes = 0;
+                q.items.drain(..).map(|(item, _)| item).collect()
+            },
+        )
+    }
+
+    /// Takes one batch (up to [`MAX_BATCH_FRAMES`] frames or [`MAX_BATCH_BYTES`]), waiting
+    /// until there is something.
     pub async fn drain(&self, into: &mut Vec<OutItem>) {
         loop {
-            if let Ok(mut q) = self.items.lock() {
-                if !q.is_empty() {
-                    into.extend(q.drain(..));
+            if let Ok(mut q) = self.queued.lock() {
+                if !q.items.is_empty() {
+                    q.take_batch(into);
+                    if !q.items.is_empty() {
+                        self.ready.notify_one(); // more is waiting: the next drain goes on
+                    }
                     return;
                 }
             }
@@ -77,11 +200,18 @@ impl ConnQueue {
 }
 
 impl Outgoing {
-    pub fn new(seq: u64, event_type: EventType, json: String) -> Outgoing {
+    pub fn new(
+        session: std::sync::Arc<str>,
+        seq: u64,
+        event_type: EventType,
+        json: String,
+    ) -> Outgoing {
         Outgoing {
+            session,
             seq,
             event_type,
             json: Bytes::from(json),
+            two_frame: None,
         }
     }
 }

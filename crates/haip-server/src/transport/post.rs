@@ -5,11 +5,13 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use haip_protocol::Envelope;
+use haip_protocol::payload::Hai;
+use haip_protocol::{Envelope, Payload};
 use serde_json::json;
 use serde_json::value::RawValue;
 
 use crate::app::{authenticate, bearer, SharedState};
+use crate::engine::core::Violation;
 use crate::engine::now_ms;
 
 fn error(status: StatusCode, code: &str, message: &str) -> Response {
@@ -57,7 +59,7 @@ pub async fn messages(
     let first_session = parsed
         .iter()
         .find_map(|p| p.as_ref().ok().map(|e| e.session.as_str()));
-    let Some(session) = state
+    let Some(mut session) = state
         .engine
         .session_for_post(&identity.subject, header, first_session)
     else {
@@ -71,17 +73,40 @@ pub async fn messages(
     for (raw, result) in raws.iter().zip(parsed) {
         match result {
             Ok(env) => {
+                // A HAI naming another kept session resumes it on the live stream, as it
+                // would had it come through the stream itself.
+                if let Payload::Hai(Hai {
+                    last_rx_seq: Some(last),
+                    ..
+                }) = &env.payload
+                {
+                    if env.session != session.id {
+                        if let Some(resumed) = state.engine.move_connection(
+                            &session,
+                            &env.session,
+                            *last,
+                            env.id.clone(),
+                        ) {
+                            session = resumed;
+                        }
+                    }
+                }
                 let cost = env.flow_cost(raw.get().len());
                 state.engine.handle(&session, env, cost);
                 accepted += 1;
             }
-            Err(e) => session.lock().emit_error(
-                e.code,
-                e.reason.clone(),
-                e.related_id.clone(),
-                Some(e.detail()),
-                now_ms(),
-            ),
+            Err(e) => {
+                // Counted against the session's live connection, as if it came through it.
+                let mut core = session.lock();
+                core.emit_error(
+                    e.code,
+                    e.reason.clone(),
+                    e.related_id.clone(),
+                    Some(e.detail()),
+                    now_ms(),
+                );
+                core.count_violation(Violation::Protocol);
+            }
         }
     }
     let ack = session

@@ -22,12 +22,12 @@ struct SseSink {
 }
 
 impl FrameSink for SseSink {
-    async fn send_batch(&mut self, session_id: &str, frames: &[Arc<Outgoing>]) -> io::Result<()> {
+    async fn send_batch(&mut self, frames: &[Arc<Outgoing>]) -> io::Result<()> {
         let mut buf = BytesMut::with_capacity(frames.iter().map(|f| f.json.len() + 64).sum());
         for f in frames {
             if f.seq > 0 {
                 buf.put_slice(b"id: ");
-                buf.put_slice(session_id.as_bytes());
+                buf.put_slice(f.session.as_bytes());
                 buf.put_u8(b':');
                 buf.put_slice(f.seq.to_string().as_bytes());
                 buf.put_u8(b'\n');

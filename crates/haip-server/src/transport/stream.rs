@@ -24,7 +24,7 @@ struct NdjsonSink {
 }
 
 impl FrameSink for NdjsonSink {
-    async fn send_batch(&mut self, _session: &str, frames: &[Arc<Outgoing>]) -> io::Result<()> {
+    async fn send_batch(&mut self, frames: &[Arc<Outgoing>]) -> io::Result<()> {
         let mut buf = BytesMut::with_capacity(frames.iter().map(|f| f.json.len() + 1).sum());
         for f in frames {
             buf.put_slice(&f.json);

@@ -487,9 +487,19 @@ impl Stream for WsInbound {
 struct WsSink(WsConn);
 
 impl FrameSink for WsSink {
-    async fn send_batch(&mut self, _session: &str, frames: &[Arc<Outgoing>]) -> io::Result<()> {
-        // Frames are valid UTF-8 JSON produced by serde_json.
-        let batch: Vec<Frame> = frames.iter().map(|f| Frame::text(f.json.clone())).collect();
+    async fn send_batch(&mut self, frames: &[Arc<Outgoing>]) -> io::Result<()> {
+        // Frames are valid UTF-8 JSON produced by serde_json. Audio for a client that takes
+        // binary frames goes as two frames: the envelope with bin_len, then the bytes.
+        let mut batch: Vec<Frame> = Vec::with_capacity(frames.len());
+        for f in frames {
+            match &f.two_frame {
+                Some((header, data)) => {
+                    batch.push(Frame::text(header.clone()));
+                    batch.push(Frame::binary(data.clone()));
+                }
+                None => batch.push(Frame::text(f.json.clone())),
+            }
+        }
         self.0.send(batch).await
     }
 

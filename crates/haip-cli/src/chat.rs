@@ -1,0 +1,84 @@
+//! `haip chat`: type a line, watch the reply stream in. Works on a pipe: one line is one
+//! message, and it exits after the last reply at end of input.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::process::ExitCode;
+
+use crate::connect::{show_reconnects, stream_reply, ConnectArgs, ReplyEnd};
+
+#[derive(clap::Args)]
+#[command(about = "Chat with the agent: each line you type is a message")]
+pub struct ChatArgs {
+    #[command(flatten)]
+    connect: ConnectArgs,
+}
+
+pub fn run(args: &ChatArgs) -> ExitCode {
+    let Ok(runtime) = tokio::runtime::Runtime::new() else {
+        eprintln!("error: cannot start the async runtime");
+        return ExitCode::from(2);
+    };
+    runtime.block_on(async {
+        let conn = match args.connect.connect("chat").await {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error {}: {e}", e.code().unwrap_or("CONNECT_FAILED"));
+                return ExitCode::from(1);
+            }
+        };
+        let Ok(mut sub) = conn.subscribe(">") else {
+            return ExitCode::from(2);
+        };
+        let interactive = std::io::stdin().is_terminal();
+        if interactive {
+            eprintln!(
+                "connected to {} (session {}). Type a message; Ctrl-D to quit.",
+                args.connect.full_url(),
+                conn.session_id().unwrap_or_default()
+            );
+        }
+        show_reconnects(&conn);
+        // stdin is read on its own thread so that a slow terminal never blocks the client.
+        let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
+        std::thread::spawn(move || {
+            for line in std::io::stdin().lock().lines().map_while(Result::ok) {
+                if lines_tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut failed = false;
+        loop {
+            if interactive {
+                eprint!("> ");
+                let _ = std::io::stderr().flush();
+            }
+            let Some(line) = lines.recv().await else {
+                break;
+            };
+            if line.trim().is_empty() {
+                continue;
+            }
+            if let Err(e) = conn.send_text(&line).await {
+                eprintln!("error {}: {e}", e.code().unwrap_or("SEND_FAILED"));
+                failed = true;
+                break;
+            }
+            match stream_reply(&mut sub, false).await {
+                Ok(ReplyEnd::Finished { .. }) => {}
+                Ok(ReplyEnd::Error { code, message }) => eprintln!("error {code}: {message}"),
+                Err(e) => {
+                    eprintln!("error {}: {e}", e.code().unwrap_or("CONNECTION_LOST"));
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        conn.close();
+        if failed {
+            ExitCode::from(1)
+        } else {
+            ExitCode::SUCCESS
+        }
+    })
+}

@@ -1,0 +1,146 @@
+//! What every client command shares: where the server is, the token, the transport, and
+//! how a reply is shown.
+
+use std::io::Write;
+use std::time::Duration;
+
+use haip_client::backoff::ReconnectPolicy;
+use haip_client::{ClientError, Connection, ConnectionConfig, Received, Status, Transport};
+use haip_protocol::Payload;
+
+#[derive(clap::Args, Clone)]
+pub struct ConnectArgs {
+    /// Server URL; a bare host:port gets the transport's default path
+    #[arg(long, env = "HAIP_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// JWT for the server (`haip serve` prints one; `haip token` mints one)
+    #[arg(long, env = "HAIP_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Transport: ws, sse or stream
+    #[arg(long, default_value = "ws", value_parser = parse_transport)]
+    pub transport: Transport,
+    /// Seconds to wait for connect + handshake
+    #[arg(long, default_value_t = 10)]
+    pub timeout: u64,
+}
+
+fn parse_transport(s: &str) -> Result<Transport, String> {
+    s.parse()
+}
+
+impl ConnectArgs {
+    /// The URL with the transport's default path when the user gave only a host.
+    pub fn full_url(&self) -> String {
+        let url = self.url.trim_end_matches('/');
+        let after_scheme = url.find("://").map_or(0, |i| i + 3);
+        if url[after_scheme..].contains('/') {
+            return url.to_string();
+        }
+        let path = match self.transport {
+            Transport::WebSocket => "/haip/websocket",
+            Transport::Sse => "/haip/sse",
+            Transport::HttpStream => "/haip/stream",
+        };
+        format!("{url}{path}")
+    }
+
+    pub fn config(&self) -> ConnectionConfig {
+        ConnectionConfig {
+            token: self.token.clone(),
+            transports: vec![self.transport],
+            timeout: Duration::from_secs(self.timeout),
+            reconnect: ReconnectPolicy {
+                max_attempts: 5,
+                ..ReconnectPolicy::default()
+            },
+            ..ConnectionConfig::new(self.full_url())
+        }
+    }
+
+    /// Connects, or explains why not.
+    pub async fn connect(&self, name: &str) -> Result<Connection, ClientError> {
+        let conn = Connection::start(name, self.config());
+        conn.connected(Duration::from_secs(self.timeout)).await?;
+        Ok(conn)
+    }
+}
+
+/// Reports reconnects on stderr while `conn` lives.
+pub fn show_reconnects(conn: &Connection) {
+    let mut status = conn.status();
+    status.mark_unchanged();
+    tokio::spawn(async move {
+        let mut lost = false;
+        while status.changed().await.is_ok() {
+            let line = match &*status.borrow() {
+                Status::Reconnecting { attempt, delay } if !delay.is_zero() => {
+                    lost = true;
+                    format!(
+                        "[connection lost; reconnecting in {} ms (attempt {attempt})]",
+                        delay.as_millis()
+                    )
+                }
+                Status::Connected(t) if lost => {
+                    lost = false;
+                    format!("[reconnected over {}]", t.as_str())
+                }
+                _ => continue,
+            };
+            eprintln!("{line}");
+        }
+    });
+}
+
+/// What a finished reply ended with.
+pub enum ReplyEnd {
+    Finished { ok: bool, status: String },
+    Error { code: String, message: String },
+}
+
+/// Prints the agent's reply to the last message as it streams (or the raw envelopes with
+/// `json`), until its run finishes or the server sends ERROR.
+pub async fn stream_reply(
+    sub: &mut haip_client::Subscription,
+    json: bool,
+) -> Result<ReplyEnd, ClientError> {
+    let mut out = std::io::stdout();
+    loop {
+        let Some(item) = sub.recv().await else {
+            return Err(ClientError::Stopped);
+        };
+        if json {
+            let _ = writeln!(out, "{}", String::from_utf8_lossy(&item.raw));
+            let _ = out.flush();
+        }
+        if let Some(end) = reply_event(&item, json, &mut out) {
+            return Ok(end);
+        }
+    }
+}
+
+fn reply_event(item: &Received, json: bool, out: &mut impl Write) -> Option<ReplyEnd> {
+    match &item.message.payload {
+        Payload::MessagePart(p) if item.message.channel == "AGENT" && !json => {
+            let _ = write!(out, "{}", p.text);
+            let _ = out.flush();
+            None
+        }
+        Payload::RunFinished(r) => {
+            if !json {
+                let _ = writeln!(out);
+            }
+            let status = r
+                .status
+                .map_or("OK".to_string(), |s| format!("{s:?}").to_uppercase());
+            Some(ReplyEnd::Finished {
+                ok: status == "OK",
+                status,
+            })
+        }
+        Payload::Error(e) => Some(ReplyEnd::Error {
+            code: e.code.clone(),
+            message: e.message.clone(),
+        }),
+        _ => None,
+    }
+}

@@ -1,0 +1,75 @@
+//! Starting `haip serve` as a real process for the process tests.
+
+#![allow(dead_code)] // each test file uses its own part
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+/// A running `haip serve`, killed when dropped; its stderr (the log) is collected.
+pub struct Served {
+    pub child: Child,
+    pub port: u16,
+    pub token: String,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Served {
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Starts `haip serve` on a free loopback port with `extra` arguments and waits until it
+/// printed its token and URLs.
+pub fn serve(extra: &[&str]) -> Served {
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_haip"))
+        .args(["serve", "--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(extra)
+        .env_remove("JWT_SECRET")
+        .env("HAIP_LOG", "haip_server=warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("haip serve starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut token = None;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.expect("utf-8");
+        if let Some(t) = line.strip_prefix("token (sub=demo, valid 24 h): ") {
+            token = Some(t.to_string());
+        }
+        if line.trim_start().starts_with("health:") {
+            break;
+        }
+    }
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let stderr = child.stderr.take().expect("stderr");
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    Served {
+        child,
+        port,
+        token: token.expect("a printed token"),
+        log,
+    }
+}

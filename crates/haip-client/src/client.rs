@@ -1,0 +1,644 @@
+//! The async client: named servers, each with a driver task that connects, reconnects with
+//! backoff, resumes, and moves messages between the application and the [`ClientSession`].
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use haip_protocol::{Envelope, Payload};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::backoff::ReconnectPolicy;
+use crate::error::ClientError;
+use crate::link::{Dial, Link, Wire};
+use crate::session::{ClientSession, Output, SessionConfig};
+use crate::topic::{topic, Pattern};
+use crate::Transport;
+
+/// Called before each (re)connect for a fresh token.
+pub type TokenProvider = Arc<
+    dyn Fn() -> Pin<Box<dyn Future<Output = Result<String, ClientError>> + Send>> + Send + Sync,
+>;
+
+/// How to reach one server.
+#[derive(Clone)]
+pub struct ConnectionConfig {
+    /// The server URL; the scheme is converted per transport (http <-> ws).
+    pub url: String,
+    pub token: Option<String>,
+    /// Asked for a token before each connect; wins over `token`.
+    pub token_provider: Option<TokenProvider>,
+    /// Tried in order when one cannot connect.
+    pub transports: Vec<Transport>,
+    /// Connect plus handshake.
+    pub timeout: Duration,
+    pub reconnect: ReconnectPolicy,
+    pub query_params: Vec<(String, String)>,
+    pub headers: Vec<(String, String)>,
+    pub session: SessionConfig,
+    /// How often to PING the server to measure latency (None: never).
+    pub ping_interval: Option<Duration>,
+}
+
+impl ConnectionConfig {
+    pub fn new(url: impl Into<String>) -> ConnectionConfig {
+        ConnectionConfig {
+            url: url.into(),
+            token: None,
+            token_provider: None,
+            transports: vec![Transport::WebSocket],
+            timeout: Duration::from_secs(10),
+            reconnect: ReconnectPolicy::default(),
+            query_params: Vec::new(),
+            headers: Vec::new(),
+            session: SessionConfig::default(),
+            ping_interval: Some(Duration::from_secs(15)),
+        }
+    }
+}
+
+/// Where a connection stands.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Status {
+    Disconnected,
+    Connecting,
+    Connected(Transport),
+    Reconnecting {
+        attempt: u32,
+        delay: Duration,
+    },
+    /// Gave up (reconnect attempts exhausted) or refused for good (authentication). Final.
+    Error(ClientError),
+}
+
+/// One received message, as a subscriber gets it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// The frame as it arrived.
+    pub raw: Bytes,
+    pub message: Arc<Envelope>,
+    pub meta: Meta,
+    credit: Arc<Credit>,
+}
+
+/// Where and when a message arrived.
+#[derive(Debug, Clone)]
+pub struct Meta {
+    pub server_id: String,
+    pub transport: Transport,
+    /// `<channel>.<type>`, lower case.
+    pub topic: String,
+    pub received_at_ms: u64,
+}
+
+/// Returns flow-control credit once, when the first subscriber takes the message.
+#[derive(Debug)]
+struct Credit {
+    returned: AtomicBool,
+    channel: String,
+    cost: u64,
+}
+
+/// A stream of received messages matching a topic pattern.
+pub struct Subscription {
+    rx: mpsc::UnboundedReceiver<Received>,
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+impl Subscription {
+    /// The next matching message; `None` when the client is gone.
+    pub async fn recv(&mut self) -> Option<Received> {
+        let item = self.rx.recv().await?;
+        if !item.credit.returned.swap(true, Ordering::AcqRel) {
+            let _ = self.commands.send(Command::Consumed {
+                channel: item.credit.channel.clone(),
+                cost: item.credit.cost,
+            });
+        }
+        Some(item)
+    }
+}
+
+enum Command {
+    Send {
+        env: Box<Envelope>,
+        done: oneshot::Sender<Result<(), ClientError>>,
+    },
+    Subscribe(Pattern, mpsc::UnboundedSender<Received>),
+    Consumed {
+        channel: String,
+        cost: u64,
+    },
+    Close,
+}
+
+/// A handle on one server's connection. Cheap to clone.
+#[derive(Clone)]
+pub struct Connection {
+    id: String,
+    commands: mpsc::UnboundedSender<Command>,
+    status: watch::Receiver<Status>,
+    latency: watch::Receiver<Option<u64>>,
+    session: watch::Receiver<Option<String>>,
+}
+
+impl Connection {
+    /// Starts connecting in the background (on the current tokio runtime).
+    pub fn start(id: impl Into<String>, config: ConnectionConfig) -> Connection {
+        let id = id.into();
+        let (commands, rx) = mpsc::unbounded_channel();
+        let (status_tx, status) = watch::channel(Status::Disconnected);
+        let (latency_tx, latency) = watch::channel(None);
+        let (session_tx, session) = watch::channel(None);
+        let driver = Driver {
+            id: id.clone(),
+            config,
+            session: ClientSession::new(SessionConfig::default()),
+            subscribers: Vec::new(),
+            status: status_tx,
+            latency: latency_tx,
+            session_id: session_tx,
+            http: reqwest::Client::new(),
+            commands: commands.clone(),
+        };
+        tokio::spawn(driver.run(rx));
+        Connection {
+            id,
+            commands,
+            status,
+            latency,
+            session,
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The connection status, as a value that changes.
+    pub fn status(&self) -> watch::Receiver<Status> {
+        self.status.clone()
+    }
+
+    /// The last measured PING round trip, in ms.
+    pub fn latency_ms(&self) -> Option<u64> {
+        *self.latency.borrow()
+    }
+
+    /// The server's session id, once known.
+    pub fn session_id(&self) -> Option<String> {
+        self.session.borrow().clone()
+    }
+
+    /// Waits until connected (or `timeout`).
+    pub async fn connected(&self, timeout: Duration) -> Result<Transport, ClientError> {
+        let mut status = self.status.clone();
+        let wait = async {
+            loop {
+                match &*status.borrow_and_update() {
+                    Status::Connected(t) => return Ok(*t),
+                    Status::Error(e) => return Err(e.clone()),
+                    _ => {}
+                }
+                if status.changed().await.is_err() {
+                    return Err(ClientError::Stopped);
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait)
+            .await
+            .map_err(|_| ClientError::Timeout(timeout))?
+    }
+
+    /// Messages whose topic matches `pattern` (`agent.*`, `*.tool_done`, `agent.>`).
+    pub fn subscribe(&self, pattern: &str) -> Result<Subscription, ClientError> {
+        let pattern = Pattern::parse(pattern)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.commands
+            .send(Command::Subscribe(pattern, tx))
+            .map_err(|_| ClientError::Stopped)?;
+        Ok(Subscription {
+            rx,
+            commands: self.commands.clone(),
+        })
+    }
+
+    /// Sends one message on `channel`. Resolves once it is queued: written now, or kept
+    /// for the next connection (it is never dropped while the client lives).
+    pub async fn send(&self, channel: &str, payload: Payload) -> Result<(), ClientError> {
+        let env = Envelope::new(String::new(), "-", 0, 0, channel, payload);
+        self.send_envelope(env).await
+    }
+
+    /// Sends a prepared envelope (set `run_id`, `thread_id` as needed; the id, seq,
+    /// session and ts are filled in).
+    pub async fn send_envelope(&self, env: Envelope) -> Result<(), ClientError> {
+        let (done, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Send {
+                env: Box::new(env),
+                done,
+            })
+            .map_err(|_| ClientError::Stopped)?;
+        answer.await.map_err(|_| ClientError::Stopped)?
+    }
+
+    /// Sends a whole text message on USER (MESSAGE_START, MESSAGE_PART, MESSAGE_END) and
+    /// returns its message_id.
+    pub async fn send_text(&self, text: &str) -> Result<String, ClientError> {
+        use haip_protocol::payload::{MessageEnd, MessagePart, MessageStart};
+        let id = format!(
+            "text-{}-{}",
+            now_ms(),
+            jitter_unit().to_bits() & 0xffff_ffff
+        );
+        let extra = serde_json::Map::new;
+        self.send(
+            haip_protocol::channel::USER,
+            Payload::MessageStart(MessageStart {
+                message_id: id.clone(),
+                author: Some("user".into()),
+                text: None,
+                extra: extra(),
+            }),
+        )
+        .await?;
+        self.send(
+            haip_protocol::channel::USER,
+            Payload::MessagePart(MessagePart {
+                message_id: id.clone(),
+                text: text.to_string(),
+                extra: extra(),
+            }),
+        )
+        .await?;
+        self.send(
+            haip_protocol::channel::USER,
+            Payload::MessageEnd(MessageEnd {
+                message_id: id.clone(),
+                tokens: None,
+                extra: extra(),
+            }),
+        )
+        .await?;
+        Ok(id)
+    }
+
+    /// Stops the connection for good.
+    pub fn close(&self) {
+        let _ = self.commands.send(Command::Close);
+    }
+}
+
+/// Several named servers in one object, as front-end frameworks keep them.
+#[derive(Default)]
+pub struct Client {
+    servers: Mutex<HashMap<String, Connection>>,
+}
+
+impl Client {
+    pub fn new() -> Client {
+        Client::default()
+    }
+
+    /// Starts connecting to a server under `id` (replacing one of the same id).
+    pub fn register_server(&self, id: &str, config: ConnectionConfig) -> Connection {
+        let conn = Connection::start(id, config);
+        let old = self
+            .servers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string(), conn.clone());
+        if let Some(old) = old {
+            old.close();
+        }
+        conn
+    }
+
+    pub fn server(&self, id: &str) -> Option<Connection> {
+        self.servers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A uniform draw from [0, 1) for jitter, from the clock and a counter (no RNG crate
+/// needed: the point is only that clients do not agree).
+fn jitter_unit() -> f64 {
+    use std::sync::atomic::AtomicU64;
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut x = now_ms() ^ COUNTER.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    (x >> 11) as f64 / (1u64 << 53) as f64
+}
+
+struct Driver {
+    id: String,
+    config: ConnectionConfig,
+    session: ClientSession,
+    subscribers: Vec<(Pattern, mpsc::UnboundedSender<Received>)>,
+    status: watch::Sender<Status>,
+    latency: watch::Sender<Option<u64>>,
+    session_id: watch::Sender<Option<String>>,
+    http: reqwest::Client,
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+/// Why a connection's loop ended.
+enum LoopEnd {
+    Lost(String),
+    Closed,
+}
+
+impl Driver {
+    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        self.session = ClientSession::new(self.config.session.clone());
+        let mut attempt: u32 = 0;
+        let mut last_error: Option<ClientError>;
+        let outcome = loop {
+            let _ = self.status.send(if attempt == 0 {
+                Status::Connecting
+            } else {
+                Status::Reconnecting {
+                    attempt,
+                    delay: Duration::ZERO,
+                }
+            });
+            match self.connect().await {
+                Ok(link) => {
+                    attempt = 0;
+                    match self.serve(link, &mut commands).await {
+                        LoopEnd::Closed => break Status::Disconnected,
+                        LoopEnd::Lost(reason) => {
+                            tracing::debug!(server = %self.id, %reason, "connection lost");
+                            last_error = Some(ClientError::Closed(None, reason));
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(server = %self.id, error = %e, "connect failed");
+                    if matches!(&e, ClientError::Http { status: 401, .. }) {
+                        break Status::Error(e); // a refused token does not get better
+                    }
+                    last_error = Some(e);
+                }
+            }
+            self.session.disconnected();
+            attempt += 1;
+            if !self.config.reconnect.allows(attempt) {
+                break Status::Error(last_error.take().unwrap_or(ClientError::Stopped));
+            }
+            let delay = self.config.reconnect.delay(attempt, jitter_unit());
+            let _ = self.status.send(Status::Reconnecting { attempt, delay });
+            // Commands keep flowing while waiting: sends are queued for the next connection.
+            let sleep = tokio::time::sleep(delay);
+            tokio::pin!(sleep);
+            loop {
+                tokio::select! {
+                    _ = &mut sleep => break,
+                    cmd = commands.recv() => match cmd {
+                        None | Some(Command::Close) => {
+                            let _ = self.status.send(Status::Disconnected);
+                            return;
+                        }
+                        Some(cmd) => { self.apply(cmd).await; }
+                    }
+                }
+            }
+        };
+        let _ = self.status.send(outcome);
+        // Anyone still waiting learns the client stopped.
+        commands.close();
+        while let Some(cmd) = commands.recv().await {
+            if let Command::Send { done, .. } = cmd {
+                let _ = done.send(Err(ClientError::Stopped));
+            }
+        }
+    }
+
+    async fn connect(&mut self) -> Result<Link, ClientError> {
+        let token = match &self.config.token_provider {
+            Some(provider) => Some(provider().await?),
+            None => self.config.token.clone(),
+        };
+        let resume = self
+            .session
+            .session_id()
+            .map(|s| (s.to_string(), self.session.last_rx_seq().unwrap_or(0)));
+        let dial = Dial {
+            url: self.config.url.clone(),
+            token,
+            query: self.config.query_params.clone(),
+            headers: self.config.headers.clone(),
+            resume,
+            timeout: self.config.timeout,
+        };
+        let mut last = ClientError::Transport("no transport configured".into());
+        for transport in self.config.transports.clone() {
+            let hai = self.session.connected(now_ms());
+            match Link::open(transport, &dial, &self.http, &hai).await {
+                Ok(link) => return Ok(link),
+                Err(e) => {
+                    tracing::debug!(server = %self.id, transport = transport.as_str(), error = %e, "transport failed");
+                    let fatal = matches!(e, ClientError::Http { status: 401, .. });
+                    last = e;
+                    if fatal {
+                        break;
+                    }
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// Runs one open connection until it ends.
+    async fn serve(
+        &mut self,
+        mut link: Link,
+        commands: &mut mpsc::UnboundedReceiver<Command>,
+    ) -> LoopEnd {
+        let transport = link.transport();
+        let mut ping = self.config.ping_interval.map(|every| {
+            // The first PING goes one interval after connecting, not at once.
+            let mut t = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t
+        });
+        let mut pending_binary: Option<Envelope> = None;
+        loop {
+            let deadline = self.session.next_deadline().map(|at| {
+                tokio::time::Instant::now() + Duration::from_millis(at.saturating_sub(now_ms()))
+            });
+            let outputs = tokio::select! {
+                frame = link.read() => match frame {
+                    Ok(Wire::Text(raw)) => self.on_text(raw, transport, &mut pending_binary),
+                    Ok(Wire::Binary(data)) => self.on_binary(data, transport, &mut pending_binary),
+                    Err(ended) => return LoopEnd::Lost(format!("{:?} {}", ended.code, ended.reason)),
+                },
+                cmd = commands.recv() => match cmd {
+                    None | Some(Command::Close) => {
+                        link.close().await;
+                        return LoopEnd::Closed;
+                    }
+                    Some(cmd) => self.apply(cmd).await,
+                },
+                _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {
+                    self.session.poll(now_ms())
+                }
+                _ = async { match ping.as_mut() { Some(p) => { p.tick().await; } None => std::future::pending().await } } => {
+                    if self.session.is_ready() { self.session.ping(now_ms()) } else { Vec::new() }
+                }
+            };
+            if let Err(e) = self.handle(outputs, &mut link, transport).await {
+                return LoopEnd::Lost(e.to_string());
+            }
+        }
+    }
+
+    fn on_text(
+        &mut self,
+        raw: Bytes,
+        transport: Transport,
+        pending_binary: &mut Option<Envelope>,
+    ) -> Vec<Output> {
+        let env = match Envelope::parse_bytes(&raw) {
+            Ok(env) => env,
+            Err(e) => {
+                // A malformed frame from the server is reported, never fatal.
+                tracing::warn!(server = %self.id, error = %e, "malformed message from server");
+                return Vec::new();
+            }
+        };
+        if env.bin_len.is_some() && transport == Transport::WebSocket {
+            *pending_binary = Some(env);
+            return Vec::new();
+        }
+        self.session.received(env, now_ms())
+    }
+
+    fn on_binary(
+        &mut self,
+        data: Bytes,
+        _transport: Transport,
+        pending_binary: &mut Option<Envelope>,
+    ) -> Vec<Output> {
+        let Some(mut env) = pending_binary.take() else {
+            tracing::warn!(server = %self.id, "binary frame without an envelope announcing it");
+            return Vec::new();
+        };
+        if env.bin_len != Some(data.len() as u64) {
+            tracing::warn!(server = %self.id, "binary frame length differs from bin_len");
+            return Vec::new();
+        }
+        if let Payload::AudioChunk(chunk) = &mut env.payload {
+            chunk.data = Some(data.to_vec());
+        }
+        env.bin_len = None;
+        env.bin_mime = None;
+        self.session.received(env, now_ms())
+    }
+
+    async fn apply(&mut self, cmd: Command) -> Vec<Output> {
+        match cmd {
+            Command::Send { env, done } => match self.session.submit(*env, now_ms()) {
+                Ok(out) => {
+                    let _ = done.send(Ok(()));
+                    out
+                }
+                Err(e) => {
+                    let _ = done.send(Err(e.into()));
+                    Vec::new()
+                }
+            },
+            Command::Subscribe(p, tx) => {
+                self.subscribers.push((p, tx));
+                Vec::new()
+            }
+            Command::Consumed { channel, cost } => self.session.consumed(&channel, cost, now_ms()),
+            Command::Close => Vec::new(),
+        }
+    }
+
+    async fn handle(
+        &mut self,
+        outputs: Vec<Output>,
+        link: &mut Link,
+        transport: Transport,
+    ) -> Result<(), ClientError> {
+        let mut writes = Vec::new();
+        for out in outputs {
+            match out {
+                Output::Write(env) => writes.push(env),
+                Output::Deliver(env) => {
+                    if let Payload::Hai(_) = env.payload {
+                        let _ = self.status.send(Status::Connected(transport));
+                        let _ = self
+                            .session_id
+                            .send(self.session.session_id().map(str::to_string));
+                    }
+                    self.deliver(env, transport);
+                }
+                Output::Latency(ms) => {
+                    let _ = self.latency.send(Some(ms));
+                }
+                Output::SessionReplaced { old, new } => {
+                    tracing::info!(server = %self.id, %old, %new, "session could not be resumed; a new one started");
+                }
+            }
+        }
+        if !writes.is_empty() || link.has_waiting() {
+            link.write(&writes, None).await?;
+        }
+        Ok(())
+    }
+
+    fn deliver(&mut self, env: Envelope, transport: Transport) {
+        let json = env.to_json();
+        let cost = env.flow_cost(json.len());
+        let credit = Arc::new(Credit {
+            returned: AtomicBool::new(false),
+            channel: env.channel.clone(),
+            cost,
+        });
+        let topic = topic(&env.channel, env.event_type().as_str());
+        let received = Received {
+            raw: Bytes::from(json),
+            message: Arc::new(env),
+            meta: Meta {
+                server_id: self.id.clone(),
+                transport,
+                topic,
+                received_at_ms: now_ms(),
+            },
+            credit: credit.clone(),
+        };
+        self.subscribers.retain(|(_, tx)| !tx.is_closed());
+        let mut taken = false;
+        for (pattern, tx) in &self.subscribers {
+            if pattern.matches(&received.meta.topic) && tx.send(received.clone()).is_ok() {
+                taken = true;
+            }
+        }
+        if !taken && !credit.returned.swap(true, Ordering::AcqRel) {
+            // Nobody wants it: its credit goes back at once.
+            let _ = self.commands.send(Command::Consumed {
+                channel: credit.channel.clone(),
+                cost,
+            });
+        }
+    }
+}

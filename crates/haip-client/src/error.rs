@@ -1,0 +1,52 @@
+//! Everything that can go wrong, as types a caller can match on.
+
+use std::time::Duration;
+
+use crate::session::SendError;
+use crate::topic::PatternError;
+use crate::url::UrlError;
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ClientError {
+    #[error(transparent)]
+    Url(#[from] UrlError),
+    #[error(transparent)]
+    Pattern(#[from] PatternError),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// The socket or HTTP exchange failed.
+    #[error("transport error: {0}")]
+    Transport(String),
+    /// The server answered an HTTP request with an error (401 AUTHENTICATION_FAILED, 503...).
+    #[error("HTTP {status} {code}: {message}")]
+    Http {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    /// The connection closed (WebSocket close code, when there was one).
+    #[error("connection closed ({0:?}): {1}")]
+    Closed(Option<u16>, String),
+    /// The server sent ERROR about what we asked.
+    #[error("server error {code}: {message}")]
+    Server { code: String, message: String },
+    #[error(transparent)]
+    Send(#[from] SendError),
+    /// The client was shut down or gave up reconnecting.
+    #[error("the client is stopped")]
+    Stopped,
+}
+
+impl ClientError {
+    pub(crate) fn transport(e: impl std::fmt::Display) -> ClientError {
+        ClientError::Transport(e.to_string())
+    }
+
+    /// The HAIP error code, when the server gave one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ClientError::Http { code, .. } | ClientError::Server { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+}

@@ -395,6 +395,7 @@ async fn serve(mut config: ServerConfig) -> anyhow::Result<()> {
             );
         }
         println!("token (sub=demo, valid 24 h): {token}");
+        println!("  browser:        http://{base}/?token={token}");
         println!(
             "  WebSocket:      ws://{base}{}?token={token}",
             config.websocket_path

@@ -608,7 +608,7 @@ impl Driver {
 
     fn deliver(&mut self, env: Envelope, transport: Transport) {
         let json = env.to_json();
-        let cost = env.flow_cost(json.len());
+        let cost = ClientSession::cost_of(&env);
         let credit = Arc::new(Credit {
             returned: AtomicBool::new(false),
             channel: env.channel.clone(),

@@ -278,15 +278,31 @@ impl ClientSession {
                 });
             }
         }
+        // Charged against the credit this client advertised; handed back as the
+        // application consumes (see `consumed`), the same measure both ways.
+        let channel = env.channel.clone();
+        let cost = Self::cost_of(&env);
+        let _ = self.meter.admit(&channel, cost);
         match self.inbound.accept(env.seq, env, now_ms) {
             Arrival::Deliver(ready) => {
                 for env in ready {
                     self.process(env, now_ms, &mut out);
                 }
             }
-            Arrival::Duplicate | Arrival::Held | Arrival::Overflow(_) => {}
+            Arrival::Held => {}
+            Arrival::Duplicate | Arrival::Overflow(_) => {
+                // Never delivered, so never consumed: its credit goes back now.
+                out.extend(self.consumed(&channel, cost, now_ms));
+            }
         }
         out
+    }
+
+    /// What a received message counts against flow control: its JSON plus its binary
+    /// data. Computed from the parsed message, so the application side can compute the
+    /// same number when it consumes the message.
+    pub fn cost_of(env: &Envelope) -> u64 {
+        env.flow_cost(env.to_json().len())
     }
 
     fn process(&mut self, env: Envelope, now_ms: u64, out: &mut Vec<Output>) {
@@ -295,11 +311,11 @@ impl ClientSession {
                 if let Ok(terms) = handshake::accept_peer_hai(hai) {
                     let resume_from = hai.last_rx_seq;
                     self.session = Some(env.session.clone());
-                    for held in self.gate.reset_credit(terms.credit) {
-                        self.outbox.push_front(held);
-                    }
+                    // Held messages the new credit releases have passed the gate (and paid
+                    // for it): they are written as they are, in order.
+                    let released = self.gate.reset_credit(terms.credit);
                     self.terms = terms;
-                    self.on_ready(resume_from, now_ms, out);
+                    self.on_ready(resume_from, released, now_ms, out);
                 }
             }
             Payload::Ping(n) => {
@@ -356,7 +372,13 @@ impl ClientSession {
 
     /// The server's HAI for this connection arrived: resend what it has not seen, then
     /// what waited for the connection.
-    fn on_ready(&mut self, server_last_rx: Option<u64>, now_ms: u64, out: &mut Vec<Output>) {
+    fn on_ready(
+        &mut self,
+        server_last_rx: Option<u64>,
+        released: Vec<Envelope>,
+        now_ms: u64,
+        out: &mut Vec<Output>,
+    ) {
         self.ready = true;
         let seen = server_last_rx.unwrap_or(0);
         let session = self.session.clone().unwrap_or_default();
@@ -383,6 +405,9 @@ impl ClientSession {
                 env.session = session.clone();
                 out.push(Output::Write(env));
             }
+        }
+        for env in released {
+            self.write_new(env, now_ms, out);
         }
         while let Some(env) = self.outbox.pop_front() {
             self.offer(env, now_ms, out);

@@ -379,3 +379,24 @@ async fn a_bad_token_is_a_typed_error_on_http_transports() {
         }
     }
 }
+
+/// The client hands credit back as the application reads: a reply longer than the 1000
+/// messages of credit it advertises arrives whole.
+#[tokio::test]
+async fn a_reply_longer_than_the_credit_arrives_whole() {
+    let server = Server::start(0).await;
+    for transport in [Transport::WebSocket, Transport::Sse, Transport::HttpStream] {
+        let conn = Connection::start(
+            "credit",
+            config(server.url(transport), server.token(), transport),
+        );
+        let mut sub = conn.subscribe("agent.>").expect("pattern");
+        conn.connected(WAIT).await.expect("connects");
+        let words: Vec<String> = (0..1500).map(|i| format!("w{i}")).collect();
+        let text = words.join(" ");
+        say(&conn, "long", &text).await.expect("send");
+        let (echoed, _) = echo_of(&mut sub).await;
+        assert_eq!(echoed, text, "{transport:?}");
+        conn.close();
+    }
+}

@@ -183,7 +183,14 @@ pub fn router(state: SharedState) -> Router {
     let mut app = Router::new()
         .route("/health", get(health))
         .route("/stats", get(stats))
-        .route("/metrics", get(metrics));
+        .route("/metrics", get(metrics))
+        // The browser client and its demo page (`/` serves the page too, through ws::root).
+        .route("/haip.js", get(crate::web::haip_js))
+        .route("/haip.d.ts", get(crate::web::haip_d_ts))
+        .route("/demo", get(crate::web::demo));
+    if !c.enable_websocket {
+        app = app.route("/", get(crate::web::demo));
+    }
     if c.enable_websocket {
         app = app
             .route(&c.websocket_path, get(transport::ws::upgrade))

@@ -5,6 +5,7 @@
 //! - [`transport`]: the three thin adapters plus `POST /haip/messages`;
 //! - [`agent`] and [`tools`]: the pluggable agent and tools, with the built-in echo agent
 //!   and the `echo`, `add`, `sleep` tools;
+//! - [`web`]: the browser client (`/haip.js`) and its demo page, embedded;
 //! - [`auth`]: JWT verification; [`config`]: settings; [`app`]: routes and shared state;
 //!   [`server`]: binding, serving and graceful shutdown.
 
@@ -16,3 +17,4 @@ pub mod engine;
 pub mod server;
 pub mod tools;
 pub mod transport;
+pub mod web;

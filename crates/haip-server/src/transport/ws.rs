@@ -18,7 +18,7 @@ use axum::body::Body;
 use axum::extract::{Query, Request, State};
 use axum::http::header::{CONNECTION, SEC_WEBSOCKET_EXTENSIONS, SEC_WEBSOCKET_PROTOCOL, UPGRADE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use futures_util::{Sink, Stream, StreamExt};
 use haip_protocol::ErrorCode;
 use hyper::upgrade::{OnUpgrade, Upgraded};
@@ -226,12 +226,7 @@ pub async fn root(
             Err(r) => r,
         };
     }
-    Html(
-        "<!doctype html><title>haip-rs</title><p>haip-rs HAIP 1.1.2 server. \
-         WebSocket: /haip/websocket, SSE: /haip/sse, HTTP streaming: /haip/stream, \
-         health: /health.</p>",
-    )
-    .into_response()
+    crate::web::index()
 }
 
 /// A HAIP connection over an accepted handshake.

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use haip_protocol::{Envelope, Payload};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::backoff::ReconnectPolicy;
 use crate::error::ClientError;
@@ -144,6 +144,7 @@ pub struct Connection {
     status: watch::Receiver<Status>,
     latency: watch::Receiver<Option<u64>>,
     session: watch::Receiver<Option<String>>,
+    errors: broadcast::Sender<ClientError>,
 }
 
 impl Connection {
@@ -154,7 +155,9 @@ impl Connection {
         let (status_tx, status) = watch::channel(Status::Disconnected);
         let (latency_tx, latency) = watch::channel(None);
         let (session_tx, session) = watch::channel(None);
+        let (errors, _) = broadcast::channel(64);
         let driver = Driver {
+            errors: errors.clone(),
             id: id.clone(),
             config,
             session: ClientSession::new(SessionConfig::default()),
@@ -172,7 +175,14 @@ impl Connection {
             status,
             latency,
             session,
+            errors,
         }
+    }
+
+    /// Problems that do not end the connection (a malformed message from the server),
+    /// as typed errors.
+    pub fn errors(&self) -> broadcast::Receiver<ClientError> {
+        self.errors.subscribe()
     }
 
     pub fn id(&self) -> &str {
@@ -347,6 +357,7 @@ fn jitter_unit() -> f64 {
 }
 
 struct Driver {
+    errors: broadcast::Sender<ClientError>,
     id: String,
     config: ConnectionConfig,
     session: ClientSession,
@@ -520,6 +531,11 @@ impl Driver {
             Err(e) => {
                 // A malformed frame from the server is reported, never fatal.
                 tracing::warn!(server = %self.id, error = %e, "malformed message from server");
+                let _ = self.errors.send(ClientError::Malformed {
+                    code: e.code.as_str().to_string(),
+                    field: e.field.clone(),
+                    reason: e.reason.clone(),
+                });
                 return Vec::new();
             }
         };
@@ -601,7 +617,8 @@ impl Driver {
             }
         }
         if !writes.is_empty() || link.has_waiting() {
-            link.write(&writes, None).await?;
+            link.write(&writes, self.session.peer_takes_binary())
+                .await?;
         }
         Ok(())
     }

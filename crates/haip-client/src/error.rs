@@ -32,14 +32,30 @@ pub enum ClientError {
     Server { code: String, message: String },
     #[error(transparent)]
     Send(#[from] SendError),
+    /// The server sent something that is not a valid HAIP message; it was skipped.
+    #[error("malformed message from the server ({code} {field:?}): {reason}")]
+    Malformed {
+        code: String,
+        field: Option<String>,
+        reason: String,
+    },
     /// The client was shut down or gave up reconnecting.
     #[error("the client is stopped")]
     Stopped,
 }
 
 impl ClientError {
-    pub(crate) fn transport(e: impl std::fmt::Display) -> ClientError {
-        ClientError::Transport(e.to_string())
+    /// A transport error with its chain of causes ("error sending request: connection
+    /// refused"), which is where the useful part usually is.
+    pub(crate) fn transport(e: impl std::error::Error) -> ClientError {
+        let mut text = e.to_string();
+        let mut cause = e.source();
+        while let Some(c) = cause {
+            text.push_str(": ");
+            text.push_str(&c.to_string());
+            cause = c.source();
+        }
+        ClientError::Transport(text)
     }
 
     /// The HAIP error code, when the server gave one.

@@ -7,6 +7,7 @@
 pub mod backoff;
 pub mod client;
 pub mod error;
+pub mod helpers;
 pub mod link;
 pub mod session;
 pub mod topic;

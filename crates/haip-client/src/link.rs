@@ -91,7 +91,7 @@ impl Link {
                     return Ok(Link::Stream(StreamLink::open(dial, http, first).await?))
                 }
             };
-            link.write(std::slice::from_ref(first), None).await?;
+            link.write(std::slice::from_ref(first), false).await?;
             Ok(link)
         };
         tokio::time::timeout(dial.timeout, opening)
@@ -113,24 +113,26 @@ impl Link {
         }
     }
 
-    /// Writes envelopes in order with one flush. `binary` is the raw payload of a two-frame
-    /// message (WebSocket only), sent right after the last envelope.
+    /// Writes envelopes in order with one flush. With `binary_frames` (the server's HAI
+    /// said it takes them), audio goes over WebSocket as two frames: the envelope with
+    /// `bin_len`/`bin_mime` and no data, then the bytes; elsewhere it stays base64.
     pub async fn write(
         &mut self,
         envs: &[Envelope],
-        binary: Option<Bytes>,
+        binary_frames: bool,
     ) -> Result<(), ClientError> {
         match self {
             Link::WebSocket(ws) => {
                 for env in envs {
-                    ws.feed(yawc::Frame::text(env.to_json()))
-                        .await
-                        .map_err(ClientError::transport)?;
-                }
-                if let Some(data) = binary {
-                    ws.feed(yawc::Frame::binary(data))
-                        .await
-                        .map_err(ClientError::transport)?;
+                    let frames = match two_frame(env) {
+                        Some((header, data)) if binary_frames => {
+                            vec![yawc::Frame::text(header), yawc::Frame::binary(data)]
+                        }
+                        _ => vec![yawc::Frame::text(env.to_json())],
+                    };
+                    for frame in frames {
+                        ws.feed(frame).await.map_err(ClientError::transport)?;
+                    }
                 }
                 ws.flush().await.map_err(ClientError::transport)
             }
@@ -174,6 +176,21 @@ impl Link {
                 .await;
         }
     }
+}
+
+/// The two-frame form of an AUDIO_CHUNK carrying data.
+fn two_frame(env: &Envelope) -> Option<(String, Bytes)> {
+    let haip_protocol::Payload::AudioChunk(chunk) = &env.payload else {
+        return None;
+    };
+    let data = chunk.data.as_ref()?;
+    let mut header = env.clone();
+    if let haip_protocol::Payload::AudioChunk(c) = &mut header.payload {
+        c.data = None;
+    }
+    header.bin_len = Some(data.len() as u64);
+    header.bin_mime = Some(chunk.mime.clone());
+    Some((header.to_json(), Bytes::copy_from_slice(data)))
 }
 
 fn close_reason(payload: &[u8]) -> &[u8] {

@@ -400,3 +400,165 @@ async fn a_reply_longer_than_the_credit_arrives_whole() {
         conn.close();
     }
 }
+
+fn params(v: serde_json::Value) -> Map<String, serde_json::Value> {
+    v.as_object().cloned().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn tools_runs_and_audio_over_every_transport() {
+    let server = Server::start(5).await;
+    for transport in [Transport::WebSocket, Transport::Sse, Transport::HttpStream] {
+        let conn = Connection::start(
+            "helpers",
+            config(server.url(transport), server.token(), transport),
+        );
+        conn.connected(WAIT).await.expect("connects");
+        let sum = conn
+            .call_tool("add", params(serde_json::json!({"a": 2, "b": 3.5})), |_| {})
+            .await
+            .expect("add");
+        assert_eq!(sum["result"], 5.5, "{transport:?}");
+
+        let mut seen = Vec::new();
+        let slept = conn
+            .call_tool("sleep", params(serde_json::json!({"ms": 300})), |p| {
+                seen.push(p)
+            })
+            .await
+            .expect("sleep");
+        assert_eq!(slept["slept_ms"], 300);
+        assert!(!seen.is_empty(), "{transport:?}: progress reported");
+        assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
+
+        match conn.call_tool("nope", Map::new(), |_| {}).await {
+            Err(ClientError::Server { code, .. }) => assert_eq!(code, "TOOL_NOT_FOUND"),
+            other => panic!("{transport:?}: {other:?}"),
+        }
+        match conn
+            .call_tool("add", params(serde_json::json!({"a": "x"})), |_| {})
+            .await
+        {
+            Err(e) => assert_eq!(e.code(), Some("TOOL_EXECUTION_ERROR"), "{e}"),
+            other => panic!("{transport:?}: {other:?}"),
+        }
+
+        // Cancel an echo mid-stream.
+        let mut runs = conn.subscribe("agent.>").expect("pattern");
+        let words: Vec<String> = (0..200).map(|i| format!("w{i}")).collect();
+        conn.send_text(&words.join(" ")).await.expect("send");
+        let run_id = loop {
+            let item = runs.recv().await.expect("open");
+            if let Payload::MessagePart(_) = &item.message.payload {
+                break item.message.run_id.clone().expect("run_id");
+            }
+        };
+        conn.cancel_run(&run_id).await.expect("cancel");
+        let finished = loop {
+            let item = tokio::time::timeout(WAIT, runs.recv())
+                .await
+                .expect("within the wait")
+                .expect("open");
+            if let Payload::RunFinished(r) = &item.message.payload {
+                break r.status;
+            }
+        };
+        assert_eq!(
+            finished,
+            Some(haip_protocol::payload::RunStatus::Cancelled),
+            "{transport:?}"
+        );
+
+        // Audio comes back with identical bytes (two frames on WebSocket, base64 elsewhere).
+        let mut audio = conn.subscribe("agent.audio_chunk").expect("pattern");
+        let bytes: Vec<u8> = (0..=255u8).cycle().take(3000).collect();
+        conn.send_audio("audio/pcm", bytes.clone())
+            .await
+            .expect("audio");
+        let item = tokio::time::timeout(WAIT, audio.recv())
+            .await
+            .expect("echo")
+            .expect("open");
+        match &item.message.payload {
+            Payload::AudioChunk(c) => {
+                assert_eq!(c.mime, "audio/pcm");
+                assert_eq!(c.data.as_deref(), Some(&bytes[..]), "{transport:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+        conn.close();
+    }
+}
+
+/// A server (here a hand-written SSE endpoint) that sends garbage: the client reports a
+/// typed error and goes on with the valid messages.
+#[tokio::test]
+async fn a_malformed_message_is_a_typed_error_and_not_fatal() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    // It answers the stream's GET with the events below and every POST with 200.
+    let fake = tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let n = sock.read(&mut buf).await.unwrap_or(0);
+                if buf[..n].starts_with(b"POST") {
+                    let ok = r#"{"status":"ok","accepted":1,"ack":""}"#;
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+                         Content-Length: {}\r\n\r\n{ok}",
+                        ok.len()
+                    );
+                    let _ = sock.write_all(answer.as_bytes()).await;
+                    return;
+                }
+                let hai = serde_json::json!({"id": "h", "session": "S", "seq": "1",
+                    "ts": "0", "channel": "SYSTEM", "type": "HAI", "payload": {
+                    "haip_version": "1.1.2", "accept_major": [1],
+                    "accept_events": ["HAI", "ERROR", "PING", "PONG"]}});
+                let body = format!(
+                    "retry: 1000\n\ndata: {{not json\n\ndata: {{\"id\":\"x\"}}\n\n\
+                     id: S:1\ndata: {hai}\n\n"
+                );
+                let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\
+                            Cache-Control: no-cache\r\n\r\n";
+                let _ = sock.write_all(head.as_bytes()).await;
+                let _ = sock.write_all(body.as_bytes()).await;
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            });
+        }
+    });
+    let conn = Connection::start(
+        "fake",
+        config(
+            format!("http://{addr}/haip/sse"),
+            "t".into(),
+            Transport::Sse,
+        ),
+    );
+    let mut errors = conn.errors();
+    let first = tokio::time::timeout(WAIT, errors.recv())
+        .await
+        .expect("an error")
+        .expect("open");
+    assert!(
+        matches!(&first, ClientError::Malformed { code, .. } if code == "PROTOCOL_VIOLATION"),
+        "{first:?}"
+    );
+    let second = tokio::time::timeout(WAIT, errors.recv())
+        .await
+        .expect("an error")
+        .expect("open");
+    assert!(
+        matches!(&second, ClientError::Malformed { field: Some(f), .. } if f == "session"),
+        "{second:?}"
+    );
+    assert_eq!(
+        conn.connected(WAIT)
+            .await
+            .expect("the valid HAI still connects"),
+        Transport::Sse
+    );
+    fake.abort();
+}

@@ -1,5 +1,6 @@
 //! `haip`: the HAIP command-line tool.
 
+mod bench;
 mod chat;
 mod connect;
 mod health;
@@ -33,6 +34,7 @@ enum Command {
     Send(send::SendArgs),
     Monitor(monitor::MonitorArgs),
     Health(health::HealthArgs),
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,5 +47,6 @@ fn main() -> ExitCode {
         Command::Send(args) => send::run(&args),
         Command::Monitor(args) => monitor::run(&args),
         Command::Health(args) => health::run(&args),
+        Command::Bench(args) => bench::run(&args),
     }
 }

@@ -213,7 +213,10 @@ async fn open_ws(dial: &Dial) -> Result<Ws, ClientError> {
     for (k, v) in &dial.headers {
         request = request.header(k.as_str(), v.as_str());
     }
+    // Frames are small and latency matters: no Nagle delay (it waits for the peer's
+    // delayed ACK, 40 ms on Linux, before a second small write).
     let options = yawc::Options::default()
+        .with_no_delay()
         .with_utf8()
         .with_low_latency_compression()
         .with_max_payload_read(16 * 1024 * 1024);

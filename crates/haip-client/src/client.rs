@@ -158,6 +158,7 @@ impl Connection {
         let (errors, _) = broadcast::channel(64);
         let driver = Driver {
             errors: errors.clone(),
+            refresh_at: None,
             id: id.clone(),
             config,
             session: ClientSession::new(SessionConfig::default()),
@@ -338,6 +339,18 @@ impl Client {
     }
 }
 
+/// The `exp` of a JWT, in ms since the epoch (the payload is read, not verified: the
+/// server verifies; the client only needs to know when to renew).
+fn jwt_expiry_ms(token: &str) -> Option<u64> {
+    use base64::Engine;
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    claims["exp"].as_u64().map(|secs| secs * 1000)
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -358,6 +371,8 @@ fn jitter_unit() -> f64 {
 
 struct Driver {
     errors: broadcast::Sender<ClientError>,
+    /// When to renew the connection for a fresh token (token provider only).
+    refresh_at: Option<tokio::time::Instant>,
     id: String,
     config: ConnectionConfig,
     session: ClientSession,
@@ -373,6 +388,8 @@ struct Driver {
 enum LoopEnd {
     Lost(String),
     Closed,
+    /// The token is about to expire: reconnect at once with a fresh one and resume.
+    RefreshToken,
 }
 
 impl Driver {
@@ -394,6 +411,10 @@ impl Driver {
                     attempt = 0;
                     match self.serve(link, &mut commands).await {
                         LoopEnd::Closed => break Status::Disconnected,
+                        LoopEnd::RefreshToken => {
+                            self.session.disconnected();
+                            continue;
+                        }
                         LoopEnd::Lost(reason) => {
                             tracing::debug!(server = %self.id, %reason, "connection lost");
                             last_error = Some(ClientError::Closed(None, reason));
@@ -445,6 +466,17 @@ impl Driver {
         let token = match &self.config.token_provider {
             Some(provider) => Some(provider().await?),
             None => self.config.token.clone(),
+        };
+        // With a provider, the connection is renewed shortly before the token expires.
+        self.refresh_at = match (&self.config.token_provider, &token) {
+            (Some(_), Some(t)) => jwt_expiry_ms(t).map(|exp| {
+                let left = exp.saturating_sub(now_ms());
+                // A tenth of the lifetime early, at least 1 s and at most 30 s, but never
+                // before half of it.
+                let early = (left / 10).clamp(1_000, 30_000).min(left / 2);
+                tokio::time::Instant::now() + Duration::from_millis(left - early)
+            }),
+            _ => None,
         };
         let resume = self
             .session
@@ -509,6 +541,11 @@ impl Driver {
                 },
                 _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {
                     self.session.poll(now_ms())
+                }
+                _ = async { match self.refresh_at { Some(at) => tokio::time::sleep_until(at).await, None => std::future::pending().await } } => {
+                    tracing::debug!(server = %self.id, "token about to expire: reconnecting with a fresh one");
+                    link.close().await;
+                    return LoopEnd::RefreshToken;
                 }
                 _ = async { match ping.as_mut() { Some(p) => { p.tick().await; } None => std::future::pending().await } } => {
                     if self.session.is_ready() { self.session.ping(now_ms()) } else { Vec::new() }

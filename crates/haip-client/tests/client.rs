@@ -562,3 +562,58 @@ async fn a_malformed_message_is_a_typed_error_and_not_fatal() {
     );
     fake.abort();
 }
+
+/// With a token provider, a connection is renewed before its token expires and the
+/// session resumes: no AUTHENTICATION_FAILED, same session, nothing lost.
+#[tokio::test]
+async fn short_lived_tokens_are_renewed_before_they_expire() {
+    let server = Server::start(1).await;
+    let state = server.state.clone();
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut cfg = config(
+        server.url(Transport::WebSocket),
+        String::new(),
+        Transport::WebSocket,
+    );
+    cfg.token = None;
+    cfg.token_provider = Some({
+        let calls = calls.clone();
+        Arc::new(move || {
+            calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let token = state
+                .auth
+                .mint("client-tests", 2)
+                .ok_or_else(|| ClientError::Transport("cannot mint".into()));
+            Box::pin(async move { token })
+        })
+    });
+    let conn = Connection::start("renew", cfg);
+    let mut everything = conn.subscribe(">").expect("pattern");
+    conn.connected(WAIT).await.expect("connects");
+    let session = conn.session_id().expect("session");
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert!(
+        calls.load(std::sync::atomic::Ordering::Relaxed) >= 2,
+        "the provider was asked again before expiry"
+    );
+    say(&conn, "after", "still here").await.expect("send");
+    let mut echoed = String::new();
+    loop {
+        let item = tokio::time::timeout(WAIT, everything.recv())
+            .await
+            .expect("within the wait")
+            .expect("open");
+        match &item.message.payload {
+            Payload::Error(e) => panic!("no error expected, got {} {}", e.code, e.message),
+            Payload::MessagePart(p) if item.message.channel == "AGENT" => echoed.push_str(&p.text),
+            Payload::RunFinished(_) => break,
+            _ => {}
+        }
+    }
+    assert_eq!(echoed, "still here");
+    assert_eq!(
+        conn.session_id().as_deref(),
+        Some(session.as_str()),
+        "same session"
+    );
+}

@@ -54,27 +54,23 @@ pub struct BenchArgs {
 }
 
 pub fn run(args: &BenchArgs) -> ExitCode {
-    let Ok(runtime) = tokio::runtime::Runtime::new() else {
-        eprintln!("error: cannot start the async runtime");
-        return ExitCode::from(2);
-    };
-    let result = runtime.block_on(async {
-        match args.scenario {
+    crate::connect::block_on(async {
+        let result = match args.scenario {
             Scenario::Echo => echo(args).await,
             Scenario::Stream => stream(args).await,
             Scenario::Connections => connections(args).await,
+        };
+        match result {
+            Ok(report) => {
+                report.print(args.json);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(1)
+            }
         }
-    });
-    match result {
-        Ok(report) => {
-            report.print(args.json);
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(1)
-        }
-    }
+    })
 }
 
 /// Named figures of one run, printed as a table or JSON.

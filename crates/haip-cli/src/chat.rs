@@ -4,7 +4,7 @@
 use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
 
-use crate::connect::{show_reconnects, stream_reply, ConnectArgs, ReplyEnd};
+use crate::connect::{block_on, fail, open, show_reconnects, stream_reply, ConnectArgs, ReplyEnd};
 
 #[derive(clap::Args)]
 #[command(about = "Chat with the agent: each line you type is a message")]
@@ -14,20 +14,10 @@ pub struct ChatArgs {
 }
 
 pub fn run(args: &ChatArgs) -> ExitCode {
-    let Ok(runtime) = tokio::runtime::Runtime::new() else {
-        eprintln!("error: cannot start the async runtime");
-        return ExitCode::from(2);
-    };
-    runtime.block_on(async {
-        let conn = match args.connect.connect("chat").await {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("error {}: {e}", e.code().unwrap_or("CONNECT_FAILED"));
-                return ExitCode::from(1);
-            }
-        };
-        let Ok(mut sub) = conn.subscribe(">") else {
-            return ExitCode::from(2);
+    block_on(async {
+        let (conn, mut sub) = match open(&args.connect, "chat", ">").await {
+            Ok(opened) => opened,
+            Err(code) => return code,
         };
         let interactive = std::io::stdin().is_terminal();
         if interactive {
@@ -47,7 +37,7 @@ pub fn run(args: &ChatArgs) -> ExitCode {
                 }
             }
         });
-        let mut failed = false;
+        let mut outcome = ExitCode::SUCCESS;
         loop {
             if interactive {
                 eprint!("> ");
@@ -60,25 +50,19 @@ pub fn run(args: &ChatArgs) -> ExitCode {
                 continue;
             }
             if let Err(e) = conn.send_text(&line).await {
-                eprintln!("error {}: {e}", e.code().unwrap_or("SEND_FAILED"));
-                failed = true;
+                outcome = fail(&e, "SEND_FAILED");
                 break;
             }
             match stream_reply(&mut sub, false).await {
                 Ok(ReplyEnd::Finished { .. }) => {}
                 Ok(ReplyEnd::Error { code, message }) => eprintln!("error {code}: {message}"),
                 Err(e) => {
-                    eprintln!("error {}: {e}", e.code().unwrap_or("CONNECTION_LOST"));
-                    failed = true;
+                    outcome = fail(&e, "CONNECTION_LOST");
                     break;
                 }
             }
         }
         conn.close();
-        if failed {
-            ExitCode::from(1)
-        } else {
-            ExitCode::SUCCESS
-        }
+        outcome
     })
 }

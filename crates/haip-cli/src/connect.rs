@@ -2,10 +2,13 @@
 //! how a reply is shown.
 
 use std::io::Write;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use haip_client::backoff::ReconnectPolicy;
-use haip_client::{ClientError, Connection, ConnectionConfig, Received, Status, Transport};
+use haip_client::{
+    ClientError, Connection, ConnectionConfig, Received, Status, Subscription, Transport,
+};
 use haip_protocol::Payload;
 
 #[derive(clap::Args, Clone)]
@@ -63,6 +66,40 @@ impl ConnectArgs {
         conn.connected(Duration::from_secs(self.timeout)).await?;
         Ok(conn)
     }
+}
+
+/// Runs a client command to its exit code on a fresh async runtime.
+pub fn block_on(command: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime.block_on(command),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Prints `error CODE: message` (`fallback` when the server gave no code); exit status 1.
+pub fn fail(e: &ClientError, fallback: &str) -> ExitCode {
+    eprintln!("error {}: {e}", e.code().unwrap_or(fallback));
+    ExitCode::from(1)
+}
+
+/// Connects and subscribes to `pattern`, or says why not.
+pub async fn open(
+    args: &ConnectArgs,
+    name: &str,
+    pattern: &str,
+) -> Result<(Connection, Subscription), ExitCode> {
+    let conn = args
+        .connect(name)
+        .await
+        .map_err(|e| fail(&e, "CONNECT_FAILED"))?;
+    let sub = conn.subscribe(pattern).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    })?;
+    Ok((conn, sub))
 }
 
 /// Reports reconnects on stderr while `conn` lives.

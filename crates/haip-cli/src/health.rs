@@ -38,11 +38,7 @@ async fn get(http: &reqwest::Client, url: &str) -> Result<Value, String> {
 }
 
 pub fn run(args: &HealthArgs) -> ExitCode {
-    let Ok(runtime) = tokio::runtime::Runtime::new() else {
-        eprintln!("error: cannot start the async runtime");
-        return ExitCode::from(2);
-    };
-    runtime.block_on(async {
+    crate::connect::block_on(async {
         let http = match reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
             .build()

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use crate::connect::{show_reconnects, ConnectArgs};
+use crate::connect::{block_on, fail, open, show_reconnects, ConnectArgs};
 
 #[derive(clap::Args)]
 #[command(about = "Print every message received, optionally filtered")]
@@ -30,30 +30,15 @@ pub struct MonitorArgs {
 }
 
 pub fn run(args: &MonitorArgs) -> ExitCode {
-    let Ok(runtime) = tokio::runtime::Runtime::new() else {
-        eprintln!("error: cannot start the async runtime");
-        return ExitCode::from(2);
-    };
-    runtime.block_on(async {
-        let conn = match args.connect.connect("monitor").await {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("error {}: {e}", e.code().unwrap_or("CONNECT_FAILED"));
-                return ExitCode::from(1);
-            }
-        };
-        let mut sub = match conn.subscribe(&args.topic) {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(2);
-            }
+    block_on(async {
+        let (conn, mut sub) = match open(&args.connect, "monitor", &args.topic).await {
+            Ok(opened) => opened,
+            Err(code) => return code,
         };
         show_reconnects(&conn);
         if let Some(text) = &args.say {
             if let Err(e) = conn.send_text(text).await {
-                eprintln!("error {}: {e}", e.code().unwrap_or("SEND_FAILED"));
-                return ExitCode::from(1);
+                return fail(&e, "SEND_FAILED");
             }
         }
         let wanted = |list: &[String], value: &str| {

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use crate::connect::{stream_reply, ConnectArgs, ReplyEnd};
+use crate::connect::{block_on, fail, open, stream_reply, ConnectArgs, ReplyEnd};
 
 #[derive(clap::Args)]
 #[command(about = "Send one text message and print the agent's reply")]
@@ -17,24 +17,13 @@ pub struct SendArgs {
 }
 
 pub fn run(args: &SendArgs) -> ExitCode {
-    let Ok(runtime) = tokio::runtime::Runtime::new() else {
-        eprintln!("error: cannot start the async runtime");
-        return ExitCode::from(2);
-    };
-    runtime.block_on(async {
-        let conn = match args.connect.connect("send").await {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("error {}: {e}", e.code().unwrap_or("CONNECT_FAILED"));
-                return ExitCode::from(1);
-            }
-        };
-        let Ok(mut sub) = conn.subscribe(">") else {
-            return ExitCode::from(2);
+    block_on(async {
+        let (conn, mut sub) = match open(&args.connect, "send", ">").await {
+            Ok(opened) => opened,
+            Err(code) => return code,
         };
         if let Err(e) = conn.send_text(&args.text).await {
-            eprintln!("error {}: {e}", e.code().unwrap_or("SEND_FAILED"));
-            return ExitCode::from(1);
+            return fail(&e, "SEND_FAILED");
         }
         let code = match stream_reply(&mut sub, args.json).await {
             Ok(ReplyEnd::Finished { ok: true, .. }) => ExitCode::SUCCESS,
@@ -46,10 +35,7 @@ pub fn run(args: &SendArgs) -> ExitCode {
                 eprintln!("error {code}: {message}");
                 ExitCode::from(1)
             }
-            Err(e) => {
-                eprintln!("error {}: {e}", e.code().unwrap_or("CONNECTION_LOST"));
-                ExitCode::from(1)
-            }
+            Err(e) => fail(&e, "CONNECTION_LOST"),
         };
         conn.close();
         code

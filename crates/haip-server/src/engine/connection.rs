@@ -145,15 +145,7 @@ impl Connection {
         let env = match Envelope::parse_bytes(raw) {
             Ok(env) => env,
             Err(e) => {
-                let mut core = self.session.lock();
-                core.emit_error(
-                    e.code,
-                    e.reason.clone(),
-                    e.related_id.clone(),
-                    Some(e.detail()),
-                    now_ms(),
-                );
-                core.count_violation(Violation::Protocol);
+                self.session.lock().refuse(&e, now_ms());
                 return;
             }
         };

@@ -328,6 +328,19 @@ impl SessionCore {
         over
     }
 
+    /// Answers a message that failed validation (its code, the field, related_id) and
+    /// counts it as a protocol violation of the attached connection.
+    pub fn refuse(&mut self, e: &haip_protocol::ValidationError, now_ms: u64) {
+        self.emit_error(
+            e.code,
+            e.reason.clone(),
+            e.related_id.clone(),
+            Some(e.detail()),
+            now_ms,
+        );
+        self.count_violation(Violation::Protocol);
+    }
+
     /// Sends one message: applies the event filter, drops output of a cancelled run, then
     /// lets flow control release it (or hold it, never dropping).
     pub fn emit(&mut self, env: Envelope, now_ms: u64) {

@@ -11,7 +11,6 @@ use serde_json::json;
 use serde_json::value::RawValue;
 
 use crate::app::{authenticate, bearer, SharedState};
-use crate::engine::core::Violation;
 use crate::engine::now_ms;
 
 fn error(status: StatusCode, code: &str, message: &str) -> Response {
@@ -95,18 +94,8 @@ pub async fn messages(
                 state.engine.handle(&session, env, cost);
                 accepted += 1;
             }
-            Err(e) => {
-                // Counted against the session's live connection, as if it came through it.
-                let mut core = session.lock();
-                core.emit_error(
-                    e.code,
-                    e.reason.clone(),
-                    e.related_id.clone(),
-                    Some(e.detail()),
-                    now_ms(),
-                );
-                core.count_violation(Violation::Protocol);
-            }
+            // Counted against the session's live connection, as if it came through it.
+            Err(e) => session.lock().refuse(&e, now_ms()),
         }
     }
     let ack = session

@@ -110,7 +110,7 @@ fn parse_rest(f: &mut Fields, id: &str) -> Result<Envelope, ValidationError> {
     let ack = f.opt_dec_u64("ack")?;
     let ts = f.req_dec_u64("ts")?;
     let channel = f.req_channel("channel")?;
-    let type_name = f.req_str("type")?;
+    let type_name = f.req_str_ref("type")?;
     let raw_payload = f.take("payload");
     let pv = f.opt_int("pv", 0, 255)?.map(|v| v as u8);
     let crit = f.opt_bool("crit")?;

@@ -145,7 +145,11 @@ pub async fn stream_reply(
         let Some(item) = sub.recv().await else {
             return Err(ClientError::Stopped);
         };
-        if json {
+        // The reply is what the agent sends, and errors; SYSTEM housekeeping (TOOL_LIST,
+        // FLOW_UPDATE, PING) is not part of it.
+        let housekeeping = item.message.channel == haip_protocol::channel::SYSTEM
+            && !matches!(item.message.payload, Payload::Error(_));
+        if json && !housekeeping {
             let _ = writeln!(out, "{}", String::from_utf8_lossy(&item.raw));
             let _ = out.flush();
         }

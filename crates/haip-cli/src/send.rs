@@ -11,7 +11,7 @@ pub struct SendArgs {
     text: String,
     #[command(flatten)]
     connect: ConnectArgs,
-    /// Print the raw envelopes of the reply, one JSON per line
+    /// Print the raw envelopes of the reply (agent messages and errors), one JSON per line
     #[arg(long)]
     json: bool,
 }

@@ -88,8 +88,26 @@ pub struct Connection {
 
 impl Connection {
     /// Opens a connection for an authenticated `subject`: resumes `resume` (session id,
-    /// last_rx_seq) when given and possible, else announces a fresh session.
+    /// last_rx_seq) when given and possible, else announces a fresh session. The session
+    /// then follows `follow`, a thread id, when given.
     pub fn open(
+        engine: Arc<Engine>,
+        subject: &str,
+        options: ConnectionOptions,
+        resume: Option<(String, u64)>,
+        follow: Option<String>,
+    ) -> Connection {
+        let connection = Connection::attach(engine, subject, options, resume);
+        if let Some(thread) = follow {
+            connection
+                .engine
+                .threads
+                .follow(&thread, &connection.session);
+        }
+        connection
+    }
+
+    fn attach(
         engine: Arc<Engine>,
         subject: &str,
         options: ConnectionOptions,

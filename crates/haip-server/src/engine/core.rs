@@ -129,6 +129,9 @@ pub struct SessionCore {
     /// Set when the session was ended for holding too much output: it sends nothing more
     /// and cannot be resumed.
     ended: bool,
+    /// Messages sent in threads, waiting to be copied to the threads' followers once the
+    /// session's lock is released.
+    thread_output: Vec<(String, Envelope)>,
 }
 
 impl SessionCore {
@@ -159,6 +162,7 @@ impl SessionCore {
             protocol_violations: 0,
             flow_violations: 0,
             ended: false,
+            thread_output: Vec::new(),
             last_client_activity_ms: now_ms,
             detached_since_ms: Some(now_ms),
             limits,
@@ -341,11 +345,12 @@ impl SessionCore {
         self.count_violation(Violation::Protocol);
     }
 
-    /// Sends one message: applies the event filter, drops output of a cancelled run, then
-    /// lets flow control release it (or hold it, never dropping).
+    /// Sends one message: drops output of a cancelled run, keeps a copy for the followers
+    /// of its thread, applies the event filter, then lets flow control release it (or
+    /// hold it, never dropping).
     pub fn emit(&mut self, env: Envelope, now_ms: u64) {
-        if self.ended || !self.terms.accepts.contains(env.event_type()) {
-            return; // suppressed messages take no seq
+        if self.ended {
+            return;
         }
         if let Some(run_id) = &env.run_id {
             // TOOL_DONE still goes out: it tells the client how each call of the run ended.
@@ -356,6 +361,43 @@ impl SessionCore {
             if self.runs.is_cancelled(run_id) && !closing {
                 return;
             }
+        }
+        if let Some(thread) = self.thread_of(&env) {
+            self.thread_output.push((thread, env.clone()));
+        }
+        self.deliver(env, now_ms);
+    }
+
+    /// Sends a copy of a message another session of the same subject sent in a thread
+    /// this session follows. It becomes this session's own message: its seq, its credit,
+    /// its replay window.
+    pub fn emit_followed(&mut self, mut env: Envelope, now_ms: u64) {
+        if self.ended {
+            return;
+        }
+        env.session = self.id.clone();
+        self.deliver(env, now_ms);
+    }
+
+    /// The thread a message is sent in: its own `thread_id`, else that of its run.
+    fn thread_of(&self, env: &Envelope) -> Option<String> {
+        if env.channel == channel::SYSTEM {
+            return None; // housekeeping of this connection, not conversation
+        }
+        env.thread_id.clone().or_else(|| {
+            let run = env.run_id.as_deref()?;
+            self.runs.get(run)?.thread_id.clone()
+        })
+    }
+
+    /// What was sent in threads since the last call, for their followers.
+    pub fn take_thread_output(&mut self) -> Vec<(String, Envelope)> {
+        std::mem::take(&mut self.thread_output)
+    }
+
+    fn deliver(&mut self, env: Envelope, now_ms: u64) {
+        if !self.terms.accepts.contains(env.event_type()) {
+            return; // suppressed messages take no seq
         }
         // The size is only needed when the gate may hold the message: it counts towards
         // byte credit and towards the held-output bound.
@@ -866,6 +908,7 @@ impl SessionCore {
             self.finish_after_tools.insert(run_id.to_string(), status);
             return;
         }
+        let thread_id = self.runs.get(run_id).and_then(|r| r.thread_id.clone());
         if self.runs.close(run_id).is_err() {
             return;
         }
@@ -881,6 +924,7 @@ impl SessionCore {
             }),
         );
         env.run_id = Some(run_id.to_string());
+        env.thread_id = thread_id;
         self.emit(env, now_ms);
     }
 

@@ -8,6 +8,7 @@ pub mod connection;
 pub mod core;
 pub mod metrics;
 pub mod outbound;
+pub mod threads;
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -25,6 +26,7 @@ use crate::tools::{ToolContext, ToolRegistry};
 use core::{Action, SessionCore, SessionLimits, ToolCatalog};
 use metrics::Metrics;
 use outbound::ConnQueue;
+use threads::Threads;
 
 /// Milliseconds since the epoch: the `ts` of every message the server sends.
 pub fn now_ms() -> u64 {
@@ -38,6 +40,8 @@ pub struct Session {
     pub id: String,
     pub subject: String,
     core: Mutex<SessionCore>,
+    /// Where copies of what it sends in followed threads go.
+    threads: Arc<Threads>,
 }
 
 impl std::fmt::Debug for Session {
@@ -47,9 +51,47 @@ impl std::fmt::Debug for Session {
 }
 
 impl Session {
-    pub fn lock(&self) -> MutexGuard<'_, SessionCore> {
+    pub fn lock(&self) -> SessionGuard<'_> {
         // A panic while holding the lock would be a bug; the state is still usable.
-        self.core.lock().unwrap_or_else(|p| p.into_inner())
+        let core = self.core.lock().unwrap_or_else(|p| p.into_inner());
+        SessionGuard {
+            core: Some(core),
+            session: self,
+        }
+    }
+}
+
+/// The locked state of a session. When it is released, what the session sent in threads
+/// goes on to the threads' followers, outside the lock (see [`threads`]).
+pub struct SessionGuard<'a> {
+    /// Always `Some` until dropped.
+    core: Option<MutexGuard<'a, SessionCore>>,
+    session: &'a Session,
+}
+
+impl std::ops::Deref for SessionGuard<'_> {
+    type Target = SessionCore;
+    fn deref(&self) -> &SessionCore {
+        self.core.as_deref().expect("held until dropped")
+    }
+}
+
+impl std::ops::DerefMut for SessionGuard<'_> {
+    fn deref_mut(&mut self) -> &mut SessionCore {
+        self.core.as_deref_mut().expect("held until dropped")
+    }
+}
+
+impl Drop for SessionGuard<'_> {
+    fn drop(&mut self) {
+        let Some(mut core) = self.core.take() else {
+            return;
+        };
+        let sent = core.take_thread_output();
+        drop(core);
+        if !sent.is_empty() {
+            self.session.threads.forward(self.session, sent);
+        }
     }
 }
 
@@ -69,6 +111,7 @@ pub enum ResumeError {
 pub struct Engine {
     limits: Arc<SessionLimits>,
     sessions: Mutex<HashMap<String, Arc<Session>>>,
+    pub threads: Arc<Threads>,
     agent: Arc<dyn Agent>,
     tools: Arc<ToolRegistry>,
     pub metrics: Metrics,
@@ -85,6 +128,7 @@ impl Engine {
         Arc::new(Engine {
             limits: Arc::new(limits),
             sessions: Mutex::new(HashMap::new()),
+            threads: Arc::new(Threads::default()),
             agent,
             tools: Arc::new(tools),
             metrics: Metrics::default(),
@@ -130,6 +174,7 @@ impl Engine {
             id: id.clone(),
             subject: subject.to_string(),
             core: Mutex::new(core),
+            threads: self.threads.clone(),
         });
         self.registry().insert(id, session.clone());
         session
@@ -203,8 +248,10 @@ impl Engine {
 
     /// Drops a session (a fresh one replaced by a resume, or one past its TTL).
     pub fn remove(&self, id: &str) {
-        if let Some(s) = self.registry().remove(id) {
+        let removed = self.registry().remove(id);
+        if let Some(s) = removed {
             s.lock().cancel_all();
+            self.threads.forget(&s);
         }
     }
 

@@ -12,9 +12,13 @@ use std::collections::HashMap;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use haip_protocol::parse_dec_u64;
 use tokio::sync::mpsc;
+
+use crate::engine::threads::{valid_thread_id, MAX_THREAD_ID};
 
 /// Connection URL parameters shared by every transport.
 #[derive(Debug, Default, serde::Deserialize)]
@@ -22,6 +26,8 @@ pub struct ConnectParams {
     pub token: Option<String>,
     pub session: Option<String>,
     pub last_rx_seq: Option<String>,
+    /// A thread to follow (see [`crate::engine::threads`]).
+    pub thread: Option<String>,
     #[serde(flatten)]
     pub other: HashMap<String, String>,
 }
@@ -32,6 +38,21 @@ impl ConnectParams {
         let session = self.session.clone().filter(|s| !s.is_empty())?;
         let last = self.last_rx_seq.as_deref().map_or(Some(0), parse_dec_u64)?;
         Some((session, last))
+    }
+
+    /// `?thread=ID` asks to follow a thread; an id the contract would not accept as a
+    /// `thread_id` is answered 400.
+    #[allow(clippy::result_large_err)] // the error is the HTTP answer itself
+    pub fn follow(&self) -> Result<Option<String>, Response> {
+        match &self.thread {
+            None => Ok(None),
+            Some(t) if valid_thread_id(t) => Ok(Some(t.clone())),
+            Some(_) => Err((
+                StatusCode::BAD_REQUEST,
+                format!("thread must be 1 to {MAX_THREAD_ID} characters"),
+            )
+                .into_response()),
+        }
     }
 }
 

@@ -73,9 +73,19 @@ pub async fn open(
         Ok(s) => s,
         Err(r) => return r,
     };
+    let follow = match params.follow() {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
     let resume = last_event_id(&headers).or_else(|| params.resume());
     let options = state.options(Transport::Sse, &identity);
-    let conn = Connection::open(state.engine.clone(), &identity.subject, options, resume);
+    let conn = Connection::open(
+        state.engine.clone(),
+        &identity.subject,
+        options,
+        resume,
+        follow,
+    );
     let (tx, rx) = mpsc::channel::<Bytes>(8);
     let retry = format!("retry: {}\n\n", state.config.sse_retry_timeout.as_millis());
     let _ = tx.try_send(Bytes::from(retry));

@@ -53,6 +53,10 @@ pub async fn open(
         Ok(id) => id,
         Err(r) => return r,
     };
+    let follow = match params.follow() {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
     let slot = match state.admit(Transport::HttpStream) {
         Ok(s) => s,
         Err(r) => return r,
@@ -124,6 +128,7 @@ pub async fn open(
         &identity.subject,
         options,
         params.resume(),
+        follow,
     );
     let (tx, rx) = mpsc::channel::<Bytes>(8);
     let shutdown = state.shutdown.clone();

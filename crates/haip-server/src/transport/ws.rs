@@ -231,6 +231,10 @@ pub async fn root(
 
 /// A HAIP connection over an accepted handshake.
 fn haip(state: SharedState, params: ConnectParams, headers: &HeaderMap, hs: Handshake) -> Response {
+    let follow = match params.follow() {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
     let slot = match state.admit(Transport::WebSocket) {
         Ok(s) => s,
         Err(r) => return r,
@@ -254,6 +258,7 @@ fn haip(state: SharedState, params: ConnectParams, headers: &HeaderMap, hs: Hand
                     &identity.subject,
                     options,
                     params.resume(),
+                    follow,
                 );
                 connection
                     .run(

@@ -261,6 +261,18 @@ impl Connection {
     /// Sends a whole text message on USER (MESSAGE_START, MESSAGE_PART, MESSAGE_END) and
     /// returns its message_id.
     pub async fn send_text(&self, text: &str) -> Result<String, ClientError> {
+        self.send_text_in_thread(text, None).await
+    }
+
+    /// Sends a whole text message on USER in `thread_id`: the agent answers in that thread,
+    /// and every session of the same user that follows it (connected with `?thread=ID`)
+    /// receives the answer too.
+    pub async fn send_text_in_thread(
+        &self,
+        text: &str,
+        thread_id: Option<&str>,
+    ) -> Result<String, ClientError> {
+        use haip_protocol::channel;
         use haip_protocol::payload::{MessageEnd, MessagePart, MessageStart};
         let id = format!(
             "text-{}-{}",
@@ -268,34 +280,29 @@ impl Connection {
             jitter_unit().to_bits() & 0xffff_ffff
         );
         let extra = serde_json::Map::new;
-        self.send(
-            haip_protocol::channel::USER,
+        let payloads = [
             Payload::MessageStart(MessageStart {
                 message_id: id.clone(),
                 author: Some("user".into()),
                 text: None,
                 extra: extra(),
             }),
-        )
-        .await?;
-        self.send(
-            haip_protocol::channel::USER,
             Payload::MessagePart(MessagePart {
                 message_id: id.clone(),
                 text: text.to_string(),
                 extra: extra(),
             }),
-        )
-        .await?;
-        self.send(
-            haip_protocol::channel::USER,
             Payload::MessageEnd(MessageEnd {
                 message_id: id.clone(),
                 tokens: None,
                 extra: extra(),
             }),
-        )
-        .await?;
+        ];
+        for payload in payloads {
+            let mut env = Envelope::new(String::new(), "-", 0, 0, channel::USER, payload);
+            env.thread_id = thread_id.map(str::to_string);
+            self.send_envelope(env).await?;
+        }
         Ok(id)
     }
 

@@ -213,16 +213,35 @@ async fn open_ws(dial: &Dial) -> Result<Ws, ClientError> {
     for (k, v) in &dial.headers {
         request = request.header(k.as_str(), v.as_str());
     }
+    yawc::WebSocket::connect(parsed)
+        .with_options(websocket_options())
+        .with_request(request)
+        .await
+        .map_err(ClientError::transport)
+}
+
+/// The WebSocket settings of every HAIP connection.
+fn websocket_options() -> yawc::Options {
     // Frames are small and latency matters: no Nagle delay (it waits for the peer's
     // delayed ACK, 40 ms on Linux, before a second small write).
-    let options = yawc::Options::default()
+    yawc::Options::default()
         .with_no_delay()
         .with_utf8()
         .with_low_latency_compression()
-        .with_max_payload_read(16 * 1024 * 1024);
+        .with_max_payload_read(16 * 1024 * 1024)
+}
+
+/// A WebSocket with exactly the settings of a HAIP connection, but no HAIP on it: what
+/// `haip bench` measures the transport's own ceiling with.
+pub async fn open_plain_websocket(url: &str) -> Result<yawc::TcpWebSocket, ClientError> {
+    let parsed: url::Url = url.parse().map_err(|_| {
+        ClientError::Url(crate::url::UrlError {
+            url: url.to_string(),
+            reason: "not a valid URL",
+        })
+    })?;
     yawc::WebSocket::connect(parsed)
-        .with_options(options)
-        .with_request(request)
+        .with_options(websocket_options())
         .await
         .map_err(ClientError::transport)
 }

@@ -1,0 +1,194 @@
+//! `echo` and `stream`: sessions sending messages and reading the echo agent's answers.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::ceiling::{self, Shape};
+use super::report::{percentile, Ceiling, Progress, Report};
+use super::{long_text, open_all, until_finished, BenchArgs, Received};
+
+pub async fn echo(args: &BenchArgs) -> anyhow::Result<Report> {
+    let words = args.words.unwrap_or(8);
+    let text: Vec<String> = (0..words).map(|i| format!("word{i}")).collect();
+    let text = Arc::new(text.join(" "));
+    let sessions = open_all(args, &args.connect.config(), args.sessions, "bench").await?;
+    let delivered = Arc::new(AtomicU64::new(0));
+    let interval = Duration::from_millis(args.interval_ms);
+    let deadline = Instant::now() + Duration::from_secs(args.duration);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (conn, mut sub) in sessions {
+        let text = text.clone();
+        let delivered = delivered.clone();
+        tasks.push(tokio::spawn(async move {
+            let (mut latencies, mut sample) = (Vec::new(), None);
+            while Instant::now() < deadline {
+                let sent = Instant::now();
+                conn.send_text(&text).await?;
+                let mut got = Received::default();
+                until_finished(&mut sub, &mut got).await?;
+                latencies.push(sent.elapsed().as_secs_f64() * 1000.0);
+                delivered.fetch_add(got.messages, Ordering::Relaxed);
+                sample = sample.or(got.sample);
+                if !interval.is_zero() {
+                    tokio::time::sleep(interval).await;
+                }
+            }
+            conn.close();
+            anyhow::Ok((latencies, sample))
+        }));
+    }
+    let progress = Progress::new();
+    while tasks.iter().any(|t| !t.is_finished()) {
+        let done = started.elapsed().as_secs_f64() / args.duration.max(1) as f64;
+        let msgs = delivered.load(Ordering::Relaxed);
+        progress.show(done, &format!("{msgs} messages"));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    progress.done();
+    let (mut latencies, mut sample) = (Vec::new(), None);
+    for t in tasks {
+        let (l, s) = t.await??;
+        latencies.extend(l);
+        sample = sample.or(s);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort_by(f64::total_cmp);
+    let total = delivered.load(Ordering::Relaxed);
+    let rate = total as f64 / elapsed;
+    let round_trips = latencies.len().max(1);
+    let shape = Shape {
+        sessions: args.sessions,
+        frames_per_round: (total as f64 / round_trips as f64).round() as usize,
+        frame: sample.unwrap_or_else(|| Bytes::from(text.to_string())),
+        rounds: None,
+        duration: Duration::from_secs(args.duration),
+        interval,
+    };
+    let ceiling = args
+        .ceiling(|url| async move {
+            let m = ceiling::run(&url, &shape).await?;
+            Ok(Ceiling {
+                what: format!(
+                    "{} bare sessions, each round 1 frame out, {} frames of {} bytes back",
+                    shape.sessions,
+                    shape.frames_per_round,
+                    shape.frame.len()
+                ),
+                rows: vec![
+                    ("round trips", m.rounds as f64, ""),
+                    ("messages delivered/s", m.per_second(), "msg/s"),
+                    ("latency p50", m.p(0.50), "ms"),
+                    ("latency p99", m.p(0.99), "ms"),
+                ],
+                ratio: rate / m.per_second().max(1e-9),
+                ratio_of: "messages delivered/s",
+            })
+        })
+        .await;
+    Ok(Report {
+        scenario: "echo",
+        transport: args.connect.transport.as_str(),
+        rows: vec![
+            ("sessions", args.sessions as f64, ""),
+            ("round trips", latencies.len() as f64, ""),
+            ("messages delivered/s", rate, "msg/s"),
+            ("latency p50", percentile(&latencies, 0.50), "ms"),
+            ("latency p90", percentile(&latencies, 0.90), "ms"),
+            ("latency p99", percentile(&latencies, 0.99), "ms"),
+            (
+                "latency max",
+                latencies.last().copied().unwrap_or(0.0),
+                "ms",
+            ),
+        ],
+        ceiling,
+    })
+}
+
+pub async fn stream(args: &BenchArgs) -> anyhow::Result<Report> {
+    let words = args.words.unwrap_or(1000);
+    let text = Arc::new(long_text(words));
+    let sessions = open_all(args, &args.connect.config(), args.sessions, "bench").await?;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (conn, mut sub) in sessions {
+        let text = text.clone();
+        tasks.push(tokio::spawn(async move {
+            let sent = Instant::now();
+            conn.send_text(&text).await?;
+            let mut got = Received::default();
+            until_finished(&mut sub, &mut got).await?;
+            let ttfp = got
+                .first_part
+                .map_or(0.0, |f| (f - sent).as_secs_f64() * 1000.0);
+            conn.close();
+            anyhow::Ok((got, ttfp))
+        }));
+    }
+    let progress = Progress::new();
+    while tasks.iter().any(|t| !t.is_finished()) {
+        let finished = tasks.iter().filter(|t| t.is_finished()).count();
+        progress.show(finished as f64 / tasks.len() as f64, "streams done");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    progress.done();
+    let (mut messages, mut bytes, mut ttfp, mut sample) = (0u64, 0u64, Vec::new(), None);
+    for t in tasks {
+        let (got, first) = t.await??;
+        messages += got.messages;
+        bytes += got.bytes;
+        ttfp.push(first);
+        sample = sample.or(got.sample);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    ttfp.sort_by(f64::total_cmp);
+    let rate = messages as f64 / elapsed;
+    let shape = Shape {
+        sessions: args.sessions,
+        frames_per_round: (messages as f64 / args.sessions.max(1) as f64).round() as usize,
+        frame: sample.unwrap_or_else(|| Bytes::from(text.to_string())),
+        rounds: Some(1),
+        duration: Duration::ZERO,
+        interval: Duration::ZERO,
+    };
+    let ceiling = args
+        .ceiling(|url| async move {
+            let m = ceiling::run(&url, &shape).await?;
+            Ok(Ceiling {
+                what: format!(
+                    "{} bare sessions, each 1 frame out, {} frames of {} bytes back",
+                    shape.sessions,
+                    shape.frames_per_round,
+                    shape.frame.len()
+                ),
+                rows: vec![
+                    ("messages delivered/s", m.per_second(), "msg/s"),
+                    ("bytes delivered/s", m.bytes as f64 / m.elapsed, "B/s"),
+                ],
+                ratio: rate / m.per_second().max(1e-9),
+                ratio_of: "messages delivered/s",
+            })
+        })
+        .await;
+    Ok(Report {
+        scenario: "stream",
+        transport: args.connect.transport.as_str(),
+        rows: vec![
+            ("sessions", args.sessions as f64, ""),
+            ("parts per stream", words as f64, ""),
+            ("messages delivered/s", rate, "msg/s"),
+            ("bytes delivered/s", bytes as f64 / elapsed, "B/s"),
+            ("time to first part p50", percentile(&ttfp, 0.5), "ms"),
+            (
+                "time to first part max",
+                ttfp.last().copied().unwrap_or(0.0),
+                "ms",
+            ),
+        ],
+        ceiling,
+    })
+}

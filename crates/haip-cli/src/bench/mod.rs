@@ -1,0 +1,203 @@
+//! `haip bench`: a load generator against a running server, over real sockets from this
+//! process, bounded in sessions and time. Scenarios: `echo` (round trips through the echo
+//! agent), `stream` (long agent streams), `fanout` (one agent stream to many followers of
+//! a thread), `connections` (idle sessions held, with the server's memory per session
+//! read from /proc). Each is also run against a bare WebSocket echo on the same server
+//! (the ceiling, see `ceiling.rs`) and reported as a ratio of it.
+
+mod ceiling;
+mod connections;
+mod fanout;
+mod load;
+mod report;
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use haip_client::{Connection, ConnectionConfig, Subscription};
+use haip_protocol::Payload;
+
+use crate::connect::ConnectArgs;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// Sessions send short messages and wait for the whole streamed echo
+    Echo,
+    /// Sessions each receive one long agent stream
+    Stream,
+    /// One publisher's agent stream delivered to every session following its thread
+    Fanout,
+    /// Open idle sessions at a bounded rate and hold them
+    Connections,
+}
+
+#[derive(clap::Args)]
+#[command(
+    about = "Measure a running server (start it with --echo-word-delay 0 --autobahn-echo)",
+    long_about = "Measure a running server over real sockets from this process.\n\n\
+        Start the server with `haip serve --echo-word-delay 0 --autobahn-echo`: the first \
+        lets the echo agent answer at full speed, the second serves the bare WebSocket echo \
+        each scenario is also run against, so that every figure comes with its ratio to \
+        what the transport alone does on the same machine in the same run."
+)]
+pub struct BenchArgs {
+    /// What to measure
+    #[arg(value_enum)]
+    scenario: Scenario,
+    #[command(flatten)]
+    connect: ConnectArgs,
+    /// Concurrent sessions (`fanout`: followers of the publisher's thread)
+    #[arg(long, default_value_t = 10)]
+    sessions: usize,
+    /// Seconds to run `echo` and `fanout` (`stream` and `connections` end when done)
+    #[arg(long, default_value_t = 5)]
+    duration: u64,
+    /// Words per echo message (`echo`, default 8) or per agent stream (`stream`, `fanout`,
+    /// default 1000)
+    #[arg(long)]
+    words: Option<usize>,
+    /// Milliseconds each session waits between round trips (`echo`); 0 sends again as
+    /// soon as the answer is complete
+    #[arg(long, default_value_t = 0)]
+    interval_ms: u64,
+    /// Sessions opened per second (`connections`)
+    #[arg(long, default_value_t = 500)]
+    rate: u64,
+    /// The server's pid, to read its memory from /proc (`connections`)
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// The bare WebSocket echo to compare with [default: /autobahn on the server's host]
+    #[arg(long)]
+    ceiling_url: Option<String>,
+    /// Do not measure the ceiling
+    #[arg(long)]
+    no_ceiling: bool,
+    /// Print the result as one JSON object
+    #[arg(long)]
+    json: bool,
+}
+
+impl BenchArgs {
+    fn ceiling_url(&self) -> String {
+        self.ceiling_url
+            .clone()
+            .unwrap_or_else(|| ceiling::url_beside(&self.connect.url))
+    }
+
+    /// Measures the ceiling with `measure`, or says why it was not.
+    async fn ceiling<T, F, Fut>(&self, measure: F) -> Result<T, String>
+    where
+        F: FnOnce(String) -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<T>>,
+    {
+        if self.no_ceiling {
+            return Err("--no-ceiling".into());
+        }
+        if !self.json {
+            eprintln!("measuring the ceiling: the same work on the bare WebSocket echo");
+        }
+        measure(self.ceiling_url()).await.map_err(|e| {
+            format!(
+                "{e:#}; start the server with --autobahn-echo or give --ceiling-url, \
+                 or pass --no-ceiling"
+            )
+        })
+    }
+}
+
+pub fn run(args: &BenchArgs) -> ExitCode {
+    crate::connect::block_on(async {
+        let result = match args.scenario {
+            Scenario::Echo => load::echo(args).await,
+            Scenario::Stream => load::stream(args).await,
+            Scenario::Fanout => fanout::run(args).await,
+            Scenario::Connections => connections::run(args).await,
+        };
+        match result {
+            Ok(report) => {
+                report.print(args.json);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(1)
+            }
+        }
+    })
+}
+
+/// Opens `n` sessions with `config`, each subscribed to everything.
+async fn open_all(
+    args: &BenchArgs,
+    config: &ConnectionConfig,
+    n: usize,
+    name: &str,
+) -> anyhow::Result<Vec<(Connection, Subscription)>> {
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let conn = Connection::start(format!("{name}-{i}"), config.clone());
+        conn.connected(Duration::from_secs(args.connect.timeout))
+            .await
+            .map_err(|e| anyhow::anyhow!("session {i}: {e}"))?;
+        let sub = conn.subscribe(">")?;
+        out.push((conn, sub));
+    }
+    Ok(out)
+}
+
+/// What one session received of a run.
+#[derive(Default)]
+struct Received {
+    messages: u64,
+    bytes: u64,
+    first_part: Option<Instant>,
+    /// A MESSAGE_PART as it came over the wire: the ceiling sends frames like it.
+    sample: Option<Bytes>,
+}
+
+/// Reads until the end of a run (RUN_FINISHED), counting what arrived.
+async fn until_finished(sub: &mut Subscription, got: &mut Received) -> anyhow::Result<()> {
+    loop {
+        let item = tokio::time::timeout(Duration::from_secs(30), sub.recv())
+            .await
+            .map_err(|_| anyhow::anyhow!("no reply within 30 s"))?
+            .ok_or_else(|| anyhow::anyhow!("connection ended"))?;
+        got.messages += 1;
+        got.bytes += item.raw.len() as u64;
+        match &item.message.payload {
+            Payload::MessagePart(_) if got.first_part.is_none() => {
+                got.first_part = Some(Instant::now());
+                got.sample = Some(item.raw.clone());
+            }
+            Payload::RunFinished(_) => return Ok(()),
+            Payload::Error(e) => anyhow::bail!("server error {}: {}", e.code, e.message),
+            _ => {}
+        }
+    }
+}
+
+/// Resident memory of a process in KiB.
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Words of 16 to 64 bytes, like model tokens with their markup.
+fn long_text(words: usize) -> String {
+    let text: Vec<String> = (0..words)
+        .map(|i| format!("{i:0>width$}", width = 15 + (i * 7919) % 49))
+        .collect();
+    text.join(" ")
+}
+
+/// A number unlikely to repeat between runs, for names (threads) that must not collide.
+fn now_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}

@@ -1,0 +1,121 @@
+//! How a run's figures are printed: a table on a terminal, one JSON object with `--json`.
+
+use std::io::{IsTerminal, Write};
+use std::time::Instant;
+
+use serde_json::json;
+
+/// One named figure.
+pub type Row = (&'static str, f64, &'static str);
+
+/// The same work done by a bare WebSocket echo (no HAIP), measured in the same run.
+pub struct Ceiling {
+    /// What was measured, in words (printed above the figures).
+    pub what: String,
+    pub rows: Vec<Row>,
+    /// The HAIP figure over the ceiling's, and the name of that figure.
+    pub ratio: f64,
+    pub ratio_of: &'static str,
+}
+
+/// Named figures of one run.
+pub struct Report {
+    pub scenario: &'static str,
+    pub transport: &'static str,
+    pub rows: Vec<Row>,
+    /// The ceiling, or why it was not measured.
+    pub ceiling: Result<Ceiling, String>,
+}
+
+impl Report {
+    pub fn print(&self, json: bool) {
+        if json {
+            println!("{}", self.to_json());
+            return;
+        }
+        println!("{} over {}", self.scenario, self.transport);
+        print_rows(&self.rows);
+        match &self.ceiling {
+            Ok(c) => {
+                println!("ceiling: {}", c.what);
+                print_rows(&c.rows);
+                println!(
+                    "  {:<28} {:>14.1} % (HAIP / ceiling, {})",
+                    "HAIP / ceiling",
+                    c.ratio * 100.0,
+                    c.ratio_of
+                );
+            }
+            Err(why) => println!("ceiling: not measured ({why})"),
+        }
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        let figures = |rows: &[Row]| {
+            let mut map = serde_json::Map::new();
+            for (name, value, _) in rows {
+                map.insert((*name).to_string(), json!(value));
+            }
+            map
+        };
+        let ceiling = match &self.ceiling {
+            Ok(c) => json!({"what": c.what, "results": figures(&c.rows),
+                "ratio": c.ratio, "ratio_of": c.ratio_of}),
+            Err(why) => json!({"not_measured": why}),
+        };
+        json!({"scenario": self.scenario, "transport": self.transport,
+            "results": figures(&self.rows), "ceiling": ceiling})
+    }
+}
+
+fn print_rows(rows: &[Row]) {
+    for (name, value, unit) in rows {
+        println!("  {name:<28} {value:>14.1} {unit}");
+    }
+}
+
+/// A progress line on a terminal's stderr; silent otherwise.
+pub struct Progress {
+    on: bool,
+    started: Instant,
+}
+
+impl Progress {
+    pub fn new() -> Progress {
+        Progress {
+            on: std::io::stderr().is_terminal(),
+            started: Instant::now(),
+        }
+    }
+
+    pub fn show(&self, done: f64, note: &str) {
+        if !self.on {
+            return;
+        }
+        let width = 30;
+        let filled = ((done.clamp(0.0, 1.0)) * width as f64) as usize;
+        eprint!(
+            "\r[{}{}] {:>3.0}% {:>5.1}s {note}   ",
+            "#".repeat(filled),
+            " ".repeat(width - filled),
+            done * 100.0,
+            self.started.elapsed().as_secs_f64()
+        );
+        let _ = std::io::stderr().flush();
+    }
+
+    pub fn done(&self) {
+        if self.on {
+            eprintln!();
+        }
+    }
+}
+
+/// The `p` quantile (0..=1) of sorted values; 0 when there are none.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}

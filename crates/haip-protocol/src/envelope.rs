@@ -68,15 +68,16 @@ impl Envelope {
 
     /// Parses and validates one envelope from a text frame or NDJSON line.
     pub fn parse(text: &str) -> Result<Envelope, ValidationError> {
-        let mut f = Fields::parse(text, Cow::Borrowed(""))?;
-        let id = f.req_bounded_str("id", MAX_ENVELOPE_ID_CHARS)?;
-        parse_rest(&mut f, &id)
-            .and_then(|mut env| {
-                env.extra = f.finish(env.crit == Some(true))?;
-                env.id = id.clone();
+        let mut f = Fields::parse_with_inner(text, Some("payload"), Cow::Borrowed(""))?;
+        let id = f.req_bounded_str_ref("id", MAX_ENVELOPE_ID_CHARS)?;
+        // The id is copied once, into whichever of the envelope or the error gets it.
+        match parse_rest(f) {
+            Ok(mut env) => {
+                env.id = id.into_owned();
                 Ok(env)
-            })
-            .map_err(|e| e.with_related_id(Some(id)))
+            }
+            Err(e) => Err(e.with_related_id(Some(id.into_owned()))),
+        }
     }
 
     /// Like [`Envelope::parse`], for bytes that may not be UTF-8.
@@ -104,21 +105,22 @@ impl Envelope {
     }
 }
 
-fn parse_rest(f: &mut Fields, id: &str) -> Result<Envelope, ValidationError> {
+/// Every field but `id`, which the caller fills in.
+fn parse_rest(mut f: Fields) -> Result<Envelope, ValidationError> {
     let session = f.req_bounded_str("session", MAX_ENVELOPE_ID_CHARS)?;
     let seq = f.req_dec_u64("seq")?;
     let ack = f.opt_dec_u64("ack")?;
     let ts = f.req_dec_u64("ts")?;
     let channel = f.req_channel("channel")?;
     let type_name = f.req_str_ref("type")?;
-    let raw_payload = f.take("payload");
+    let payload_field = f.take_object("payload");
     let pv = f.opt_int("pv", 0, 255)?.map(|v| v as u8);
     let crit = f.opt_bool("crit")?;
     let bin_len = f.opt_int("bin_len", 0, u64::MAX)?;
     let bin_mime = f.opt_str("bin_mime")?;
     let run_id = f.opt_bounded_str("run_id", MAX_ENVELOPE_ID_CHARS)?;
     let thread_id = f.opt_bounded_str("thread_id", MAX_ENVELOPE_ID_CHARS)?;
-    let Some(raw_payload) = raw_payload else {
+    let Some(payload_field) = payload_field else {
         return Err(ValidationError::violation("payload", "is required"));
     };
     let Some(event_type) = EventType::parse(&type_name) else {
@@ -128,9 +130,10 @@ fn parse_rest(f: &mut Fields, id: &str) -> Result<Envelope, ValidationError> {
             format!("unknown event type {type_name:?}"),
         ));
     };
-    let payload = Payload::parse(event_type, raw_payload, crit == Some(true))?;
+    let payload = Payload::parse(event_type, payload_field, crit == Some(true))?;
+    let extra = f.finish(crit == Some(true))?;
     Ok(Envelope {
-        id: id.to_string(),
+        id: String::new(),
         session,
         seq,
         ack,
@@ -143,7 +146,7 @@ fn parse_rest(f: &mut Fields, id: &str) -> Result<Envelope, ValidationError> {
         bin_mime,
         run_id,
         thread_id,
-        extra: Map::new(),
+        extra,
     })
 }
 

@@ -4,6 +4,11 @@
 //! parsed on demand into the type the contract requires. This is what lets every refusal
 //! name the exact field at fault (`payload.message_id`), and lets the envelope's `id` be
 //! recovered for `related_id` even when another field is broken.
+//!
+//! The scan is [`scan`]'s strict fast path; serde_json takes over whenever that one
+//! declines, so serde_json alone decides what is refused and how the refusal is worded.
+
+mod scan;
 
 use std::borrow::Cow;
 use std::fmt;
@@ -28,8 +33,9 @@ pub(crate) enum Kind {
 }
 
 impl Kind {
-    pub(crate) fn of(raw: &RawValue) -> Kind {
-        match raw.get().as_bytes().first() {
+    /// `raw` is the text of one valid JSON value, as a field's raw value or a `RawValue`.
+    pub(crate) fn of(raw: &str) -> Kind {
+        match raw.as_bytes().first() {
             Some(b'n') => Kind::Null,
             Some(b't' | b'f') => Kind::Bool,
             Some(b'"') => Kind::String,
@@ -52,50 +58,125 @@ impl Kind {
 }
 
 /// The text of a raw JSON string. The scan that produced `raw` has checked its syntax, so a
-/// string with no backslash is exactly the bytes between its quotes.
-fn unescape(raw: &RawValue) -> serde_json::Result<Cow<'_, str>> {
-    let text = raw.get();
-    match text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
-        Some(inner) if !inner.contains('\\') => Ok(Cow::Borrowed(inner)),
-        _ => serde_json::from_str::<String>(text).map(Cow::Owned),
+/// string with no backslash is exactly the bytes between its quotes. `plain` says the scan
+/// already knows there is none.
+fn unescape(raw: &str, plain: bool) -> serde_json::Result<Cow<'_, str>> {
+    match raw.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+        Some(inner) if plain || !inner.contains('\\') => Ok(Cow::Borrowed(inner)),
+        _ => serde_json::from_str::<String>(raw).map(Cow::Owned),
     }
+}
+
+/// One field of an object, not yet interpreted.
+struct Entry<'a> {
+    key: Cow<'a, str>,
+    /// [`key_bit`] of `key`.
+    key_bit: u64,
+    /// The value's JSON text; `None` once the field has been taken.
+    raw: Option<&'a str>,
+    /// The value is known to be a string without escapes (its text is then the bytes
+    /// between its quotes, with no search for a backslash).
+    plain_str: bool,
+    /// The value is the object whose fields are [`Fields::inner`].
+    holds_inner: bool,
+}
+
+impl<'a> Entry<'a> {
+    fn new(key: Cow<'a, str>, raw: &'a str, plain_str: bool, holds_inner: bool) -> Entry<'a> {
+        Entry {
+            key_bit: key_bit(&key),
+            key,
+            raw: Some(raw),
+            plain_str,
+            holds_inner,
+        }
+    }
+}
+
+/// A key summed up as one bit of 64, from its length and its first and last bytes: keys
+/// with different bits differ, which spares most whole-key comparisons (each field is
+/// compared with the others for duplicates, and each field read looks its name up).
+fn key_bit(key: &str) -> u64 {
+    let bytes = key.as_bytes();
+    let first = bytes.first().copied().unwrap_or(0);
+    let last = bytes.last().copied().unwrap_or(0);
+    let mixed = (bytes.len() as u32) ^ (u32::from(first) << 8) ^ (u32::from(last) << 16);
+    1 << (mixed.wrapping_mul(0x9E37_79B9) >> 26)
 }
 
 /// The fields of one JSON object, not yet interpreted.
 pub(crate) struct Fields<'a> {
     path: Cow<'static, str>,
-    entries: Vec<(Cow<'a, str>, Option<&'a RawValue>)>,
+    entries: Vec<Entry<'a>>,
+    /// The fields of the object held by one of `entries` (see [`Fields::parse_with_inner`]),
+    /// scanned with this one; empty when there is none.
+    inner: Vec<Entry<'a>>,
+    /// The union of the entries' [`key_bit`]s: most names that are absent are known to be
+    /// without a search.
+    key_bits: u64,
 }
 
 impl<'a> Fields<'a> {
     /// Scans `raw` as a JSON object. `path` names it in errors (`""` for the envelope).
     pub(crate) fn parse(raw: &'a str, path: Cow<'static, str>) -> Result<Fields<'a>> {
-        let entries = match serde_json::from_str::<ObjectEntries<'a>>(raw) {
-            Ok(ObjectEntries(entries)) => entries,
-            Err(e) => {
-                let field = (!path.is_empty()).then(|| path.to_string());
-                let reason = match serde_json::from_str::<&RawValue>(raw) {
-                    Ok(whole) => format!("must be a JSON object, got {}", Kind::of(whole).name()),
-                    Err(_) => format!("invalid JSON: {e}"),
-                };
-                return Err(ValidationError::new(
-                    ErrorCode::ProtocolViolation,
-                    field,
-                    reason,
-                ));
+        Fields::parse_with_inner(raw, None, path)
+    }
+
+    /// Like [`Fields::parse`], and when the field named `inner` holds an object, its fields
+    /// are scanned in the same pass, for [`Fields::take_object`]: the envelope's payload is
+    /// then read without a second scan.
+    pub(crate) fn parse_with_inner(
+        raw: &'a str,
+        inner: Option<&str>,
+        path: Cow<'static, str>,
+    ) -> Result<Fields<'a>> {
+        let mut entries = Vec::with_capacity(16);
+        let mut inner_entries = Vec::new();
+        let scanned = scan::object(raw, inner, |field| {
+            let entry = Entry::new(
+                Cow::Borrowed(field.key),
+                field.raw,
+                field.plain_str,
+                field.holds_inner,
+            );
+            if field.inner {
+                inner_entries.push(entry);
+            } else {
+                entries.push(entry);
             }
-        };
-        for (i, (key, _)) in entries.iter().enumerate() {
-            if entries[..i].iter().any(|(k, _)| k == key) {
+        });
+        if scanned.is_none() {
+            // Invalid, or valid but beyond the fast scanner: serde_json decides, and words
+            // the error. The inner object is then scanned when it is taken.
+            entries = scan_with_serde(raw, &path)?;
+            inner_entries = Vec::new();
+        }
+        let mut fields = Fields::checked(entries, path)?;
+        fields.inner = inner_entries;
+        Ok(fields)
+    }
+
+    /// Refuses a field that appears twice.
+    fn checked(entries: Vec<Entry<'a>>, path: Cow<'static, str>) -> Result<Fields<'a>> {
+        let mut key_bits = 0;
+        for (i, entry) in entries.iter().enumerate() {
+            if key_bits & entry.key_bit != 0
+                && entries[..i]
+                    .iter()
+                    .any(|e| e.key_bit == entry.key_bit && e.key == entry.key)
+            {
                 return Err(ValidationError::violation(
-                    join(&path, key),
+                    join(&path, &entry.key),
                     "field appears twice",
                 ));
             }
+            key_bits |= entry.key_bit;
         }
         Ok(Fields {
             path,
-            entries: entries.into_iter().map(|(k, v)| (k, Some(v))).collect(),
+            entries,
+            inner: Vec::new(),
+            key_bits,
         })
     }
 
@@ -104,7 +185,7 @@ impl<'a> Fields<'a> {
         match self.take(name) {
             None => Ok(None),
             Some(raw) => match Kind::of(raw) {
-                Kind::Object => Fields::parse(raw.get(), Cow::Owned(path)).map(Some),
+                Kind::Object => Fields::parse(raw, Cow::Owned(path)).map(Some),
                 kind => Err(wrong_kind(path, "an object", kind)),
             },
         }
@@ -116,13 +197,41 @@ impl<'a> Fields<'a> {
     }
 
     /// Removes a field; JSON `null` counts as absent.
-    pub(crate) fn take(&mut self, name: &str) -> Option<&'a RawValue> {
-        let slot = self
+    pub(crate) fn take(&mut self, name: &str) -> Option<&'a str> {
+        self.take_entry(name).map(|(raw, _)| raw)
+    }
+
+    /// Removes a field, with whether it is known to be a string without escapes.
+    fn take_entry(&mut self, name: &str) -> Option<(&'a str, bool)> {
+        self.take_full_entry(name)
+            .map(|entry| (entry.raw, entry.plain_str))
+    }
+
+    /// Removes a field that should hold an object, to be read with [`Taken::fields`].
+    pub(crate) fn take_object(&mut self, name: &str) -> Option<Taken<'a>> {
+        let entry = self.take_full_entry(name)?;
+        let entries = entry.holds_inner.then(|| std::mem::take(&mut self.inner));
+        Some(Taken {
+            raw: entry.raw,
+            entries,
+        })
+    }
+
+    fn take_full_entry(&mut self, name: &str) -> Option<TakenEntry<'a>> {
+        let bit = key_bit(name);
+        if self.key_bits & bit == 0 {
+            return None;
+        }
+        let entry = self
             .entries
             .iter_mut()
-            .find(|(k, v)| v.is_some() && k == name)?;
-        let raw = slot.1.take()?;
-        (Kind::of(raw) != Kind::Null).then_some(raw)
+            .find(|e| e.key_bit == bit && e.raw.is_some() && e.key == name)?;
+        let raw = entry.raw.take()?;
+        (Kind::of(raw) != Kind::Null).then_some(TakenEntry {
+            raw,
+            plain_str: entry.plain_str,
+            holds_inner: entry.holds_inner,
+        })
     }
 
     fn required<T>(&mut self, name: &str, value: Option<T>) -> Result<T> {
@@ -136,12 +245,12 @@ impl<'a> Fields<'a> {
     /// A string field, borrowed from the input when it has no escapes (the common case,
     /// and the reason this exists: no allocation, no second scan).
     fn opt_str_ref(&mut self, name: &str) -> Result<Option<Cow<'a, str>>> {
-        match self.take(name) {
+        match self.take_entry(name) {
             None => Ok(None),
-            Some(raw) if Kind::of(raw) == Kind::String => unescape(raw)
+            Some((raw, plain)) if Kind::of(raw) == Kind::String => unescape(raw, plain)
                 .map(Some)
                 .map_err(|e| ValidationError::violation(self.path(name), e.to_string())),
-            Some(raw) => Err(wrong_kind(self.path(name), "a string", Kind::of(raw))),
+            Some((raw, _)) => Err(wrong_kind(self.path(name), "a string", Kind::of(raw))),
         }
     }
 
@@ -163,6 +272,15 @@ impl<'a> Fields<'a> {
             check_bounded(s, max)
                 .map_err(|reason| ValidationError::violation(self.path(name), reason))?;
         }
+        Ok(v)
+    }
+
+    /// A required string of 1..=`max` characters, borrowed when it can be.
+    pub(crate) fn req_bounded_str_ref(&mut self, name: &str, max: usize) -> Result<Cow<'a, str>> {
+        let v = self.opt_str_ref(name)?;
+        let v = self.required(name, v)?;
+        check_bounded(&v, max)
+            .map_err(|reason| ValidationError::violation(self.path(name), reason))?;
         Ok(v)
     }
 
@@ -218,7 +336,7 @@ impl<'a> Fields<'a> {
     pub(crate) fn opt_number(&mut self, name: &str) -> Result<Option<f64>> {
         match self.take(name) {
             None => Ok(None),
-            Some(raw) if Kind::of(raw) == Kind::Number => serde_json::from_str(raw.get())
+            Some(raw) if Kind::of(raw) == Kind::Number => serde_json::from_str(raw)
                 .map(Some)
                 .map_err(|e| ValidationError::violation(self.path(name), e.to_string())),
             Some(raw) => Err(wrong_kind(self.path(name), "a number", Kind::of(raw))),
@@ -228,7 +346,7 @@ impl<'a> Fields<'a> {
     pub(crate) fn opt_bool(&mut self, name: &str) -> Result<Option<bool>> {
         match self.take(name) {
             None => Ok(None),
-            Some(raw) if Kind::of(raw) == Kind::Bool => Ok(Some(raw.get() == "true")),
+            Some(raw) if Kind::of(raw) == Kind::Bool => Ok(Some(raw == "true")),
             Some(raw) => Err(wrong_kind(self.path(name), "a boolean", Kind::of(raw))),
         }
     }
@@ -236,7 +354,7 @@ impl<'a> Fields<'a> {
     pub(crate) fn opt_object(&mut self, name: &str) -> Result<Option<Map<String, Value>>> {
         match self.take(name) {
             None => Ok(None),
-            Some(raw) if Kind::of(raw) == Kind::Object => serde_json::from_str(raw.get())
+            Some(raw) if Kind::of(raw) == Kind::Object => serde_json::from_str(raw)
                 .map(Some)
                 .map_err(|e| ValidationError::violation(self.path(name), e.to_string())),
             Some(raw) => Err(wrong_kind(self.path(name), "an object", Kind::of(raw))),
@@ -252,7 +370,7 @@ impl<'a> Fields<'a> {
     pub(crate) fn opt_value(&mut self, name: &str) -> Result<Option<Value>> {
         match self.take(name) {
             None => Ok(None),
-            Some(raw) => serde_json::from_str(raw.get())
+            Some(raw) => serde_json::from_str(raw)
                 .map(Some)
                 .map_err(|e| ValidationError::violation(self.path(name), e.to_string())),
         }
@@ -262,7 +380,7 @@ impl<'a> Fields<'a> {
     pub(crate) fn opt_array(&mut self, name: &str) -> Result<Option<Vec<&'a RawValue>>> {
         match self.take(name) {
             None => Ok(None),
-            Some(raw) if Kind::of(raw) == Kind::Array => serde_json::from_str(raw.get())
+            Some(raw) if Kind::of(raw) == Kind::Array => serde_json::from_str(raw)
                 .map(Some)
                 .map_err(|e| ValidationError::violation(self.path(name), e.to_string())),
             Some(raw) => Err(wrong_kind(self.path(name), "an array", Kind::of(raw))),
@@ -278,7 +396,7 @@ impl<'a> Fields<'a> {
     /// first one); without it they are kept, so that a message can be passed on unchanged.
     pub(crate) fn finish(self, crit: bool) -> Result<Map<String, Value>> {
         let mut extra = Map::new();
-        for (key, raw) in self.entries {
+        for Entry { key, raw, .. } in self.entries {
             let Some(raw) = raw else { continue };
             if crit {
                 return Err(ValidationError::new(
@@ -287,7 +405,7 @@ impl<'a> Fields<'a> {
                     "unknown field in a message marked crit",
                 ));
             }
-            let value = serde_json::from_str(raw.get())
+            let value = serde_json::from_str(raw)
                 .map_err(|e| ValidationError::violation(join(&self.path, &key), e.to_string()))?;
             extra.insert(key.into_owned(), value);
         }
@@ -328,10 +446,18 @@ pub(crate) fn is_channel_name(s: &str) -> bool {
 
 /// Parses `^[0-9]{1,20}$` into a u64, refusing values past `u64::MAX`.
 pub fn parse_dec_u64(s: &str) -> Option<u64> {
-    if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
+    if s.is_empty() || s.len() > 20 {
         return None;
     }
-    s.parse().ok()
+    // One pass that both checks the digits and adds them up (`str::parse` would also
+    // accept a leading `+`).
+    s.bytes().try_fold(0u64, |n, b| {
+        let digit = b.wrapping_sub(b'0');
+        if digit > 9 {
+            return None;
+        }
+        n.checked_mul(10)?.checked_add(u64::from(digit))
+    })
 }
 
 fn dec_reason(s: &str) -> String {
@@ -342,12 +468,11 @@ fn dec_reason(s: &str) -> String {
     }
 }
 
-pub(crate) fn parse_int(raw: &RawValue, min: u64, max: u64) -> std::result::Result<u64, String> {
-    let kind = Kind::of(raw);
+pub(crate) fn parse_int(text: &str, min: u64, max: u64) -> std::result::Result<u64, String> {
+    let kind = Kind::of(text);
     if kind != Kind::Number {
         return Err(format!("must be an integer, got {}", kind.name()));
     }
-    let text = raw.get();
     if text.starts_with('-') {
         return Err(if min == 0 {
             "must not be negative".to_string()
@@ -363,6 +488,59 @@ pub(crate) fn parse_int(raw: &RawValue, min: u64, max: u64) -> std::result::Resu
         return Err(format!("must be at most {max}"));
     }
     Ok(n)
+}
+
+struct TakenEntry<'a> {
+    raw: &'a str,
+    plain_str: bool,
+    holds_inner: bool,
+}
+
+/// A field taken out of its object, holding an object to be read field by field.
+pub(crate) struct Taken<'a> {
+    raw: &'a str,
+    /// Its fields, when they were scanned with the parent.
+    entries: Option<Vec<Entry<'a>>>,
+}
+
+impl<'a> Taken<'a> {
+    pub(crate) fn kind(&self) -> Kind {
+        Kind::of(self.raw)
+    }
+
+    /// Its fields, as [`Fields::parse`] gives them; `path` names it in errors.
+    pub(crate) fn fields(self, path: Cow<'static, str>) -> Result<Fields<'a>> {
+        match self.entries {
+            Some(entries) => Fields::checked(entries, path),
+            None => Fields::parse(self.raw, path),
+        }
+    }
+}
+
+/// The fields of `raw` as serde_json reads them: the fallback of the fast scanner, and the
+/// source of the error when `raw` is not a JSON object.
+fn scan_with_serde<'a>(raw: &'a str, path: &str) -> Result<Vec<Entry<'a>>> {
+    match serde_json::from_str::<ObjectEntries<'a>>(raw) {
+        Ok(ObjectEntries(entries)) => Ok(entries
+            .into_iter()
+            .map(|(key, value)| Entry::new(key, value.get(), false, false))
+            .collect()),
+        Err(e) => {
+            let field = (!path.is_empty()).then(|| path.to_string());
+            let reason = match serde_json::from_str::<&RawValue>(raw) {
+                Ok(whole) => format!(
+                    "must be a JSON object, got {}",
+                    Kind::of(whole.get()).name()
+                ),
+                Err(_) => format!("invalid JSON: {e}"),
+            };
+            Err(ValidationError::new(
+                ErrorCode::ProtocolViolation,
+                field,
+                reason,
+            ))
+        }
+    }
 }
 
 /// A JSON object as borrowed `(key, raw value)` pairs, in document order.
@@ -460,6 +638,63 @@ mod tests {
         assert_eq!(f.opt_str("x").unwrap(), None);
         assert_eq!(f.req_str("yA").unwrap(), "v");
         assert!(f.finish(true).unwrap().is_empty());
+    }
+
+    #[test]
+    fn invalid_json_is_worded_by_serde_json() {
+        let reason = |text: &str| {
+            Fields::parse(text, Cow::Borrowed(""))
+                .err()
+                .map(|e| e.reason)
+        };
+        assert_eq!(
+            reason(r#"{"a":1,}"#).as_deref(),
+            Some("invalid JSON: trailing comma at line 1 column 8")
+        );
+        assert_eq!(
+            reason(r#"{"a":"\x"}"#).as_deref(),
+            Some("invalid JSON: invalid escape at line 1 column 8")
+        );
+        assert_eq!(
+            reason(" [1] ").as_deref(),
+            Some("must be a JSON object, got an array")
+        );
+    }
+
+    #[test]
+    fn the_inner_object_is_read_the_same_whether_scanned_with_its_parent_or_not() {
+        for (text, inner_scanned) in [
+            (r#"{"p":{"a":"x","b":[1]},"c":2}"#, true),
+            // An escaped key is left to serde_json, for the whole text.
+            (r#"{"p":{"\u0061":"x","b":[1]},"c":2}"#, false),
+            (r#"{"p":{"a":"x","b":[1]},"\u0063":2}"#, false),
+        ] {
+            let mut f = Fields::parse_with_inner(text, Some("p"), Cow::Borrowed("")).unwrap();
+            assert_eq!(f.inner.is_empty(), !inner_scanned, "{text}");
+            let taken = f.take_object("p").unwrap();
+            assert_eq!(taken.kind(), Kind::Object);
+            let mut p = taken.fields(Cow::Borrowed("p")).unwrap();
+            assert_eq!(p.req_str("a").unwrap(), "x");
+            assert_eq!(p.opt_value("b").unwrap(), Some(serde_json::json!([1])));
+            assert_eq!(f.opt_int("c", 0, 9).unwrap(), Some(2));
+        }
+        let mut f =
+            Fields::parse_with_inner(r#"{"p":{"a":1,"a":2}}"#, Some("p"), Cow::Borrowed(""))
+                .unwrap();
+        let err = f.take_object("p").unwrap().fields(Cow::Borrowed("p"));
+        assert_eq!(err.err().and_then(|e| e.field).as_deref(), Some("p.a"));
+    }
+
+    #[test]
+    fn absent_and_present_names_are_told_apart() {
+        let mut f = Fields::parse(r#"{"ab":1,"ba":2,"abc":3}"#, Cow::Borrowed("")).unwrap();
+        for absent in ["", "a", "b", "bb", "aab", "ac", "abd"] {
+            assert_eq!(f.take(absent), None, "{absent}");
+        }
+        assert_eq!(f.take("ba"), Some("2"));
+        assert_eq!(f.take("ab"), Some("1"));
+        assert_eq!(f.take("abc"), Some("3"));
+        assert_eq!(f.take("ab"), None);
     }
 
     #[test]

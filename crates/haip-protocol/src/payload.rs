@@ -4,12 +4,11 @@ use std::borrow::Cow;
 
 use base64::Engine as _;
 use serde::Serialize;
-use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::error::ValidationError;
 use crate::event::EventType;
-use crate::json::{self, Fields, Kind};
+use crate::json::{self, Fields, Kind, Taken};
 
 type Result<T> = std::result::Result<T, ValidationError>;
 
@@ -355,16 +354,16 @@ impl Payload {
         }
     }
 
-    /// Parses the raw `payload` object of a message of type `t`.
-    pub(crate) fn parse(t: EventType, raw: &RawValue, crit: bool) -> Result<Payload> {
-        if Kind::of(raw) != Kind::Object {
+    /// Parses the `payload` object of a message of type `t`.
+    pub(crate) fn parse(t: EventType, payload: Taken<'_>, crit: bool) -> Result<Payload> {
+        if payload.kind() != Kind::Object {
             return Err(json::wrong_kind(
                 "payload".into(),
                 "an object",
-                Kind::of(raw),
+                payload.kind(),
             ));
         }
-        let mut fields = Fields::parse(raw.get(), Cow::Borrowed("payload"))?;
+        let mut fields = payload.fields(Cow::Borrowed("payload"))?;
         let f = &mut fields;
         let id = |f: &mut Fields, name: &str| f.req_bounded_str(name, MAX_ID_CHARS);
         let opt_id = |f: &mut Fields, name: &str| f.opt_bounded_str(name, MAX_ID_CHARS);
@@ -524,14 +523,10 @@ impl Payload {
                 }
             }
         };
+        let mut payload = payload;
         // RUN_STARTED allows any extra field by definition, so `crit` does not apply to it.
-        let extra = fields.finish(crit && t != EventType::RunStarted)?;
-        Ok(payload.with_extra(extra))
-    }
-
-    fn with_extra(mut self, extra: Extra) -> Payload {
-        *self.extra_mut() = extra;
-        self
+        *payload.extra_mut() = fields.finish(crit && t != EventType::RunStarted)?;
+        Ok(payload)
     }
 
     /// The unknown fields kept from the wire.
@@ -611,14 +606,14 @@ fn parse_hai(f: &mut Fields) -> Result<Hai> {
     }
     let mut accept_major = Vec::new();
     for (i, raw) in f.req_array("accept_major")?.into_iter().enumerate() {
-        let n = json::parse_int(raw, 0, 255).map_err(|reason| {
+        let n = json::parse_int(raw.get(), 0, 255).map_err(|reason| {
             ValidationError::violation(format!("payload.accept_major[{i}]"), reason)
         })?;
         accept_major.push(n);
     }
     let mut accept_events = Vec::new();
     for (i, raw) in f.req_array("accept_events")?.into_iter().enumerate() {
-        let name: String = match Kind::of(raw) {
+        let name: String = match Kind::of(raw.get()) {
             Kind::String => serde_json::from_str(raw.get()).map_err(|e| {
                 ValidationError::violation(format!("payload.accept_events[{i}]"), e.to_string())
             })?,
@@ -678,8 +673,8 @@ fn parse_tool_list(f: &mut Fields) -> Result<ToolList> {
     let mut tools = Vec::new();
     for (i, raw) in f.req_array("tools")?.into_iter().enumerate() {
         let path = format!("payload.tools[{i}]");
-        if Kind::of(raw) != Kind::Object {
-            return Err(json::wrong_kind(path, "an object", Kind::of(raw)));
+        if Kind::of(raw.get()) != Kind::Object {
+            return Err(json::wrong_kind(path, "an object", Kind::of(raw.get())));
         }
         let mut t = Fields::parse(raw.get(), Cow::Owned(path))?;
         let name = t.req_str("name")?;

@@ -1,6 +1,8 @@
 //! `haip serve`: runs the server. Settings come from flags, environment variables and a
 //! TOML file, in that order of precedence, over the defaults of the wire contract.
 
+use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -386,30 +388,41 @@ async fn serve(mut config: ServerConfig) -> anyhow::Result<()> {
         addr.ip().to_string()
     };
     let base = format!("{}:{}", shown_host, addr.port());
-    println!("haip-rs listening on {addr}");
+    let mut banner = String::new();
+    let _ = writeln!(banner, "haip-rs listening on {addr}");
     if let Some(token) = auth.mint("demo", 24 * 3600) {
         if generated_secret {
-            println!(
+            let _ = writeln!(
+                banner,
                 "JWT secret (random, set JWT_SECRET to keep one): {}",
                 config.jwt_secret.as_deref().unwrap_or("")
             );
         }
-        println!("token (sub=demo, valid 24 h): {token}");
-        println!("  browser:        http://{base}/?token={token}");
-        println!(
+        let _ = writeln!(banner, "token (sub=demo, valid 24 h): {token}");
+        let _ = writeln!(banner, "  browser:        http://{base}/?token={token}");
+        let _ = writeln!(
+            banner,
             "  WebSocket:      ws://{base}{}?token={token}",
             config.websocket_path
         );
-        println!(
+        let _ = writeln!(
+            banner,
             "  SSE:            http://{base}{}?token={token}",
             config.sse_path
         );
-        println!("  HTTP streaming: curl -N -H 'Authorization: Bearer {token}' --data-binary @- http://{base}{}", config.http_stream_path);
-        println!("  health:         http://{base}/health");
+        let _ = writeln!(banner,"  HTTP streaming: curl -N -H 'Authorization: Bearer {token}' --data-binary @- http://{base}{}", config.http_stream_path);
+        let _ = writeln!(banner, "  health:         http://{base}/health");
     }
     if config.autobahn_echo {
-        println!("  Autobahn echo:  ws://{base}/autobahn (unauthenticated, for testing only)");
+        let _ = writeln!(
+            banner,
+            "  Autobahn echo:  ws://{base}/autobahn (unauthenticated, for testing only)"
+        );
     }
+    // Nobody may be reading stdout (a closed pipe): the server runs on regardless.
+    let mut stdout = std::io::stdout();
+    let _ = stdout.write_all(banner.as_bytes());
+    let _ = stdout.flush();
     let state = AppState::new(config, auth, agent, ToolRegistry::with_builtins());
     let shutdown = state.shutdown.clone();
     tokio::spawn(async move {

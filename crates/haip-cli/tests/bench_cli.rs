@@ -29,9 +29,17 @@ fn figure(report: &Value, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("{name} missing in {report}"))
 }
 
+/// The ceiling was measured, with a non-zero `name`, and the ratio to it is given.
+fn check_ceiling(report: &Value, name: &str) {
+    let ceiling = &report["ceiling"];
+    assert!(figure(ceiling, name) > 0.0, "{report}");
+    let ratio = ceiling["ratio"].as_f64().unwrap_or(0.0);
+    assert!(ratio > 0.0 && ratio.is_finite(), "{report}");
+}
+
 #[test]
 fn every_scenario_completes_with_non_zero_figures() {
-    let served = common::serve(&["--echo-word-delay", "0"]);
+    let served = common::serve(&["--echo-word-delay", "0", "--autobahn-echo"]);
     // First, while the server is fresh: its memory can only grow with the sessions held.
     let pid = served.child.id().to_string();
     let idle = bench(
@@ -49,6 +57,7 @@ fn every_scenario_completes_with_non_zero_figures() {
     assert_eq!(figure(&idle, "sessions held"), 50.0);
     assert!(figure(&idle, "handshake p99") > 0.0, "{idle}");
     assert!(figure(&idle, "server memory per session") > 0.0, "{idle}");
+    check_ceiling(&idle, "server memory per connection");
     for transport in ["ws", "sse", "stream"] {
         let echo = bench(
             &served,
@@ -67,6 +76,7 @@ fn every_scenario_completes_with_non_zero_figures() {
         assert!(figure(&echo, "messages delivered/s") > 0.0, "{echo}");
         let p50 = figure(&echo, "latency p50");
         assert!(p50 > 0.0 && p50 <= figure(&echo, "latency max"), "{echo}");
+        check_ceiling(&echo, "messages delivered/s");
 
         let stream = bench(
             &served,
@@ -82,5 +92,39 @@ fn every_scenario_completes_with_non_zero_figures() {
         );
         assert!(figure(&stream, "messages delivered/s") > 0.0, "{stream}");
         assert!(figure(&stream, "bytes delivered/s") > 0.0, "{stream}");
+        check_ceiling(&stream, "messages delivered/s");
+
+        let fanout = bench(
+            &served,
+            &[
+                "fanout",
+                "--transport",
+                transport,
+                "--sessions",
+                "3",
+                "--words",
+                "20",
+                "--duration",
+                "1",
+            ],
+        );
+        let rounds = figure(&fanout, "rounds");
+        assert!(rounds >= 1.0, "{fanout}");
+        // Every follower got every round whole: 20 parts and 4 framing messages (run and
+        // message start and end), plus at most its session's TOOL_LIST and HAI.
+        let whole = rounds * 3.0 * 24.0;
+        let delivered = figure(&fanout, "messages delivered");
+        assert!(delivered >= whole && delivered <= whole + 6.0, "{fanout}");
+        assert!(figure(&fanout, "messages delivered/s") > 0.0, "{fanout}");
+        check_ceiling(&fanout, "messages delivered/s");
     }
+}
+
+#[test]
+fn a_missing_ceiling_is_reported_and_the_run_still_completes() {
+    let served = common::serve(&["--echo-word-delay", "0"]);
+    let echo = bench(&served, &["echo", "--sessions", "1", "--duration", "1"]);
+    assert!(figure(&echo, "messages delivered/s") > 0.0, "{echo}");
+    let why = echo["ceiling"]["not_measured"].as_str().unwrap_or_default();
+    assert!(why.contains("--autobahn-echo"), "{echo}");
 }

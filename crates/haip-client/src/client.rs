@@ -15,7 +15,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use crate::backoff::ReconnectPolicy;
 use crate::error::ClientError;
 use crate::link::{Dial, Link, Wire};
-use crate::session::{ClientSession, Output, SessionConfig};
+use crate::session::{ClientSession, Incoming, Output, SessionConfig};
 use crate::topic::{topic, Pattern};
 use crate::Transport;
 
@@ -587,7 +587,7 @@ impl Driver {
             *pending_binary = Some(env);
             return Vec::new();
         }
-        self.session.received(env, now_ms())
+        self.session.receive(Incoming::new(env, raw), now_ms())
     }
 
     fn on_binary(
@@ -643,14 +643,14 @@ impl Driver {
         for out in outputs {
             match out {
                 Output::Write(env) => writes.push(env),
-                Output::Deliver(env) => {
-                    if let Payload::Hai(_) = env.payload {
+                Output::Deliver(msg) => {
+                    if let Payload::Hai(_) = msg.env.payload {
                         let _ = self.status.send(Status::Connected(transport));
                         let _ = self
                             .session_id
                             .send(self.session.session_id().map(str::to_string));
                     }
-                    self.deliver(env, transport);
+                    self.deliver(msg, transport);
                 }
                 Output::Latency(ms) => {
                     let _ = self.latency.send(Some(ms));
@@ -667,9 +667,8 @@ impl Driver {
         Ok(())
     }
 
-    fn deliver(&mut self, env: Envelope, transport: Transport) {
-        let json = env.to_json();
-        let cost = ClientSession::cost_of(&env);
+    fn deliver(&mut self, msg: Incoming, transport: Transport) {
+        let Incoming { env, raw, cost } = msg;
         let credit = Arc::new(Credit {
             returned: AtomicBool::new(false),
             channel: env.channel.clone(),
@@ -677,7 +676,7 @@ impl Driver {
         });
         let topic = topic(&env.channel, env.event_type().as_str());
         let received = Received {
-            raw: Bytes::from(json),
+            raw,
             message: Arc::new(env),
             meta: Meta {
                 server_id: self.id.clone(),

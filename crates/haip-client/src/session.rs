@@ -12,6 +12,8 @@
 
 use std::collections::VecDeque;
 
+use bytes::Bytes;
+
 use haip_protocol::flow::{Credit, ReceiveMeter, SendGate};
 use haip_protocol::handshake::{self, Offer, PeerTerms};
 use haip_protocol::payload::{FlowUpdate, Nonce, ReplayRequest};
@@ -44,13 +46,37 @@ impl Default for SessionConfig {
     }
 }
 
+/// A message from the server, with the text it came as and what it costs in credit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Incoming {
+    pub env: Envelope,
+    /// The envelope's JSON as received: handed to the application as is, never rebuilt.
+    pub raw: Bytes,
+    /// What it counts against the credit this client advertised (contract section 6).
+    pub cost: u64,
+}
+
+impl Incoming {
+    /// A message and the exact text it arrived as.
+    pub fn new(env: Envelope, raw: Bytes) -> Incoming {
+        let cost = env.flow_cost(raw.len());
+        Incoming { env, raw, cost }
+    }
+
+    /// A message whose text is not at hand (binary data merged into it): serialized once.
+    pub fn from_envelope(env: Envelope) -> Incoming {
+        let raw = Bytes::from(env.to_json());
+        Incoming::new(env, raw)
+    }
+}
+
 /// What the async layer must do.
 #[derive(Debug, PartialEq)]
 pub enum Output {
     /// Write this envelope on the connection.
     Write(Envelope),
     /// Hand this server message to the application, in order.
-    Deliver(Envelope),
+    Deliver(Incoming),
     /// The server answered a PING of ours after this many ms.
     Latency(u64),
     /// The server started a new session: the old one could not be resumed. Its id.
@@ -75,7 +101,7 @@ pub struct ClientSession {
     outbox: VecDeque<Envelope>,
     gate: SendGate<Envelope>,
     meter: ReceiveMeter,
-    inbound: Sequencer<Envelope>,
+    inbound: Sequencer<Incoming>,
     terms: PeerTerms,
     /// A connection is up and the server's HAI for it has arrived.
     ready: bool,
@@ -254,39 +280,49 @@ impl ClientSession {
         self.send_envelope(env, now_ms)
     }
 
-    /// One envelope from the server.
+    /// One envelope from the server, serialized again to learn its size: for callers
+    /// that do not have its text.
     pub fn received(&mut self, env: Envelope, now_ms: u64) -> Vec<Output> {
+        self.receive(Incoming::from_envelope(env), now_ms)
+    }
+
+    /// One message from the server.
+    pub fn receive(&mut self, msg: Incoming, now_ms: u64) -> Vec<Output> {
         let mut out = Vec::new();
-        if let Some(ack) = env.ack {
+        if let Some(ack) = msg.env.ack {
             while self.unacked.front().is_some_and(|m| m.seq <= ack) {
                 self.unacked.pop_front();
             }
         }
-        if env.seq == 0 {
+        if msg.env.seq == 0 {
             // Outside the session's numbering: the connect-time RESUME_FAILED.
-            out.push(Output::Deliver(env));
+            out.push(Output::Deliver(msg));
             return out;
         }
-        if let Payload::Hai(_) = &env.payload {
-            if self.session.as_deref().is_some_and(|s| s != env.session) {
+        if let Payload::Hai(_) = &msg.env.payload {
+            if self
+                .session
+                .as_deref()
+                .is_some_and(|s| s != msg.env.session)
+            {
                 // A fresh session replaced ours: its numbering starts over.
                 let old = self.session.take().unwrap_or_default();
                 self.inbound = Sequencer::new(self.config.max_held);
                 out.push(Output::SessionReplaced {
                     old,
-                    new: env.session.clone(),
+                    new: msg.env.session.clone(),
                 });
             }
         }
         // Charged against the credit this client advertised; handed back as the
         // application consumes (see `consumed`), the same measure both ways.
-        let channel = env.channel.clone();
-        let cost = Self::cost_of(&env);
+        let channel = msg.env.channel.clone();
+        let cost = msg.cost;
         let _ = self.meter.admit(&channel, cost);
-        match self.inbound.accept(env.seq, env, now_ms) {
+        match self.inbound.accept(msg.env.seq, msg, now_ms) {
             Arrival::Deliver(ready) => {
-                for env in ready {
-                    self.process(env, now_ms, &mut out);
+                for msg in ready {
+                    self.process(msg, now_ms, &mut out);
                 }
             }
             Arrival::Held => {}
@@ -298,14 +334,8 @@ impl ClientSession {
         out
     }
 
-    /// What a received message counts against flow control: its JSON plus its binary
-    /// data. Computed from the parsed message, so the application side can compute the
-    /// same number when it consumes the message.
-    pub fn cost_of(env: &Envelope) -> u64 {
-        env.flow_cost(env.to_json().len())
-    }
-
-    fn process(&mut self, env: Envelope, now_ms: u64, out: &mut Vec<Output>) {
+    fn process(&mut self, msg: Incoming, now_ms: u64, out: &mut Vec<Output>) {
+        let env = &msg.env;
         match &env.payload {
             Payload::Hai(hai) => {
                 if let Ok(terms) = handshake::accept_peer_hai(hai) {
@@ -367,7 +397,7 @@ impl ClientSession {
             }
             _ => {}
         }
-        out.push(Output::Deliver(env));
+        out.push(Output::Deliver(msg));
     }
 
     /// The server's HAI for this connection arrived: resend what it has not seen, then
@@ -529,7 +559,7 @@ mod tests {
     fn delivered(out: &[Output]) -> Vec<u64> {
         out.iter()
             .filter_map(|o| match o {
-                Output::Deliver(e) => Some(e.seq),
+                Output::Deliver(m) => Some(m.env.seq),
                 _ => None,
             })
             .collect()

@@ -124,6 +124,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
             ("followers", args.sessions as f64, ""),
             ("rounds", rounds as f64, ""),
             ("parts per round", words as f64, ""),
+            ("messages delivered", messages as f64, ""),
             ("messages delivered/s", rate, "msg/s"),
             ("bytes delivered/s", bytes as f64 / elapsed, "B/s"),
             ("round (to last follower) p50", percentile(&lags, 0.5), "ms"),

@@ -48,8 +48,9 @@ pub fn serve(extra: &[&str]) -> Served {
         .spawn()
         .expect("haip serve starts");
     let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
     let mut token = None;
-    for line in BufReader::new(stdout).lines() {
+    for line in lines.by_ref() {
         let line = line.expect("utf-8");
         if let Some(t) = line.strip_prefix("token (sub=demo, valid 24 h): ") {
             token = Some(t.to_string());
@@ -58,6 +59,8 @@ pub fn serve(extra: &[&str]) -> Served {
             break;
         }
     }
+    // Keep reading: what the server prints later must not meet a closed pipe.
+    std::thread::spawn(move || lines.map_while(Result::ok).for_each(drop));
     let log = Arc::new(Mutex::new(Vec::new()));
     let stderr = child.stderr.take().expect("stderr");
     let sink = log.clone();

@@ -125,26 +125,30 @@ pub async fn stream(args: &BenchArgs) -> anyhow::Result<Report> {
             let ttfp = got
                 .first_part
                 .map_or(0.0, |f| (f - sent).as_secs_f64() * 1000.0);
+            let done_at = Instant::now();
             conn.close();
-            anyhow::Ok((got, ttfp))
+            anyhow::Ok((got, ttfp, done_at))
         }));
     }
     let progress = Progress::new();
     while tasks.iter().any(|t| !t.is_finished()) {
         let finished = tasks.iter().filter(|t| t.is_finished()).count();
         progress.show(finished as f64 / tasks.len() as f64, "streams done");
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     progress.done();
     let (mut messages, mut bytes, mut ttfp, mut sample) = (0u64, 0u64, Vec::new(), None);
+    // Until the last stream ended, not until this loop noticed it.
+    let mut last_done = started;
     for t in tasks {
-        let (got, first) = t.await??;
+        let (got, first, done_at) = t.await??;
         messages += got.messages;
         bytes += got.bytes;
         ttfp.push(first);
         sample = sample.or(got.sample);
+        last_done = last_done.max(done_at);
     }
-    let elapsed = started.elapsed().as_secs_f64();
+    let elapsed = (last_done - started).as_secs_f64();
     ttfp.sort_by(f64::total_cmp);
     let rate = messages as f64 / elapsed;
     let shape = Shape {

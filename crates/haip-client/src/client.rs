@@ -145,6 +145,8 @@ pub struct Connection {
     latency: watch::Receiver<Option<u64>>,
     session: watch::Receiver<Option<String>>,
     errors: broadcast::Sender<ClientError>,
+    /// Why the last connection attempt failed or the last connection ended.
+    last_failure: watch::Receiver<Option<ClientError>>,
 }
 
 impl Connection {
@@ -156,8 +158,10 @@ impl Connection {
         let (latency_tx, latency) = watch::channel(None);
         let (session_tx, session) = watch::channel(None);
         let (errors, _) = broadcast::channel(64);
+        let (failure_tx, last_failure) = watch::channel(None);
         let driver = Driver {
             errors: errors.clone(),
+            last_failure: failure_tx,
             refresh_at: None,
             id: id.clone(),
             config,
@@ -177,6 +181,7 @@ impl Connection {
             latency,
             session,
             errors,
+            last_failure,
         }
     }
 
@@ -220,9 +225,17 @@ impl Connection {
                 }
             }
         };
-        tokio::time::timeout(timeout, wait)
-            .await
-            .map_err(|_| ClientError::Timeout(timeout))?
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(result) => result,
+            // Say why, when an attempt failed: "HTTP 503" helps more than a timeout.
+            Err(_) => Err(match self.last_failure.borrow().clone() {
+                Some(last) => ClientError::NotConnected {
+                    waited: timeout,
+                    last: Box::new(last),
+                },
+                None => ClientError::Timeout(timeout),
+            }),
+        }
     }
 
     /// Messages whose topic matches `pattern` (`agent.*`, `*.tool_done`, `agent.>`).
@@ -378,6 +391,7 @@ fn jitter_unit() -> f64 {
 
 struct Driver {
     errors: broadcast::Sender<ClientError>,
+    last_failure: watch::Sender<Option<ClientError>>,
     /// When to renew the connection for a fresh token (token provider only).
     refresh_at: Option<tokio::time::Instant>,
     id: String,
@@ -425,6 +439,7 @@ impl Driver {
                         LoopEnd::Lost(reason) => {
                             tracing::debug!(server = %self.id, %reason, "connection lost");
                             last_error = Some(ClientError::Closed(None, reason));
+                            let _ = self.last_failure.send(last_error.clone());
                         }
                     }
                 }
@@ -434,6 +449,7 @@ impl Driver {
                         break Status::Error(e); // a refused token does not get better
                     }
                     last_error = Some(e);
+                    let _ = self.last_failure.send(last_error.clone());
                 }
             }
             self.session.disconnected();

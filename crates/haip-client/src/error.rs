@@ -14,6 +14,12 @@ pub enum ClientError {
     Pattern(#[from] PatternError),
     #[error("no answer within {0:?}")]
     Timeout(Duration),
+    /// Not connected within the time given; `last` is why the last attempt failed.
+    #[error("not connected within {waited:?}: {last}")]
+    NotConnected {
+        waited: Duration,
+        last: Box<ClientError>,
+    },
     /// The socket or HTTP exchange failed.
     #[error("transport error: {0}")]
     Transport(String),
@@ -62,6 +68,7 @@ impl ClientError {
     pub fn code(&self) -> Option<&str> {
         match self {
             ClientError::Http { code, .. } | ClientError::Server { code, .. } => Some(code),
+            ClientError::NotConnected { last, .. } => last.code(),
             _ => None,
         }
     }

@@ -12,9 +12,10 @@ use futures_util::{SinkExt, StreamExt};
 use haip_client::link::open_plain_websocket;
 use tokio::time::timeout;
 
-use super::report::percentile;
+use super::report::{percentile, Ceiling};
 
 /// What the ceiling run does, copied from the HAIP run it is compared with.
+#[derive(Clone)]
 pub struct Shape {
     pub sessions: usize,
     /// Frames the server sends back per frame sent.
@@ -48,6 +49,41 @@ impl Measured {
     }
 }
 
+/// Runs the two ceilings a HAIP figure of `haip_rate` messages/s is compared with:
+/// - the bare echo: every frame sent comes back once, as many sessions and frames of the
+///   same size as the HAIP run, each round waiting for its answer;
+/// - the bare stream, of the HAIP run's shape: one frame out, as many frames back as a HAIP
+///   round delivered.
+pub async fn compare(url: &str, shape: &Shape, haip_rate: f64) -> anyhow::Result<Vec<Ceiling>> {
+    let echo = Shape {
+        frames_per_round: 1,
+        rounds: shape.rounds.map(|r| r * shape.frames_per_round.max(1)),
+        frame: shape.frame.clone(),
+        ..*shape
+    };
+    let mut out = Vec::new();
+    for (name, shape) in [("bare echo", &echo), ("bare stream", shape)] {
+        let m = run(url, shape).await?;
+        out.push(Ceiling {
+            what: format!(
+                "{name}: {} sessions, each round 1 frame out and {} back, {} bytes each",
+                shape.sessions,
+                shape.frames_per_round.max(1),
+                shape.frame.len()
+            ),
+            rows: vec![
+                ("rounds", m.rounds as f64, ""),
+                ("messages delivered/s", m.per_second(), "msg/s"),
+                ("latency p50", m.p(0.50), "ms"),
+                ("latency p99", m.p(0.99), "ms"),
+            ],
+            ratio: haip_rate / m.per_second().max(1e-9),
+            ratio_of: "messages delivered/s",
+        });
+    }
+    Ok(out)
+}
+
 /// The bare echo's URL next to a HAIP server URL: same host and port, path `/autobahn`.
 pub fn url_beside(haip_url: &str) -> String {
     let (scheme, rest) = haip_url.split_once("://").unwrap_or(("http", haip_url));
@@ -72,10 +108,14 @@ pub async fn run(url: &str, shape: &Shape) -> anyhow::Result<Measured> {
     let per_round = shape.frames_per_round.max(1);
     let (rounds, interval) = (shape.rounds, shape.interval);
     let mut tasks = Vec::new();
+    let count = sockets.len().max(1);
     for mut ws in sockets {
         let frame = frame.clone();
+        // Spread over one interval, like the HAIP sessions.
+        let offset = interval.mul_f64(tasks.len() as f64 / count as f64);
         tasks.push(tokio::spawn(async move {
             let (mut latencies, mut delivered, mut bytes) = (Vec::new(), 0u64, 0u64);
+            tokio::time::sleep(offset).await;
             loop {
                 let done = match rounds {
                     Some(n) => latencies.len() >= n,

@@ -70,16 +70,16 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     for c in &held {
         c.close();
     }
-    let ceiling = match (bare, per_session) {
+    let ceilings = match (bare, per_session) {
         (Ok(idle), Some(per)) => {
             let bare = idle.bytes_per_connection;
             idle.close().await;
-            Ok(Ceiling {
+            Ok(vec![Ceiling {
                 what: format!("{bare_count} bare WebSocket connections held on the same server"),
                 rows: vec![("server memory per connection", bare, "bytes")],
                 ratio: per / bare.max(1.0),
                 ratio_of: "memory per session",
-            })
+            }])
         }
         (Ok(idle), None) => {
             idle.close().await;
@@ -91,6 +91,6 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
         scenario: "connections",
         transport: args.connect.transport.as_str(),
         rows,
-        ceiling,
+        ceilings,
     })
 }

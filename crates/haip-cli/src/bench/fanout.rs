@@ -3,14 +3,13 @@
 //! the round ends when every follower has the whole answer, so queues never grow without
 //! bound and the figure is what the server sustains.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::watch;
 
 use super::ceiling::{self, Shape};
-use super::report::{percentile, Ceiling, Progress, Report};
+use super::report::{percentile, Progress, Report};
 use super::{long_text, open_all, until_finished, BenchArgs, Received};
 
 pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
@@ -94,28 +93,8 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
         duration: Duration::ZERO,
         interval: Duration::ZERO,
     };
-    let shape = Arc::new(shape);
-    let ceiling = args
-        .ceiling(|url| {
-            let shape = shape.clone();
-            async move {
-                let m = ceiling::run(&url, &shape).await?;
-                Ok(Ceiling {
-                    what: format!(
-                        "{} bare sessions, each 1 frame out, {} frames of {} bytes back",
-                        shape.sessions,
-                        shape.frames_per_round,
-                        shape.frame.len()
-                    ),
-                    rows: vec![
-                        ("messages delivered/s", m.per_second(), "msg/s"),
-                        ("bytes delivered/s", m.bytes as f64 / m.elapsed, "B/s"),
-                    ],
-                    ratio: rate / m.per_second().max(1e-9),
-                    ratio_of: "messages delivered/s",
-                })
-            }
-        })
+    let ceilings = args
+        .ceiling(|url| async move { ceiling::compare(&url, &shape, rate).await })
         .await;
     Ok(Report {
         scenario: "fanout",
@@ -134,6 +113,6 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
                 "ms",
             ),
         ],
-        ceiling,
+        ceilings,
     })
 }

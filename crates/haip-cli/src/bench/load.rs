@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::ceiling::{self, Shape};
-use super::report::{percentile, Ceiling, Progress, Report};
+use super::report::{percentile, Progress, Report};
 use super::{long_text, open_all, until_finished, BenchArgs, Received};
 
 pub async fn echo(args: &BenchArgs) -> anyhow::Result<Report> {
@@ -23,8 +23,12 @@ pub async fn echo(args: &BenchArgs) -> anyhow::Result<Report> {
     for (conn, mut sub) in sessions {
         let text = text.clone();
         let delivered = delivered.clone();
+        // Paced sessions start spread over one interval, as independent users would,
+        // rather than all sending in the same instant every interval.
+        let offset = interval.mul_f64(tasks.len() as f64 / args.sessions.max(1) as f64);
         tasks.push(tokio::spawn(async move {
             let (mut latencies, mut sample) = (Vec::new(), None);
+            tokio::time::sleep(offset).await;
             while Instant::now() < deadline {
                 let sent = Instant::now();
                 conn.send_text(&text).await?;
@@ -68,26 +72,8 @@ pub async fn echo(args: &BenchArgs) -> anyhow::Result<Report> {
         duration: Duration::from_secs(args.duration),
         interval,
     };
-    let ceiling = args
-        .ceiling(|url| async move {
-            let m = ceiling::run(&url, &shape).await?;
-            Ok(Ceiling {
-                what: format!(
-                    "{} bare sessions, each round 1 frame out, {} frames of {} bytes back",
-                    shape.sessions,
-                    shape.frames_per_round,
-                    shape.frame.len()
-                ),
-                rows: vec![
-                    ("round trips", m.rounds as f64, ""),
-                    ("messages delivered/s", m.per_second(), "msg/s"),
-                    ("latency p50", m.p(0.50), "ms"),
-                    ("latency p99", m.p(0.99), "ms"),
-                ],
-                ratio: rate / m.per_second().max(1e-9),
-                ratio_of: "messages delivered/s",
-            })
-        })
+    let ceilings = args
+        .ceiling(|url| async move { ceiling::compare(&url, &shape, rate).await })
         .await;
     Ok(Report {
         scenario: "echo",
@@ -105,7 +91,7 @@ pub async fn echo(args: &BenchArgs) -> anyhow::Result<Report> {
                 "ms",
             ),
         ],
-        ceiling,
+        ceilings,
     })
 }
 
@@ -159,24 +145,8 @@ pub async fn stream(args: &BenchArgs) -> anyhow::Result<Report> {
         duration: Duration::ZERO,
         interval: Duration::ZERO,
     };
-    let ceiling = args
-        .ceiling(|url| async move {
-            let m = ceiling::run(&url, &shape).await?;
-            Ok(Ceiling {
-                what: format!(
-                    "{} bare sessions, each 1 frame out, {} frames of {} bytes back",
-                    shape.sessions,
-                    shape.frames_per_round,
-                    shape.frame.len()
-                ),
-                rows: vec![
-                    ("messages delivered/s", m.per_second(), "msg/s"),
-                    ("bytes delivered/s", m.bytes as f64 / m.elapsed, "B/s"),
-                ],
-                ratio: rate / m.per_second().max(1e-9),
-                ratio_of: "messages delivered/s",
-            })
-        })
+    let ceilings = args
+        .ceiling(|url| async move { ceiling::compare(&url, &shape, rate).await })
         .await;
     Ok(Report {
         scenario: "stream",
@@ -193,6 +163,6 @@ pub async fn stream(args: &BenchArgs) -> anyhow::Result<Report> {
                 "ms",
             ),
         ],
-        ceiling,
+        ceilings,
     })
 }

@@ -23,8 +23,8 @@ pub struct Report {
     pub scenario: &'static str,
     pub transport: &'static str,
     pub rows: Vec<Row>,
-    /// The ceiling, or why it was not measured.
-    pub ceiling: Result<Ceiling, String>,
+    /// The ceilings (the same work on the bare transport), or why they were not measured.
+    pub ceilings: Result<Vec<Ceiling>, String>,
 }
 
 impl Report {
@@ -35,16 +35,18 @@ impl Report {
         }
         println!("{} over {}", self.scenario, self.transport);
         print_rows(&self.rows);
-        match &self.ceiling {
-            Ok(c) => {
-                println!("ceiling: {}", c.what);
-                print_rows(&c.rows);
-                println!(
-                    "  {:<28} {:>14.1} % (HAIP / ceiling, {})",
-                    "HAIP / ceiling",
-                    c.ratio * 100.0,
-                    c.ratio_of
-                );
+        match &self.ceilings {
+            Ok(all) => {
+                for c in all {
+                    println!("ceiling: {}", c.what);
+                    print_rows(&c.rows);
+                    println!(
+                        "  {:<28} {:>14.1} % ({})",
+                        "HAIP / ceiling",
+                        c.ratio * 100.0,
+                        c.ratio_of
+                    );
+                }
             }
             Err(why) => println!("ceiling: not measured ({why})"),
         }
@@ -58,13 +60,18 @@ impl Report {
             }
             map
         };
-        let ceiling = match &self.ceiling {
-            Ok(c) => json!({"what": c.what, "results": figures(&c.rows),
-                "ratio": c.ratio, "ratio_of": c.ratio_of}),
+        let ceilings = match &self.ceilings {
+            Ok(all) => all
+                .iter()
+                .map(|c| {
+                    json!({"what": c.what, "results": figures(&c.rows),
+                        "ratio": c.ratio, "ratio_of": c.ratio_of})
+                })
+                .collect(),
             Err(why) => json!({"not_measured": why}),
         };
         json!({"scenario": self.scenario, "transport": self.transport,
-            "results": figures(&self.rows), "ceiling": ceiling})
+            "results": figures(&self.rows), "ceilings": ceilings})
     }
 }
 

@@ -75,6 +75,10 @@ pub struct Settings {
     /// Negotiate permessage-deflate when offered [default: true]
     #[arg(long, env = "WEBSOCKET_PER_MESSAGE_DEFLATE")]
     websocket_per_message_deflate: Option<bool>,
+    /// With deflate on, messages smaller than this many bytes go uncompressed
+    /// [default: 1024]
+    #[arg(long, env = "WEBSOCKET_COMPRESSION_THRESHOLD")]
+    websocket_compression_threshold: Option<usize>,
     /// Longest NDJSON line in bytes [default: 10485760]
     #[arg(long, env = "HTTP_STREAM_MAX_PAYLOAD")]
     http_stream_max_payload: Option<usize>,
@@ -192,6 +196,7 @@ pub fn resolve(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
         http_stream_path,
         websocket_max_payload,
         websocket_per_message_deflate,
+        websocket_compression_threshold,
         http_stream_max_payload,
         http_stream_timeout,
         sse_retry_timeout,
@@ -264,6 +269,9 @@ pub fn resolve(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
         websocket_per_message_deflate: s
             .websocket_per_message_deflate
             .unwrap_or(d.websocket_per_message_deflate),
+        websocket_compression_threshold: s
+            .websocket_compression_threshold
+            .unwrap_or(d.websocket_compression_threshold),
         http_stream_max_payload: positive("HTTP_STREAM_MAX_PAYLOAD", s.http_stream_max_payload)?
             .unwrap_or(d.http_stream_max_payload),
         http_stream_timeout: ms(

@@ -61,6 +61,26 @@ fn every_scenario_completes_with_non_zero_figures() {
     assert!(figure(&idle, "handshake p99") > 0.0, "{idle}");
     assert!(figure(&idle, "server memory per session") > 0.0, "{idle}");
     check_ceiling(&idle, "server memory per connection");
+    // The other transports hold idle sessions too (their memory is not checked: the
+    // server may reuse what the previous run freed).
+    for transport in ["sse", "stream"] {
+        let held = bench(
+            &served,
+            &[
+                "connections",
+                "--transport",
+                transport,
+                "--sessions",
+                "20",
+                "--rate",
+                "200",
+                "--no-ceiling",
+            ],
+        );
+        assert_eq!(held["transport"], transport);
+        assert_eq!(figure(&held, "sessions held"), 20.0, "{held}");
+        assert!(figure(&held, "handshake p99") > 0.0, "{held}");
+    }
     for transport in ["ws", "sse", "stream"] {
         let echo = bench(
             &served,

@@ -39,11 +39,6 @@ use crate::transport::ConnectParams;
 /// Initial size of each connection's read and write buffers; they grow for larger frames
 /// and shrink back afterwards.
 const BUFFER_CAPACITY: usize = 1024;
-/// Messages smaller than this are sent uncompressed. Without context takeover each
-/// compressed message pays a full deflate reset, and a typical streamed envelope (about
-/// 300 bytes, mostly UUIDs) only shrinks by a quarter: measured, compressing them cost a
-/// third of the server's CPU in `haip bench echo`. The same threshold as Node's `ws`.
-const COMPRESSION_THRESHOLD: usize = 1024;
 /// How long a connection waits for the client's close frame after sending its own.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
@@ -80,7 +75,7 @@ pub fn options(config: &ServerConfig, request: &HeaderMap) -> Options {
         .server_no_context_takeover()
         .client_no_context_takeover()
         .with_deflate_pool(deflate_pool())
-        .with_compression_threshold(COMPRESSION_THRESHOLD);
+        .with_compression_threshold(config.websocket_compression_threshold);
     // A client that offers client_max_window_bits with no value gets the full window (yawc
     // would otherwise answer 9). One that does not offer it must not get the parameter back
     // (RFC 7692 section 7.1.2.2).

@@ -200,12 +200,7 @@ fn close_reason(payload: &[u8]) -> &[u8] {
 async fn open_ws(dial: &Dial) -> Result<Ws, ClientError> {
     // A browser can only pass the token in the URL; a Rust client can use the header.
     let url = crate::url::for_transport(&dial.url, Transport::WebSocket, &dial.query(false))?;
-    let parsed: url::Url = url.parse().map_err(|_| {
-        ClientError::Url(crate::url::UrlError {
-            url: url.clone(),
-            reason: "not a valid URL",
-        })
-    })?;
+    let parsed = parse_url(&url)?;
     let mut request = yawc::HttpRequestBuilder::new().header("Sec-WebSocket-Protocol", "haip");
     if let Some(t) = &dial.token {
         request = request.header("Authorization", format!("Bearer {t}"));
@@ -218,6 +213,15 @@ async fn open_ws(dial: &Dial) -> Result<Ws, ClientError> {
         .with_request(request)
         .await
         .map_err(ClientError::transport)
+}
+
+fn parse_url(url: &str) -> Result<url::Url, ClientError> {
+    url.parse().map_err(|_| {
+        ClientError::Url(crate::url::UrlError {
+            url: url.to_string(),
+            reason: "not a valid URL",
+        })
+    })
 }
 
 /// The WebSocket settings of every HAIP connection.
@@ -237,13 +241,7 @@ fn websocket_options() -> yawc::Options {
 /// A WebSocket with exactly the settings of a HAIP connection, but no HAIP on it: what
 /// `haip bench` measures the transport's own ceiling with.
 pub async fn open_plain_websocket(url: &str) -> Result<yawc::TcpWebSocket, ClientError> {
-    let parsed: url::Url = url.parse().map_err(|_| {
-        ClientError::Url(crate::url::UrlError {
-            url: url.to_string(),
-            reason: "not a valid URL",
-        })
-    })?;
-    yawc::WebSocket::connect(parsed)
+    yawc::WebSocket::connect(parse_url(url)?)
         .with_options(websocket_options())
         .await
         .map_err(ClientError::transport)

@@ -160,6 +160,19 @@ impl ClientSession {
         format!("{prefix}-{}", self.next_id)
     }
 
+    /// A housekeeping message of this client on SYSTEM (PING, PONG, FLOW_UPDATE,
+    /// REPLAY_REQUEST); seq and session are filled in when it leaves.
+    fn system_envelope(&mut self, payload: Payload, now_ms: u64) -> Envelope {
+        Envelope::new(
+            self.fresh_id("msg"),
+            "-",
+            0,
+            now_ms,
+            channel::SYSTEM,
+            payload,
+        )
+    }
+
     /// A new connection is open: the HAI to send first (naming the session and resume
     /// point when there is one).
     pub fn connected(&mut self, now_ms: u64) -> Envelope {
@@ -269,14 +282,7 @@ impl ClientSession {
             nonce: Some(nonce),
             extra: Map::new(),
         });
-        let env = Envelope::new(
-            self.fresh_id("msg"),
-            "-",
-            0,
-            now_ms,
-            channel::SYSTEM,
-            payload,
-        );
+        let env = self.system_envelope(payload, now_ms);
         self.send_envelope(env, now_ms)
     }
 
@@ -353,8 +359,7 @@ impl ClientSession {
                     nonce: n.nonce.clone(),
                     extra: Map::new(),
                 });
-                let env =
-                    Envelope::new(self.fresh_id("msg"), "-", 0, now_ms, channel::SYSTEM, pong);
+                let env = self.system_envelope(pong, now_ms);
                 if self.ready {
                     self.write_new(env, now_ms, out);
                 }
@@ -460,14 +465,7 @@ impl ClientSession {
             add_bytes: Some(grant.add_bytes),
             extra: Map::new(),
         });
-        let env = Envelope::new(
-            self.fresh_id("msg"),
-            "-",
-            0,
-            now_ms,
-            channel::SYSTEM,
-            payload,
-        );
+        let env = self.system_envelope(payload, now_ms);
         if self.ready {
             self.write_new(env, now_ms, out);
         } else {
@@ -487,14 +485,7 @@ impl ClientSession {
                 to_seq: Some(missing.to_seq),
                 extra: Map::new(),
             });
-            let env = Envelope::new(
-                self.fresh_id("msg"),
-                "-",
-                0,
-                now_ms,
-                channel::SYSTEM,
-                payload,
-            );
+            let env = self.system_envelope(payload, now_ms);
             self.write_new(env, now_ms, &mut out);
         }
         for grant in self.meter.flush(now_ms) {

@@ -29,6 +29,21 @@ pub struct Shape {
     pub interval: Duration,
 }
 
+impl Shape {
+    /// One round per session: one frame out, and back each session's share of the
+    /// `delivered` messages of a HAIP run (a `stream` or a `fanout`).
+    pub fn one_stream(sessions: usize, delivered: u64, frame: Bytes) -> Shape {
+        Shape {
+            sessions,
+            frames_per_round: (delivered as f64 / sessions.max(1) as f64).round() as usize,
+            frame,
+            rounds: Some(1),
+            duration: Duration::ZERO,
+            interval: Duration::ZERO,
+        }
+    }
+}
+
 /// What the ceiling run measured.
 pub struct Measured {
     pub delivered: u64,

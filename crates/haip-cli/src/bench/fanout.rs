@@ -75,24 +75,15 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     progress.done();
     let elapsed = started.elapsed().as_secs_f64();
     publisher.close();
-    let (mut messages, mut bytes, mut sample) = (0u64, 0u64, None);
+    let mut all = Received::default();
     for t in tasks {
-        let got = t.await??;
-        messages += got.messages;
-        bytes += got.bytes;
-        sample = sample.or(got.sample);
+        all.add(t.await??);
     }
+    let (messages, bytes) = (all.messages, all.bytes);
     lags.sort_by(f64::total_cmp);
     let rate = messages as f64 / elapsed;
-    let per_follower = messages / args.sessions.max(1) as u64;
-    let shape = Shape {
-        sessions: args.sessions,
-        frames_per_round: per_follower as usize,
-        frame: sample.unwrap_or_else(|| Bytes::from(text.clone())),
-        rounds: Some(1),
-        duration: Duration::ZERO,
-        interval: Duration::ZERO,
-    };
+    let frame = all.sample.unwrap_or_else(|| Bytes::from(text.clone()));
+    let shape = Shape::one_stream(args.sessions, messages, frame);
     let ceilings = args
         .ceiling(|url| async move { ceiling::compare(&url, &shape, rate).await })
         .await;

@@ -123,28 +123,21 @@ pub async fn stream(args: &BenchArgs) -> anyhow::Result<Report> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     progress.done();
-    let (mut messages, mut bytes, mut ttfp, mut sample) = (0u64, 0u64, Vec::new(), None);
+    let (mut all, mut ttfp) = (Received::default(), Vec::new());
     // Until the last stream ended, not until this loop noticed it.
     let mut last_done = started;
     for t in tasks {
         let (got, first, done_at) = t.await??;
-        messages += got.messages;
-        bytes += got.bytes;
+        all.add(got);
         ttfp.push(first);
-        sample = sample.or(got.sample);
         last_done = last_done.max(done_at);
     }
+    let (messages, bytes) = (all.messages, all.bytes);
     let elapsed = (last_done - started).as_secs_f64();
     ttfp.sort_by(f64::total_cmp);
     let rate = messages as f64 / elapsed;
-    let shape = Shape {
-        sessions: args.sessions,
-        frames_per_round: (messages as f64 / args.sessions.max(1) as f64).round() as usize,
-        frame: sample.unwrap_or_else(|| Bytes::from(text.to_string())),
-        rounds: Some(1),
-        duration: Duration::ZERO,
-        interval: Duration::ZERO,
-    };
+    let frame = all.sample.unwrap_or_else(|| Bytes::from(text.to_string()));
+    let shape = Shape::one_stream(args.sessions, messages, frame);
     let ceilings = args
         .ceiling(|url| async move { ceiling::compare(&url, &shape, rate).await })
         .await;

@@ -156,6 +156,19 @@ struct Received {
     sample: Option<Bytes>,
 }
 
+impl Received {
+    /// Adds what another session received.
+    fn add(&mut self, other: Received) {
+        self.messages += other.messages;
+        self.bytes += other.bytes;
+        self.first_part = match (self.first_part, other.first_part) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.sample = self.sample.take().or(other.sample);
+    }
+}
+
 /// Reads until the end of a run (RUN_FINISHED), counting what arrived.
 async fn until_finished(sub: &mut Subscription, got: &mut Received) -> anyhow::Result<()> {
     loop {

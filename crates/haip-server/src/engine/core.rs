@@ -8,6 +8,7 @@
 //! the replay window in one place.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use haip_protocol::flow::{Credit, ReceiveMeter, SendGate};
@@ -132,6 +133,9 @@ pub struct SessionCore {
     /// Messages sent in threads, waiting to be copied to the threads' followers once the
     /// session's lock is released.
     thread_output: Vec<(String, Envelope)>,
+    /// Set once any session follows a thread (see [`SessionCore::share_threads`]); until
+    /// then messages in threads are not copied at all.
+    threads_followed: Option<Arc<AtomicBool>>,
 }
 
 impl SessionCore {
@@ -163,6 +167,7 @@ impl SessionCore {
             flow_violations: 0,
             ended: false,
             thread_output: Vec::new(),
+            threads_followed: None,
             last_client_activity_ms: now_ms,
             detached_since_ms: Some(now_ms),
             limits,
@@ -362,10 +367,23 @@ impl SessionCore {
                 return;
             }
         }
-        if let Some(thread) = self.thread_of(&env) {
-            self.thread_output.push((thread, env.clone()));
+        let followed = self
+            .threads_followed
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::Acquire));
+        if followed {
+            if let Some(thread) = self.thread_of(&env) {
+                self.thread_output.push((thread, env.clone()));
+            }
         }
         self.deliver(env, now_ms);
+    }
+
+    /// Keeps copies of what is sent in threads for their followers once `followed` is set
+    /// (by the first session that follows a thread): a server whose clients never follow
+    /// threads does not copy anything.
+    pub fn share_threads(&mut self, followed: Arc<AtomicBool>) {
+        self.threads_followed = Some(followed);
     }
 
     /// Sends a copy of a message another session of the same subject sent in a thread

@@ -164,6 +164,7 @@ impl Engine {
             binary_frames,
             now,
         );
+        core.share_threads(self.threads.in_use());
         let _ = core.attach(queue, None, binary_frames, now);
         let hai = core.server_hai(None);
         let env = core.envelope(channel::SYSTEM, Payload::Hai(hai));

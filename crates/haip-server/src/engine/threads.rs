@@ -12,6 +12,7 @@
 //! follows someone else's conversation by guessing an id.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use haip_protocol::Envelope;
@@ -32,15 +33,23 @@ type ThreadKey = (String, String);
 #[derive(Default)]
 pub struct Threads {
     followers: Mutex<HashMap<ThreadKey, Vec<Weak<Session>>>>,
+    /// Set by the first follow; sessions copy what they send in threads only from then on.
+    in_use: Arc<AtomicBool>,
 }
 
 impl Threads {
+    /// The flag every session watches (see `SessionCore::share_threads`).
+    pub fn in_use(&self) -> Arc<AtomicBool> {
+        self.in_use.clone()
+    }
+
     fn map(&self) -> MutexGuard<'_, HashMap<ThreadKey, Vec<Weak<Session>>>> {
         self.followers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Makes `session` a follower of `thread` (once, however often it is asked).
     pub fn follow(&self, thread: &str, session: &Arc<Session>) {
+        self.in_use.store(true, Ordering::Release);
         let mut map = self.map();
         let list = map
             .entry((session.subject.clone(), thread.to_string()))

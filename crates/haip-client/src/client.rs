@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use haip_protocol::{Envelope, Payload};
+use haip_protocol::{Envelope, EventType, Payload};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::backoff::ReconnectPolicy;
@@ -88,10 +88,10 @@ pub struct Received {
 /// Where and when a message arrived.
 #[derive(Debug, Clone)]
 pub struct Meta {
-    pub server_id: String,
+    pub server_id: Arc<str>,
     pub transport: Transport,
     /// `<channel>.<type>`, lower case.
-    pub topic: String,
+    pub topic: Arc<str>,
     pub received_at_ms: u64,
 }
 
@@ -163,10 +163,11 @@ impl Connection {
             errors: errors.clone(),
             last_failure: failure_tx,
             refresh_at: None,
-            id: id.clone(),
+            id: Arc::from(id.as_str()),
             config,
             session: ClientSession::new(SessionConfig::default()),
             subscribers: Vec::new(),
+            topics: Vec::new(),
             status: status_tx,
             latency: latency_tx,
             session_id: session_tx,
@@ -394,10 +395,12 @@ struct Driver {
     last_failure: watch::Sender<Option<ClientError>>,
     /// When to renew the connection for a fresh token (token provider only).
     refresh_at: Option<tokio::time::Instant>,
-    id: String,
+    id: Arc<str>,
     config: ConnectionConfig,
     session: ClientSession,
     subscribers: Vec<(Pattern, mpsc::UnboundedSender<Received>)>,
+    /// The topic of each (channel, type) met so far, made once and shared by the messages.
+    topics: Vec<(String, EventType, Arc<str>)>,
     status: watch::Sender<Status>,
     latency: watch::Sender<Option<u64>>,
     session_id: watch::Sender<Option<String>>,
@@ -683,6 +686,23 @@ impl Driver {
         Ok(())
     }
 
+    fn topic_of(&mut self, channel: &str, event_type: EventType) -> Arc<str> {
+        if let Some((_, _, t)) = self
+            .topics
+            .iter()
+            .find(|(c, e, _)| *e == event_type && c == channel)
+        {
+            return t.clone();
+        }
+        let t: Arc<str> = Arc::from(topic(channel, event_type.as_str()));
+        // Channels are few; a server inventing a new one per message must not grow this.
+        if self.topics.len() < 256 {
+            self.topics
+                .push((channel.to_string(), event_type, t.clone()));
+        }
+        t
+    }
+
     fn deliver(&mut self, msg: Incoming, transport: Transport) {
         let Incoming { env, raw, cost } = msg;
         let credit = Arc::new(Credit {
@@ -690,7 +710,7 @@ impl Driver {
             channel: env.channel.clone(),
             cost,
         });
-        let topic = topic(&env.channel, env.event_type().as_str());
+        let topic = self.topic_of(&env.channel, env.event_type());
         let received = Received {
             raw,
             message: Arc::new(env),

@@ -236,6 +236,7 @@ fn websocket_options() -> yawc::Options {
         .with_low_latency_compression()
         .with_compression_threshold(1024)
         .with_max_payload_read(16 * 1024 * 1024)
+        .with_read_buffer_capacity(64 * 1024)
 }
 
 /// A WebSocket with exactly the settings of a HAIP connection, but no HAIP on it: what

@@ -44,21 +44,21 @@ impl Pattern {
     }
 
     pub fn matches(&self, topic: &str) -> bool {
-        let topic: Vec<&str> = topic.split('.').collect();
-        let mut i = 0;
-        for (n, seg) in self.segments.iter().enumerate() {
+        // Walks the topic's segments without collecting them: this runs for every message
+        // and every subscriber.
+        let mut segments = topic.split('.');
+        for seg in &self.segments {
             if seg == ">" {
-                return topic.len() > n; // one or more segments left
+                return segments.next().is_some(); // one or more segments left
             }
-            let Some(t) = topic.get(i) else {
+            let Some(t) = segments.next() else {
                 return false;
             };
             if seg != "*" && !seg.eq_ignore_ascii_case(t) {
                 return false;
             }
-            i += 1;
         }
-        i == topic.len()
+        segments.next().is_none()
     }
 }
 

@@ -160,7 +160,7 @@ async fn echo_on_every_transport() {
             let first = sub.recv().await.expect("item");
             first.meta.topic.clone()
         };
-        assert_eq!(item_topic, "agent.run_started");
+        assert_eq!(&*item_topic, "agent.run_started");
         conn.close();
     }
 }

@@ -150,22 +150,29 @@ fn parse_rest(mut f: Fields) -> Result<Envelope, ValidationError> {
     })
 }
 
-impl Serialize for Envelope {
+/// A decimal-string field of the wire (`seq`, `ack`, `ts`).
+struct Dec(u64);
+
+impl Serialize for Dec {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        struct Dec(u64);
-        impl Serialize for Dec {
-            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.collect_str(&self.0)
-            }
-        }
-        let mut m = s.serialize_map(None)?;
+        s.collect_str(&self.0)
+    }
+}
+
+impl Envelope {
+    /// The fields that differ between sessions sent the same message.
+    fn serialize_head<M: SerializeMap>(&self, m: &mut M) -> Result<(), M::Error> {
         m.serialize_entry("id", &self.id)?;
         m.serialize_entry("session", &self.session)?;
         m.serialize_entry("seq", &Dec(self.seq))?;
         if let Some(ack) = self.ack {
             m.serialize_entry("ack", &Dec(ack))?;
         }
-        m.serialize_entry("ts", &Dec(self.ts))?;
+        m.serialize_entry("ts", &Dec(self.ts))
+    }
+
+    /// Every field from `channel` on: the same for every session sent the message.
+    fn serialize_rest<M: SerializeMap>(&self, m: &mut M) -> Result<(), M::Error> {
         m.serialize_entry("channel", &self.channel)?;
         m.serialize_entry("type", self.event_type().as_str())?;
         m.serialize_entry("payload", &self.payload)?;
@@ -190,6 +197,71 @@ impl Serialize for Envelope {
         for (k, v) in &self.extra {
             m.serialize_entry(k, v)?;
         }
+        Ok(())
+    }
+
+    /// The wire form's tail from `channel` on (`,"channel":...}`), for a message sent to
+    /// many sessions: serialized once, then completed for each session with
+    /// [`Envelope::json_with_shared`].
+    pub fn shared_json(&self) -> String {
+        struct Rest<'a>(&'a Envelope);
+        impl Serialize for Rest<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut m = s.serialize_map(None)?;
+                self.0.serialize_rest(&mut m)?;
+                m.end()
+            }
+        }
+        let mut json = serde_json::to_string(&Rest(self))
+            .expect("an envelope always serializes: every map key is a string");
+        json.replace_range(..1, ","); // `{"channel"` -> `,"channel"`
+        json
+    }
+
+    /// The wire form of a message whose fields from `channel` on are those `shared` was
+    /// made from (by [`Envelope::shared_json`]) and whose other fields are given here:
+    /// equal to `to_json` of that envelope with these fields.
+    pub fn json_with_shared(
+        id: &str,
+        session: &str,
+        seq: u64,
+        ack: Option<u64>,
+        ts: u64,
+        shared: &str,
+    ) -> String {
+        use std::fmt::Write;
+        let mut json = String::with_capacity(shared.len() + id.len() + session.len() + 80);
+        json.push_str("{\"id\":");
+        push_json_str(&mut json, id);
+        json.push_str(",\"session\":");
+        push_json_str(&mut json, session);
+        let _ = write!(json, ",\"seq\":\"{seq}\"");
+        if let Some(ack) = ack {
+            let _ = write!(json, ",\"ack\":\"{ack}\"");
+        }
+        let _ = write!(json, ",\"ts\":\"{ts}\"");
+        json.push_str(shared);
+        json
+    }
+}
+
+/// Appends `s` as a JSON string, escaped exactly as serde_json escapes it.
+fn push_json_str(out: &mut String, s: &str) {
+    let needs_escape = s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\');
+    if needs_escape {
+        out.push_str(&serde_json::to_string(s).expect("a string always serializes"));
+    } else {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    }
+}
+
+impl Serialize for Envelope {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(None)?;
+        self.serialize_head(&mut m)?;
+        self.serialize_rest(&mut m)?;
         m.end()
     }
 }

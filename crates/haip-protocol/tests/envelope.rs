@@ -122,3 +122,44 @@ fn deeply_nested_or_huge_input_does_not_panic() {
     );
     assert!(Envelope::parse(&deep_payload).is_err());
 }
+
+/// A message copied to many sessions is serialized once from `channel` on; each session's
+/// copy must be byte for byte what serializing the whole envelope gives.
+#[test]
+fn a_shared_tail_completed_per_session_equals_the_whole_serialization() {
+    let tricky = [
+        "plain",
+        "quo\"te",
+        "back\\slash",
+        "tab\there",
+        "line\nbreak",
+        "é ☃ \u{1}",
+    ];
+    for (i, word) in tricky.iter().enumerate() {
+        let mut env = Envelope::new(
+            format!("id-{word}"),
+            format!("sess-{word}"),
+            i as u64 * 1_000_003,
+            1_700_000_000_000 + i as u64,
+            "AGENT",
+            Payload::MessagePart(MessagePart {
+                message_id: "m".into(),
+                text: (*word).into(),
+                extra: Map::new(),
+            }),
+        );
+        env.run_id = Some(format!("run-{word}"));
+        env.thread_id = Some(format!("thread-{word}"));
+        env.extra.insert("x_vendor".into(), json!({"k": word}));
+        for ack in [None, Some(0), Some(u64::MAX)] {
+            env.ack = ack;
+            let shared = env.shared_json();
+            assert!(shared.starts_with(",\"channel\":"), "{shared}");
+            let copy =
+                Envelope::json_with_shared(&env.id, &env.session, env.seq, ack, env.ts, &shared);
+            assert_eq!(copy, env.to_json(), "{word:?} ack {ack:?}");
+            let parsed = Envelope::parse(&copy).expect("a copy parses");
+            assert_eq!(parsed.to_json(), env.to_json());
+        }
+    }
+}

@@ -240,3 +240,61 @@ async fn a_thread_id_the_contract_would_refuse_is_answered_400() {
     c.ping("still-up").await;
     assert_eq!(c.recv_type("PONG").await["payload"]["nonce"], "still-up");
 }
+
+/// A follower's copies pass through its own flow control: with credit for two AGENT
+/// messages it gets two, the rest waits (serialized for it only when released), and a
+/// FLOW_UPDATE releases the remainder in order, each copy its own message.
+#[tokio::test]
+async fn a_follower_with_little_credit_gets_the_rest_of_the_thread_as_credit_comes() {
+    let server = Server::start().await;
+    let text = "one two three four";
+    for kind in ALL {
+        let thread = next_id("thread");
+        let mut follower = connect(&server, kind, follow(&thread)).await;
+        let mut hai = hai_payload(&[
+            "HAI",
+            "TOOL_LIST",
+            "ERROR",
+            "PING",
+            "PONG",
+            "FLOW_UPDATE",
+            "RUN_STARTED",
+            "RUN_FINISHED",
+            "MESSAGE_START",
+            "MESSAGE_PART",
+            "MESSAGE_END",
+        ]);
+        hai["capabilities"] = json!({"flow_control": {"initial_credit_messages": 2}});
+        follower.send_msg("SYSTEM", "HAI", hai).await;
+        follower.recv_type("TOOL_LIST").await;
+        let mut publisher = open(&server, Kind::Ws, Opts::default()).await;
+        say_in(&mut publisher, &thread, text).await;
+        publisher.collect_until(|m| ty(m) == "RUN_FINISHED").await;
+
+        follower.collect_for(ms(300)).await;
+        let agent: Vec<&str> = follower
+            .log
+            .iter()
+            .filter(|m| m["channel"] == "AGENT")
+            .map(ty)
+            .collect();
+        assert_eq!(
+            agent,
+            ["RUN_STARTED", "MESSAGE_START"],
+            "{kind:?}: credit of 2"
+        );
+
+        follower
+            .send_msg(
+                "SYSTEM",
+                "FLOW_UPDATE",
+                json!({"channel": "AGENT", "add_messages": 100}),
+            )
+            .await;
+        follower.collect_until(|m| ty(m) == "RUN_FINISHED").await;
+        let session = follower.session.clone().expect("follower session");
+        let log = follower.log.clone();
+        assert_eq!(check_run(&log, &session, &thread), text, "{kind:?}");
+        assert_contiguous(&log);
+    }
+}

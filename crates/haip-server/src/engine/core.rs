@@ -26,6 +26,42 @@ use tokio_util::sync::CancellationToken;
 
 use super::outbound::{Close, ConnQueue, OutItem, Outgoing};
 
+/// A message another session sent in a thread: what each follower sends as its own.
+/// Serialized once from `channel` on for every follower (see
+/// [`Envelope::shared_json`]); each follower adds its own id, seq, ack and ts.
+#[derive(Debug)]
+pub struct ThreadCopy {
+    pub env: Envelope,
+    pub shared_json: String,
+}
+
+impl ThreadCopy {
+    pub fn new(env: Envelope) -> ThreadCopy {
+        ThreadCopy {
+            shared_json: env.shared_json(),
+            env,
+        }
+    }
+}
+
+/// A message on its way out, held by flow control until credit lets it go.
+// Not boxed: a session's own messages were moved as whole envelopes before this type
+// existed, and a box would cost an allocation per message.
+#[allow(clippy::large_enum_variant)]
+enum Pending {
+    Own(Envelope),
+    Copy(Arc<ThreadCopy>),
+}
+
+impl Pending {
+    fn env(&self) -> &Envelope {
+        match self {
+            Pending::Own(env) => env,
+            Pending::Copy(copy) => &copy.env,
+        }
+    }
+}
+
 /// The limits a session is created with (from the server configuration).
 #[derive(Debug, Clone)]
 pub struct SessionLimits {
@@ -104,7 +140,7 @@ pub struct SessionCore {
     binary_frames: bool,
     last_sent_seq: u64,
     replay: ReplayWindow<Arc<Outgoing>>,
-    gate: SendGate<Envelope>,
+    gate: SendGate<Pending>,
     meter: ReceiveMeter,
     inbound: Sequencer<(Envelope, u64)>,
     runs: RunTable,
@@ -376,7 +412,7 @@ impl SessionCore {
                 self.thread_output.push((thread, env.clone()));
             }
         }
-        self.deliver(env, now_ms);
+        self.deliver(Pending::Own(env), now_ms);
     }
 
     /// Keeps copies of what is sent in threads for their followers once `followed` is set
@@ -389,12 +425,11 @@ impl SessionCore {
     /// Sends a copy of a message another session of the same subject sent in a thread
     /// this session follows. It becomes this session's own message: its seq, its credit,
     /// its replay window.
-    pub fn emit_followed(&mut self, mut env: Envelope, now_ms: u64) {
+    pub fn emit_followed(&mut self, copy: &Arc<ThreadCopy>, now_ms: u64) {
         if self.ended {
             return;
         }
-        env.session = self.id.clone();
-        self.deliver(env, now_ms);
+        self.deliver(Pending::Copy(copy.clone()), now_ms);
     }
 
     /// The thread a message is sent in: its own `thread_id`, else that of its run.
@@ -413,22 +448,36 @@ impl SessionCore {
         std::mem::take(&mut self.thread_output)
     }
 
-    fn deliver(&mut self, env: Envelope, now_ms: u64) {
+    fn deliver(&mut self, pending: Pending, now_ms: u64) {
+        let env = pending.env();
         if !self.terms.accepts.contains(env.event_type()) {
             return; // suppressed messages take no seq
         }
         // The size is only needed when the gate may hold the message: it counts towards
-        // byte credit and towards the held-output bound.
+        // byte credit and towards the held-output bound. Seq and ts are not set yet: 24
+        // bytes cover their digits.
         let restricted =
             !self.gate.credit(&env.channel).is_unlimited() || self.gate.is_paused(&env.channel);
-        let cost = if restricted {
-            env.to_json().len() as u64 + 24
-        } else {
+        let cost = if !restricted {
             0
+        } else {
+            let unsent_len = match &pending {
+                Pending::Own(env) => env.to_json().len(),
+                Pending::Copy(copy) => Envelope::json_with_shared(
+                    &copy.env.id,
+                    &self.id,
+                    0,
+                    None,
+                    0,
+                    &copy.shared_json,
+                )
+                .len(),
+            };
+            unsent_len as u64 + 24
         };
         let channel = env.channel.clone();
-        match self.gate.offer(&channel, cost, env) {
-            Some(env) => self.send_now(env, now_ms),
+        match self.gate.offer(&channel, cost, pending) {
+            Some(pending) => self.send_now(pending, now_ms),
             None => {
                 let (messages, bytes) = (self.gate.held_messages(), self.gate.held_bytes());
                 if messages > self.limits.max_held_messages || bytes > self.limits.max_held_bytes {
@@ -467,7 +516,7 @@ impl SessionCore {
             run_id: None,
             extra: Map::new(),
         }));
-        self.send_now(error, now_ms); // SYSTEM: never held by flow control
+        self.send_now(Pending::Own(error), now_ms); // SYSTEM: never held by flow control
         self.close_connection(Close {
             code: 1008,
             reason: "held output over limit".into(),
@@ -483,19 +532,46 @@ impl SessionCore {
         self.replay = ReplayWindow::new(self.limits.replay);
     }
 
-    fn send_now(&mut self, mut env: Envelope, now_ms: u64) {
+    fn send_now(&mut self, pending: Pending, now_ms: u64) {
         self.last_sent_seq += 1;
-        env.seq = self.last_sent_seq;
-        env.ts = now_ms;
-        env.ack = self.inbound.last_delivered();
-        let two_frame = self.two_frame(&env);
-        let json = env.to_json();
+        let seq = self.last_sent_seq;
+        let ack = self.inbound.last_delivered();
+        let (json, event_type, two_frame) = match pending {
+            Pending::Own(mut env) => {
+                env.seq = seq;
+                env.ts = now_ms;
+                env.ack = ack;
+                (env.to_json(), env.event_type(), self.two_frame(&env))
+            }
+            Pending::Copy(copy) => {
+                let env = &copy.env;
+                let json = Envelope::json_with_shared(
+                    &env.id,
+                    &self.id,
+                    seq,
+                    ack,
+                    now_ms,
+                    &copy.shared_json,
+                );
+                let two_frame = if matches!(env.payload, Payload::AudioChunk(_)) {
+                    let mut own = env.clone();
+                    own.session = self.id.clone();
+                    own.seq = seq;
+                    own.ts = now_ms;
+                    own.ack = ack;
+                    self.two_frame(&own)
+                } else {
+                    None
+                };
+                (json, env.event_type(), two_frame)
+            }
+        };
         let bytes = json.len() as u64;
-        let mut out = Outgoing::new(self.shared_id.clone(), env.seq, env.event_type(), json);
+        let mut out = Outgoing::new(self.shared_id.clone(), seq, event_type, json);
         out.two_frame = two_frame;
         let out = Arc::new(out);
         // Seqs are consecutive by construction, so the push cannot be refused.
-        let _ = self.replay.push(env.seq, now_ms, bytes, out.clone());
+        let _ = self.replay.push(seq, now_ms, bytes, out.clone());
         let Some(q) = &self.attached else {
             return;
         };
@@ -711,16 +787,16 @@ impl SessionCore {
                     f.add_messages.unwrap_or(0),
                     f.add_bytes.unwrap_or(0),
                 );
-                for env in released {
-                    self.send_now(env, now_ms);
+                for pending in released {
+                    self.send_now(pending, now_ms);
                 }
             }
             Payload::PauseChannel(ChannelRef { channel, .. }) => {
                 self.gate.pause(&channel);
             }
             Payload::ResumeChannel(ChannelRef { channel, .. }) => {
-                for env in self.gate.resume(&channel) {
-                    self.send_now(env, now_ms);
+                for pending in self.gate.resume(&channel) {
+                    self.send_now(pending, now_ms);
                 }
             }
             Payload::MessageStart(m) if env.channel == channel::USER => {
@@ -857,8 +933,8 @@ impl SessionCore {
             Ok(terms) => {
                 self.runs
                     .set_limit(terms.run_limit(self.limits.max_concurrent_runs));
-                for env in self.gate.reset_credit(terms.credit) {
-                    self.send_now(env, now_ms);
+                for pending in self.gate.reset_credit(terms.credit) {
+                    self.send_now(pending, now_ms);
                 }
                 self.terms = terms;
                 self.negotiated = true;

@@ -10,6 +10,14 @@
 //! replay window, so followers resume, replay and apply flow control exactly like the
 //! session that started the run. Threads are scoped to the token's subject, so nobody
 //! follows someone else's conversation by guessing an id.
+//!
+//! Copies go out through a relay task per thread rather than from the sending session's
+//! own task. The sender only queues them; the relay takes everything queued at once and
+//! hands each follower the whole batch under one lock, so a follower's connection writes
+//! many messages with one syscall instead of one each. With a thousand followers, copying a
+//! message takes milliseconds, and the agent goes on producing meanwhile: batches form by
+//! themselves. When the relay falls too far behind, the sender delivers the queue itself
+//! (in order, after the batch in progress), which bounds what waits.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,10 +25,14 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use haip_protocol::Envelope;
 
+use super::core::ThreadCopy;
 use super::{now_ms, Session};
 
 /// The longest thread id accepted in `?thread=`, as for `thread_id` in the envelope.
 pub const MAX_THREAD_ID: usize = 128;
+
+/// Copies a thread may have waiting for its relay before the sender delivers them itself.
+const MAX_WAITING_COPIES: usize = 4096;
 
 /// Checks a `?thread=` value: what the contract allows for `thread_id`.
 pub fn valid_thread_id(id: &str) -> bool {
@@ -29,12 +41,35 @@ pub fn valid_thread_id(id: &str) -> bool {
 
 type ThreadKey = (String, String);
 
-/// The followers of every thread, by (subject, thread id).
+/// Every followed thread, by (subject, thread id).
 #[derive(Default)]
 pub struct Threads {
-    followers: Mutex<HashMap<ThreadKey, Vec<Weak<Session>>>>,
+    threads: Mutex<HashMap<ThreadKey, Arc<Thread>>>,
     /// Set by the first follow; sessions copy what they send in threads only from then on.
     in_use: Arc<AtomicBool>,
+}
+
+/// One followed thread: its followers and the copies waiting for them.
+#[derive(Default)]
+struct Thread {
+    state: Mutex<ThreadState>,
+    /// Held while a batch is handed to the followers, so that batches arrive in the order
+    /// they were sent whoever delivers them (the relay, or a sender that found it behind).
+    delivery: Mutex<()>,
+}
+
+#[derive(Default)]
+struct ThreadState {
+    followers: Vec<Weak<Session>>,
+    /// Messages sent in the thread, with the id of the session that sent each (it has its
+    /// own copy already), in the order they were sent.
+    waiting: Vec<(Arc<str>, Envelope)>,
+    /// True while a relay task is delivering `waiting`.
+    relaying: bool,
+}
+
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Threads {
@@ -43,75 +78,130 @@ impl Threads {
         self.in_use.clone()
     }
 
-    fn map(&self) -> MutexGuard<'_, HashMap<ThreadKey, Vec<Weak<Session>>>> {
-        self.followers.lock().unwrap_or_else(|p| p.into_inner())
+    fn get(&self, subject: &str, thread: &str) -> Option<Arc<Thread>> {
+        locked(&self.threads)
+            .get(&(subject.to_string(), thread.to_string()))
+            .cloned()
     }
 
     /// Makes `session` a follower of `thread` (once, however often it is asked).
     pub fn follow(&self, thread: &str, session: &Arc<Session>) {
         self.in_use.store(true, Ordering::Release);
-        let mut map = self.map();
-        let list = map
+        let entry = locked(&self.threads)
             .entry((session.subject.clone(), thread.to_string()))
-            .or_default();
-        list.retain(|w| w.strong_count() > 0);
-        if !list.iter().any(|w| w.as_ptr() == Arc::as_ptr(session)) {
-            list.push(Arc::downgrade(session));
+            .or_default()
+            .clone();
+        let mut state = locked(&entry.state);
+        state.followers.retain(|w| w.strong_count() > 0);
+        if !state
+            .followers
+            .iter()
+            .any(|w| w.as_ptr() == Arc::as_ptr(session))
+        {
+            state.followers.push(Arc::downgrade(session));
         }
     }
 
     /// How many live sessions follow `thread` of `subject`.
     pub fn follower_count(&self, subject: &str, thread: &str) -> usize {
-        self.map()
-            .get(&(subject.to_string(), thread.to_string()))
-            .map_or(0, |l| l.iter().filter(|w| w.strong_count() > 0).count())
+        self.get(subject, thread).map_or(0, |t| {
+            locked(&t.state)
+                .followers
+                .iter()
+                .filter(|w| w.strong_count() > 0)
+                .count()
+        })
     }
 
     /// Stops `session` following anything (it was removed from the engine).
     pub fn forget(&self, session: &Session) {
-        let mut map = self.map();
-        map.retain(|_, list| {
-            list.retain(|w| w.strong_count() > 0 && !std::ptr::eq(w.as_ptr(), session));
-            !list.is_empty()
+        locked(&self.threads).retain(|_, thread| {
+            let mut state = locked(&thread.state);
+            state
+                .followers
+                .retain(|w| w.strong_count() > 0 && !std::ptr::eq(w.as_ptr(), session));
+            !state.followers.is_empty() || state.relaying
         });
     }
 
-    /// The live followers of `thread` of `subject`, other than `origin`. Dead entries are
-    /// pruned on the way.
-    fn followers_of(&self, subject: &str, thread: &str, origin: &Session) -> Vec<Arc<Session>> {
-        let mut map = self.map();
-        let key = (subject.to_string(), thread.to_string());
-        let Some(list) = map.get_mut(&key) else {
-            return Vec::new();
-        };
-        list.retain(|w| w.strong_count() > 0);
-        let out = list
-            .iter()
-            .filter_map(Weak::upgrade)
-            .filter(|s| !std::ptr::eq(Arc::as_ptr(s), origin))
-            .collect();
-        if list.is_empty() {
-            map.remove(&key);
-        }
-        out
-    }
-
-    /// Delivers what `origin` sent in threads to their followers. Called with no session
-    /// lock held; each follower is locked in turn, so two sessions publishing into each
-    /// other's threads cannot deadlock.
+    /// Queues what `origin` sent in threads for their followers and makes sure a relay
+    /// delivers it. Called with no session lock held.
     pub fn forward(&self, origin: &Session, sent: Vec<(String, Envelope)>) {
-        let mut current: Option<(String, Vec<Arc<Session>>)> = None;
-        for (thread, env) in sent {
-            let followers = match &current {
-                Some((t, f)) if *t == thread => f,
-                _ => {
-                    let f = self.followers_of(&origin.subject, &thread, origin);
-                    &current.insert((thread, f)).1
-                }
+        let origin_id: Arc<str> = Arc::from(origin.id.as_str());
+        let mut sent = sent.into_iter().peekable();
+        while let Some((thread_id, env)) = sent.next() {
+            let Some(thread) = self.get(&origin.subject, &thread_id) else {
+                continue; // nobody follows it
             };
-            let now = now_ms();
-            for follower in followers {
-                follower.lock().emit_followed(env.clone(), now);
+            let mut state = locked(&thread.state);
+            state.waiting.push((origin_id.clone(), env));
+            while let Some((_, env)) = sent.next_if(|(t, _)| *t == thread_id) {
+                state.waiting.push((origin_id.clone(), env));
+            }
+            let start_relay = !state.relaying;
+            state.relaying = true;
+            let behind = state.waiting.len() > MAX_WAITING_COPIES;
+            drop(state);
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) if start_relay => {
+                    runtime.spawn(relay(thread.clone()));
+                }
+                Ok(_) if behind => thread.deliver_waiting(),
+                Ok(_) => {}
+                Err(_) => {
+                    // No runtime to run a relay on (the engine driven directly, as in
+                    // unit tests): deliver now.
+                    thread.deliver_waiting();
+                    locked(&thread.state).relaying = false;
+                }
+            }
+        }
+    }
+}
+
+/// Delivers a thread's copies until none are waiting.
+async fn relay(thread: Arc<Thread>) {
+    loop {
+        {
+            let mut state = locked(&thread.state);
+            if state.waiting.is_empty() {
+                state.relaying = false;
+                return;
+            }
+        }
+        thread.deliver_waiting();
+        // Let the sender and the followers' writers run: the next batch forms meanwhile.
+        tokio::task::yield_now().await;
+    }
+}
+
+impl Thread {
+    /// Hands everything waiting to every follower, one lock per follower for the whole
+    /// batch. Each follower skips what it sent itself.
+    fn deliver_waiting(&self) {
+        let _in_order = locked(&self.delivery);
+        let (batch, followers) = {
+            let mut state = locked(&self.state);
+            state.followers.retain(|w| w.strong_count() > 0);
+            let followers: Vec<Arc<Session>> =
+                state.followers.iter().filter_map(Weak::upgrade).collect();
+            (std::mem::take(&mut state.waiting), followers)
+        };
+        if batch.is_empty() {
+            return;
+        }
+        // Each message is serialized once for all followers.
+        let batch: Vec<(Arc<str>, Arc<ThreadCopy>)> = batch
+            .into_iter()
+            .map(|(origin, env)| (origin, Arc::new(ThreadCopy::new(env))))
+            .collect();
+        let now = now_ms();
+        for follower in followers {
+            let mut core = follower.lock();
+            for (origin, copy) in &batch {
+                if **origin != *follower.id {
+                    core.emit_followed(copy, now);
+                }
             }
         }
     }

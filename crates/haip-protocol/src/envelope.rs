@@ -229,8 +229,23 @@ impl Envelope {
         ts: u64,
         shared: &str,
     ) -> String {
+        let mut json = Envelope::json_head(id, session, seq, ack, ts, shared.len());
+        json.push_str(shared);
+        json
+    }
+
+    /// The start of the wire form, up to `ts`: what [`Envelope::shared_json`] completes.
+    /// `room` is reserved for the rest.
+    pub fn json_head(
+        id: &str,
+        session: &str,
+        seq: u64,
+        ack: Option<u64>,
+        ts: u64,
+        room: usize,
+    ) -> String {
         use std::fmt::Write;
-        let mut json = String::with_capacity(shared.len() + id.len() + session.len() + 80);
+        let mut json = String::with_capacity(room + id.len() + session.len() + 80);
         json.push_str("{\"id\":");
         push_json_str(&mut json, id);
         json.push_str(",\"session\":");
@@ -240,7 +255,6 @@ impl Envelope {
             let _ = write!(json, ",\"ack\":\"{ack}\"");
         }
         let _ = write!(json, ",\"ts\":\"{ts}\"");
-        json.push_str(shared);
         json
     }
 }

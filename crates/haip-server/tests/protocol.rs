@@ -1278,3 +1278,34 @@ async fn run_cancel_stops_its_tool_calls(kind: Kind) {
 async fn run_cancel_stops_its_tool_calls_websocket() {
     run_cancel_stops_its_tool_calls(Kind::Ws).await
 }
+
+/// Every session's HAI and TOOL_LIST share their serialized payload on the server, but each
+/// is that session's own message: its own id, session and seq 1 and 2.
+#[tokio::test]
+async fn each_session_greeting_is_its_own_message() {
+    let srv = Server::start().await;
+    let mut ids = std::collections::HashSet::new();
+    let mut sessions = std::collections::HashSet::new();
+    for kind in [Kind::Ws, Kind::Ws, Kind::Sse, Kind::Stream] {
+        let mut c = srv.connect(kind).await;
+        if kind == Kind::Stream {
+            c.ping("open").await;
+        }
+        let hai = c.recv_type("HAI").await;
+        let tools = c.recv_type("TOOL_LIST").await;
+        assert_eq!((seq(&hai), seq(&tools)), (1, 2), "{kind:?}");
+        assert_eq!(hai["session"], tools["session"]);
+        assert!(sessions.insert(hai["session"].as_str().unwrap().to_string()));
+        for m in [&hai, &tools] {
+            assert!(ids.insert(m["id"].as_str().unwrap().to_string()), "{m}");
+        }
+        assert!(tools["payload"]["tools"]
+            .as_array()
+            .is_some_and(|t| !t.is_empty()));
+        assert_eq!(
+            hai["payload"]["capabilities"]["binary_frames"],
+            json!(kind == Kind::Ws),
+            "{kind:?}"
+        );
+    }
+}

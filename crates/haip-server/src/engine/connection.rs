@@ -83,7 +83,8 @@ pub struct Connection {
     options: ConnectionOptions,
     /// A text envelope with `bin_len`, waiting for its binary frame, with its flow cost
     /// (the text frame plus `bin_len`).
-    pending_binary: Option<(Envelope, u64)>,
+    /// Boxed: it is rare, and the connection's task would otherwise carry its size always.
+    pending_binary: Option<Box<(Envelope, u64)>>,
 }
 
 impl Connection {
@@ -153,7 +154,8 @@ impl Connection {
 
     /// A text frame or NDJSON line.
     pub fn on_text(&mut self, raw: &[u8]) {
-        if let Some((waiting, _)) = self.pending_binary.take() {
+        if let Some(waiting) = self.pending_binary.take() {
+            let (waiting, _) = *waiting;
             self.violation(
                 ErrorCode::BinaryFrameError,
                 "expected the binary frame announced by bin_len, got a text frame",
@@ -169,7 +171,7 @@ impl Connection {
         };
         if env.bin_len.is_some() && self.options.transport == Transport::WebSocket {
             let cost = env.flow_cost(raw.len());
-            self.pending_binary = Some((env, cost));
+            self.pending_binary = Some(Box::new((env, cost)));
             return;
         }
         let cost = env.flow_cost(raw.len());
@@ -178,7 +180,7 @@ impl Connection {
 
     /// A binary frame: the second half of a two-frame message.
     pub fn on_binary(&mut self, data: &[u8]) {
-        let Some((mut env, cost)) = self.pending_binary.take() else {
+        let Some(waiting) = self.pending_binary.take() else {
             self.violation(
                 ErrorCode::BinaryFrameError,
                 "binary frame without an envelope announcing it (bin_len)",
@@ -186,6 +188,7 @@ impl Connection {
             );
             return;
         };
+        let (mut env, cost) = *waiting;
         if env.bin_len != Some(data.len() as u64) {
             self.violation(
                 ErrorCode::BinaryFrameError,
@@ -267,22 +270,22 @@ impl Connection {
         mut sink: S,
         shutdown: CancellationToken,
     ) {
-        let opts = self.options.clone();
-        let mut next_ping = Instant::now() + opts.heartbeat_interval;
+        let mut next_ping = Instant::now() + self.options.heartbeat_interval;
         let mut ping_sent: Option<(Instant, u64)> = None;
-        let expiry = opts
+        let expiry = self
+            .options
             .token_expires_ms
             .map(|exp| Instant::now() + Duration::from_millis(exp.saturating_sub(now_ms())));
         let mut batch: Vec<OutItem> = Vec::new();
         let mut frames: Vec<Arc<Outgoing>> = Vec::new();
         let mut inbound_open = true;
         'conn: loop {
-            let timer = self.next_timer(next_ping, ping_sent, expiry, &opts);
+            let timer = self.next_timer(next_ping, ping_sent, expiry);
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
-                    self.flush_queue(&mut sink).await;
-                    sink.close(&Close { code: 1001, reason: "server shutting down".into() }).await;
+                    Box::pin(self.flush_queue(&mut sink)).await;
+                    Box::pin(sink.close(&Close { code: 1001, reason: "server shutting down".into() })).await;
                     break 'conn;
                 }
                 _ = self.queue.drain(&mut batch) => {
@@ -297,14 +300,18 @@ impl Connection {
                     if !frames.is_empty() {
                         // A write that makes no progress for this long means the peer is
                         // gone or not reading (a half-open connection never errors).
-                        let stall = opts.heartbeat_interval + opts.heartbeat_timeout;
+                        let stall = self.options.heartbeat_interval + self.options.heartbeat_timeout;
                         self.queue.set_writing(true);
-                        let sent = tokio::select! {
-                            r = tokio::time::timeout(stall, sink.send_batch(&frames)) => {
-                                r.unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "write stalled")))
+                        // Boxed, like every await below that is not the wait itself: the
+                        // task's size is that of its largest await, paid while idle too.
+                        let sent = Box::pin(async {
+                            tokio::select! {
+                                r = tokio::time::timeout(stall, sink.send_batch(&frames)) => {
+                                    r.unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "write stalled")))
+                                }
+                                _ = self.queue.aborted() => Err(io::Error::other("connection aborted")),
                             }
-                            _ = self.queue.aborted() => Err(io::Error::other("connection aborted")),
-                        };
+                        }).await;
                         self.queue.set_writing(false);
                         self.engine.metrics.frames_written(&frames);
                         frames.clear();
@@ -314,7 +321,7 @@ impl Connection {
                         }
                     }
                     if let Some(c) = close {
-                        sink.close(&c).await;
+                        Box::pin(sink.close(&c)).await;
                         break 'conn;
                     }
                 }
@@ -325,7 +332,7 @@ impl Connection {
                         Some(Inbound::Binary(b)) => self.on_binary(&b),
                         Some(Inbound::TooLarge) => self.on_too_large(),
                         None => {
-                            if opts.transport == Transport::HttpStream {
+                            if self.options.transport == Transport::HttpStream {
                                 // The request body ended; the response goes on (browsers
                                 // send later messages with POST).
                                 inbound_open = false;
@@ -348,20 +355,20 @@ impl Connection {
                         self.queue.push(OutItem::Close(Close { code: 1008, reason: "token expired".into() }));
                         continue 'conn;
                     }
-                    if let Some(idle) = opts.idle_timeout {
+                    if let Some(idle) = self.options.idle_timeout {
                         let quiet_ms = now_wall.saturating_sub(self.session.lock().last_client_activity_ms());
                         if quiet_ms >= idle.as_millis() as u64 {
                             tracing::info!(session = %self.session.id, "idle timeout: ending the stream, session kept");
-                            sink.close(&Close { code: 1000, reason: "idle timeout".into() }).await;
+                            Box::pin(sink.close(&Close { code: 1000, reason: "idle timeout".into() })).await;
                             break 'conn;
                         }
                     }
                     if let Some((sent_at, sent_wall)) = ping_sent {
-                        if now >= sent_at + opts.heartbeat_timeout {
+                        if now >= sent_at + self.options.heartbeat_timeout {
                             let heard = self.session.lock().last_client_activity_ms() >= sent_wall;
-                            if !heard && opts.bidirectional {
+                            if !heard && self.options.bidirectional {
                                 tracing::info!(session = %self.session.id, "heartbeat timeout: closing connection, session kept");
-                                sink.close(&Close { code: 1001, reason: "heartbeat timeout".into() }).await;
+                                Box::pin(sink.close(&Close { code: 1001, reason: "heartbeat timeout".into() })).await;
                                 break 'conn;
                             }
                             ping_sent = None;
@@ -369,7 +376,7 @@ impl Connection {
                     }
                     if now >= next_ping {
                         self.session.lock().ping(now_wall);
-                        if sink.keepalive().await.is_err() { break 'conn; }
+                        if Box::pin(sink.keepalive()).await.is_err() { break 'conn; }
                         // The oldest unanswered PING keeps its deadline: replacing it with
                         // each new PING would postpone the timeout forever when the
                         // timeout is not shorter than the interval.
@@ -379,7 +386,7 @@ impl Connection {
                         if ping_sent.is_none() || answered {
                             ping_sent = Some((now, now_wall));
                         }
-                        next_ping = now + opts.heartbeat_interval;
+                        next_ping = now + self.options.heartbeat_interval;
                     }
                 }
             }
@@ -392,8 +399,8 @@ impl Connection {
         next_ping: Instant,
         ping_sent: Option<(Instant, u64)>,
         expiry: Option<Instant>,
-        opts: &ConnectionOptions,
     ) -> Instant {
+        let opts = &self.options;
         let mut t = next_ping;
         if let Some((sent, _)) = ping_sent {
             t = t.min(sent + opts.heartbeat_timeout);
@@ -476,5 +483,5 @@ fn unsequenced_error(code: ErrorCode, message: &str, session: &str) -> Outgoing 
 /// An ERROR frame for a connection that has no session (authentication failed).
 pub fn sessionless_error(code: ErrorCode, message: &str) -> Bytes {
     let id = uuid::Uuid::new_v4().to_string();
-    unsequenced_error(code, message, &id).json
+    unsequenced_error(code, message, &id).json()
 }

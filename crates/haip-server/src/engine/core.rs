@@ -26,20 +26,34 @@ use tokio_util::sync::CancellationToken;
 
 use super::outbound::{Close, ConnQueue, OutItem, Outgoing};
 
-/// A message another session sent in a thread: what each follower sends as its own.
-/// Serialized once from `channel` on for every follower (see
-/// [`Envelope::shared_json`]); each follower adds its own id, seq, ack and ts.
+/// A message many sessions send alike: another session's message in a thread, to each
+/// follower; the TOOL_LIST and first HAI, to every new session. Serialized once from
+/// `channel` on (see [`Envelope::shared_json`]) and that part is shared: each session adds
+/// and keeps only its own head (id, session, seq, ack, ts).
 #[derive(Debug)]
-pub struct ThreadCopy {
+pub struct SharedMessage {
     pub env: Envelope,
-    pub shared_json: String,
+    shared_json: bytes::Bytes,
+    /// Each session gives the message an id of its own (else they all keep `env.id`, as
+    /// the copies of one thread message do).
+    fresh_ids: bool,
 }
 
-impl ThreadCopy {
-    pub fn new(env: Envelope) -> ThreadCopy {
-        ThreadCopy {
-            shared_json: env.shared_json(),
+impl SharedMessage {
+    /// Copies of `env` that keep its id.
+    pub fn copies_of(env: Envelope) -> SharedMessage {
+        SharedMessage {
+            shared_json: env.shared_json().into(),
             env,
+            fresh_ids: false,
+        }
+    }
+
+    /// The same message for many sessions, each with its own id.
+    pub fn for_each_session(env: Envelope) -> SharedMessage {
+        SharedMessage {
+            fresh_ids: true,
+            ..SharedMessage::copies_of(env)
         }
     }
 }
@@ -50,14 +64,14 @@ impl ThreadCopy {
 #[allow(clippy::large_enum_variant)]
 enum Pending {
     Own(Envelope),
-    Copy(Arc<ThreadCopy>),
+    Shared(Arc<SharedMessage>),
 }
 
 impl Pending {
     fn env(&self) -> &Envelope {
         match self {
             Pending::Own(env) => env,
-            Pending::Copy(copy) => &copy.env,
+            Pending::Shared(shared) => &shared.env,
         }
     }
 }
@@ -425,11 +439,16 @@ impl SessionCore {
     /// Sends a copy of a message another session of the same subject sent in a thread
     /// this session follows. It becomes this session's own message: its seq, its credit,
     /// its replay window.
-    pub fn emit_followed(&mut self, copy: &Arc<ThreadCopy>, now_ms: u64) {
+    pub fn emit_followed(&mut self, copy: &Arc<SharedMessage>, now_ms: u64) {
+        self.emit_shared(copy, now_ms);
+    }
+
+    /// Sends a message many sessions send alike (see [`SharedMessage`]).
+    pub fn emit_shared(&mut self, message: &Arc<SharedMessage>, now_ms: u64) {
         if self.ended {
             return;
         }
-        self.deliver(Pending::Copy(copy.clone()), now_ms);
+        self.deliver(Pending::Shared(message.clone()), now_ms);
     }
 
     /// The thread a message is sent in: its own `thread_id`, else that of its run.
@@ -463,15 +482,10 @@ impl SessionCore {
         } else {
             let unsent_len = match &pending {
                 Pending::Own(env) => env.to_json().len(),
-                Pending::Copy(copy) => Envelope::json_with_shared(
-                    &copy.env.id,
-                    &self.id,
-                    0,
-                    None,
-                    0,
-                    &copy.shared_json,
-                )
-                .len(),
+                Pending::Shared(shared) => {
+                    Envelope::json_head(&shared.env.id, &self.id, 0, None, 0, 0).len()
+                        + shared.shared_json.len()
+                }
             };
             unsent_len as u64 + 24
         };
@@ -536,39 +550,44 @@ impl SessionCore {
         self.last_sent_seq += 1;
         let seq = self.last_sent_seq;
         let ack = self.inbound.last_delivered();
-        let (json, event_type, two_frame) = match pending {
+        let out = match pending {
             Pending::Own(mut env) => {
                 env.seq = seq;
                 env.ts = now_ms;
                 env.ack = ack;
-                (env.to_json(), env.event_type(), self.two_frame(&env))
+                let json = env.to_json();
+                let mut out = Outgoing::new(self.shared_id.clone(), seq, env.event_type(), json);
+                out.two_frame = self.two_frame(&env);
+                out
             }
-            Pending::Copy(copy) => {
-                let env = &copy.env;
-                let json = Envelope::json_with_shared(
-                    &env.id,
-                    &self.id,
+            Pending::Shared(shared) => {
+                let env = &shared.env;
+                let id = if shared.fresh_ids {
+                    uuid::Uuid::new_v4().to_string()
+                } else {
+                    env.id.clone()
+                };
+                let head = Envelope::json_head(&id, &self.id, seq, ack, now_ms, 0);
+                let mut out = Outgoing::with_shared_tail(
+                    self.shared_id.clone(),
                     seq,
-                    ack,
-                    now_ms,
-                    &copy.shared_json,
+                    env.event_type(),
+                    head,
+                    shared.shared_json.clone(),
                 );
-                let two_frame = if matches!(env.payload, Payload::AudioChunk(_)) {
+                if matches!(env.payload, Payload::AudioChunk(_)) {
                     let mut own = env.clone();
+                    own.id = id;
                     own.session = self.id.clone();
                     own.seq = seq;
                     own.ts = now_ms;
                     own.ack = ack;
-                    self.two_frame(&own)
-                } else {
-                    None
-                };
-                (json, env.event_type(), two_frame)
+                    out.two_frame = self.two_frame(&own);
+                }
+                out
             }
         };
-        let bytes = json.len() as u64;
-        let mut out = Outgoing::new(self.shared_id.clone(), seq, event_type, json);
-        out.two_frame = two_frame;
+        let bytes = out.json_len() as u64;
         let out = Arc::new(out);
         // Seqs are consecutive by construction, so the push cannot be refused.
         let _ = self.replay.push(seq, now_ms, bytes, out.clone());
@@ -1138,7 +1157,7 @@ mod tests {
                 .into_iter()
                 .map(|i| match i {
                     OutItem::Frame(f) => {
-                        let v: Value = serde_json::from_slice(&f.json).unwrap();
+                        let v: Value = serde_json::from_slice(&f.json()).unwrap();
                         (
                             v["type"].as_str().unwrap().to_string(),
                             v["run_id"].as_str().map(str::to_string),

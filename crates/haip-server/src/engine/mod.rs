@@ -12,7 +12,7 @@ pub mod threads;
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use haip_protocol::payload::{RunStatus, ToolDone, ToolProgress, ToolUpdate};
@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agent::{Agent, Reply};
 use crate::tools::{ToolContext, ToolRegistry};
-use core::{Action, SessionCore, SessionLimits, ToolCatalog};
+use core::{Action, SessionCore, SessionLimits, SharedMessage, ToolCatalog};
 use metrics::Metrics;
 use outbound::ConnQueue;
 use threads::Threads;
@@ -116,6 +116,10 @@ pub struct Engine {
     tools: Arc<ToolRegistry>,
     pub metrics: Metrics,
     session_ttl_ms: u64,
+    /// The HAI and TOOL_LIST that open every session, the same for all but their heads
+    /// (the HAI depends only on the configuration and whether the transport takes binary
+    /// frames, the index here). Shared so that each session keeps only its heads for replay.
+    greetings: [OnceLock<[Arc<SharedMessage>; 2]>; 2],
 }
 
 impl Engine {
@@ -133,6 +137,7 @@ impl Engine {
             tools: Arc::new(tools),
             metrics: Metrics::default(),
             session_ttl_ms,
+            greetings: Default::default(),
         })
     }
 
@@ -166,11 +171,13 @@ impl Engine {
         );
         core.share_threads(self.threads.in_use());
         let _ = core.attach(queue, None, binary_frames, now);
-        let hai = core.server_hai(None);
-        let env = core.envelope(channel::SYSTEM, Payload::Hai(hai));
-        core.emit(env, now);
-        let env = core.envelope(channel::SYSTEM, Payload::ToolList(self.tools.list()));
-        core.emit(env, now);
+        let [hai, tool_list] = self.greetings[usize::from(binary_frames)].get_or_init(|| {
+            let hai = core.envelope(channel::SYSTEM, Payload::Hai(core.server_hai(None)));
+            let tools = core.envelope(channel::SYSTEM, Payload::ToolList(self.tools.list()));
+            [hai, tools].map(|env| Arc::new(SharedMessage::for_each_session(env)))
+        });
+        core.emit_shared(hai, now);
+        core.emit_shared(tool_list, now);
         let session = Arc::new(Session {
             id: id.clone(),
             subject: subject.to_string(),

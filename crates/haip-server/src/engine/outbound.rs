@@ -17,8 +17,12 @@ pub struct Outgoing {
     pub session: std::sync::Arc<str>,
     pub seq: u64,
     pub event_type: EventType,
-    /// The envelope as one JSON text (binary data in base64): what SSE and NDJSON write.
-    pub json: Bytes,
+    /// The envelope as JSON text (binary data in base64), in two parts: `head` then
+    /// `tail`. A message sent alike to many sessions (a thread's message to each follower,
+    /// the TOOL_LIST of every session) shares one tail: each session keeps only its own
+    /// head (id, session, seq, ack, ts) for replay. Otherwise the tail is empty.
+    head: Bytes,
+    tail: Bytes,
     /// The two-frame form for a WebSocket client that accepts binary frames: the envelope
     /// with `bin_len`/`bin_mime` and no `data`, then the raw bytes (contract section 7).
     pub two_frame: Option<(Bytes, Bytes)>,
@@ -44,7 +48,7 @@ pub enum OutItem {
 impl OutItem {
     fn bytes(&self) -> u64 {
         match self {
-            OutItem::Frame(f) => f.json.len() as u64,
+            OutItem::Frame(f) => f.json_len() as u64,
             OutItem::Close(_) | OutItem::Switch(_) => 0,
         }
     }
@@ -206,12 +210,46 @@ impl Outgoing {
         event_type: EventType,
         json: String,
     ) -> Outgoing {
+        Outgoing::with_shared_tail(session, seq, event_type, json, Bytes::new())
+    }
+
+    /// A message whose JSON is `head` followed by `tail`, a tail other sessions' messages
+    /// share.
+    pub fn with_shared_tail(
+        session: std::sync::Arc<str>,
+        seq: u64,
+        event_type: EventType,
+        head: String,
+        tail: Bytes,
+    ) -> Outgoing {
         Outgoing {
             session,
             seq,
             event_type,
-            json: Bytes::from(json),
+            head: Bytes::from(head),
+            tail,
             two_frame: None,
         }
+    }
+
+    pub fn json_len(&self) -> usize {
+        self.head.len() + self.tail.len()
+    }
+
+    /// The JSON as one buffer (copied together when the tail is shared).
+    pub fn json(&self) -> Bytes {
+        if self.tail.is_empty() {
+            return self.head.clone();
+        }
+        let mut json = bytes::BytesMut::with_capacity(self.json_len());
+        json.extend_from_slice(&self.head);
+        json.extend_from_slice(&self.tail);
+        json.freeze()
+    }
+
+    /// Appends the JSON to `buf`.
+    pub fn put_json(&self, buf: &mut bytes::BytesMut) {
+        buf.extend_from_slice(&self.head);
+        buf.extend_from_slice(&self.tail);
     }
 }

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use haip_protocol::Envelope;
 
-use super::core::ThreadCopy;
+use super::core::SharedMessage;
 use super::{now_ms, Session};
 
 /// The longest thread id accepted in `?thread=`, as for `thread_id` in the envelope.
@@ -191,9 +191,9 @@ impl Thread {
             return;
         }
         // Each message is serialized once for all followers.
-        let batch: Vec<(Arc<str>, Arc<ThreadCopy>)> = batch
+        let batch: Vec<(Arc<str>, Arc<SharedMessage>)> = batch
             .into_iter()
-            .map(|(origin, env)| (origin, Arc::new(ThreadCopy::new(env))))
+            .map(|(origin, env)| (origin, Arc::new(SharedMessage::copies_of(env))))
             .collect();
         let now = now_ms();
         for follower in followers {

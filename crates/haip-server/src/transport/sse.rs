@@ -23,7 +23,7 @@ struct SseSink {
 
 impl FrameSink for SseSink {
     async fn send_batch(&mut self, frames: &[Arc<Outgoing>]) -> io::Result<()> {
-        let mut buf = BytesMut::with_capacity(frames.iter().map(|f| f.json.len() + 64).sum());
+        let mut buf = BytesMut::with_capacity(frames.iter().map(|f| f.json_len() + 64).sum());
         for f in frames {
             if f.seq > 0 {
                 buf.put_slice(b"id: ");
@@ -33,7 +33,7 @@ impl FrameSink for SseSink {
                 buf.put_u8(b'\n');
             }
             buf.put_slice(b"data: ");
-            buf.put_slice(&f.json);
+            f.put_json(&mut buf);
             buf.put_slice(b"\n\n");
         }
         self.tx

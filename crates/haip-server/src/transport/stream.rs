@@ -25,9 +25,9 @@ struct NdjsonSink {
 
 impl FrameSink for NdjsonSink {
     async fn send_batch(&mut self, frames: &[Arc<Outgoing>]) -> io::Result<()> {
-        let mut buf = BytesMut::with_capacity(frames.iter().map(|f| f.json.len() + 1).sum());
+        let mut buf = BytesMut::with_capacity(frames.iter().map(|f| f.json_len() + 1).sum());
         for f in frames {
-            buf.put_slice(&f.json);
+            f.put_json(&mut buf);
             buf.put_u8(b'\n');
         }
         self.tx

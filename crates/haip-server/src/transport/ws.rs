@@ -37,8 +37,9 @@ use crate::engine::outbound::{Close, Outgoing, MAX_BATCH_FRAMES};
 use crate::transport::ConnectParams;
 
 /// Initial size of each connection's read and write buffers; they grow for larger frames
-/// and shrink back afterwards.
-const BUFFER_CAPACITY: usize = 1024;
+/// and batches and shrink back afterwards. Small, because an idle connection keeps them:
+/// 512 bytes hold a typical client message, and 1 KiB cost 478 bytes more per session.
+const BUFFER_CAPACITY: usize = 512;
 /// How long a connection waits for the client's close frame after sending its own.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
@@ -169,11 +170,15 @@ fn handshake(req: &mut Request, config: &ServerConfig) -> Result<Handshake, Resp
     })
 }
 
-/// Sends the 101 answer and hands the WebSocket to `run` once the client has it.
-fn accept<F, Fut>(hs: Handshake, run: F) -> Response
+/// A connection's whole life on its WebSocket, boxed: its size is only known once built.
+type ConnectionTask = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Sends the 101 answer and, once the client has it, runs the connection `open` makes of
+/// the WebSocket in a task of its own. The task that waited for the upgrade then ends, so
+/// an idle connection keeps only its own state, not that of its handshake.
+fn accept<F>(hs: Handshake, open: F) -> Response
 where
-    F: FnOnce(WsConn) -> Fut + Send + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
+    F: FnOnce(WsConn) -> ConnectionTask + Send + 'static,
 {
     let Handshake {
         response,
@@ -194,7 +199,9 @@ where
             extensions.as_deref(),
             options,
         ) {
-            Ok(ws) => run(WsConn::new(ws, violation)).await,
+            Ok(ws) => {
+                tokio::spawn(open(WsConn::new(ws, violation)));
+            }
             Err(e) => tracing::debug!(error = %e, "websocket setup failed"),
         }
     });
@@ -246,9 +253,10 @@ fn haip(state: SharedState, params: ConnectParams, headers: &HeaderMap, hs: Hand
         Some(t) => state.auth.verify(&t).map_err(|e| e.to_string()),
         None => Err("missing token".to_string()),
     };
-    accept(hs, move |conn| async move {
-        let _slot = slot;
-        match verdict {
+    accept(hs, move |conn| {
+        // Set up now, so that the task keeps only what the connection needs (the run
+        // itself is boxed: awaiting a future held by value would keep it twice).
+        let run: ConnectionTask = match verdict {
             Ok(identity) => {
                 let options = state.options(Transport::WebSocket, &identity);
                 let connection = Connection::open(
@@ -258,25 +266,30 @@ fn haip(state: SharedState, params: ConnectParams, headers: &HeaderMap, hs: Hand
                     params.resume(),
                     follow,
                 );
-                connection
-                    .run(
-                        WsInbound(conn.clone()),
-                        WsSink(conn.clone()),
-                        state.shutdown.clone(),
-                    )
-                    .await;
+                Box::pin(connection.run(
+                    WsInbound(conn.clone()),
+                    WsSink(conn.clone()),
+                    state.shutdown.clone(),
+                ))
             }
             Err(reason) => {
                 // Browsers cannot read the status of a failed upgrade, so the upgrade is
                 // accepted and the reason sent as ERROR before closing with 1008.
                 tracing::info!(%reason, "websocket authentication failed");
-                let error = sessionless_error(ErrorCode::AuthenticationFailed, &reason);
-                let _ = conn.send([Frame::text(error)]).await;
-                conn.send_close(CloseCode::Policy, "authentication failed")
-                    .await;
+                let conn = conn.clone();
+                Box::pin(async move {
+                    let error = sessionless_error(ErrorCode::AuthenticationFailed, &reason);
+                    let _ = conn.send([Frame::text(error)]).await;
+                    conn.send_close(CloseCode::Policy, "authentication failed")
+                        .await;
+                })
             }
-        }
-        conn.finish().await;
+        };
+        Box::pin(async move {
+            let _slot = slot;
+            run.await;
+            Box::pin(conn.finish()).await;
+        })
     })
 }
 
@@ -310,20 +323,22 @@ pub async fn autobahn_echo(
         Ok(s) => s,
         Err(r) => return r,
     };
-    accept(hs, move |conn| async move {
-        let _slot = slot;
-        let mut inbound = WsInbound(conn.clone());
-        while let Some(item) = inbound.next().await {
-            let sent = match item {
-                Inbound::Text(t) => send_copies(&conn, &t, repeat).await,
-                Inbound::Binary(b) => conn.send([Frame::binary(b)]).await,
-                Inbound::TooLarge => continue,
-            };
-            if sent.is_err() {
-                break;
+    accept(hs, move |conn| {
+        Box::pin(async move {
+            let _slot = slot;
+            let mut inbound = WsInbound(conn.clone());
+            while let Some(item) = inbound.next().await {
+                let sent = match item {
+                    Inbound::Text(t) => send_copies(&conn, &t, repeat).await,
+                    Inbound::Binary(b) => conn.send([Frame::binary(b)]).await,
+                    Inbound::TooLarge => continue,
+                };
+                if sent.is_err() {
+                    break;
+                }
             }
-        }
-        conn.finish().await;
+            conn.finish().await;
+        })
     })
 }
 
@@ -526,7 +541,7 @@ impl FrameSink for WsSink {
                     batch.push(Frame::text(header.clone()));
                     batch.push(Frame::binary(data.clone()));
                 }
-                None => batch.push(Frame::text(f.json.clone())),
+                None => batch.push(Frame::text(f.json())),
             }
         }
         self.0.send(batch).await

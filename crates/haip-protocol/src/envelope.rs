@@ -244,30 +244,62 @@ impl Envelope {
         ts: u64,
         room: usize,
     ) -> String {
-        use std::fmt::Write;
         let mut json = String::with_capacity(room + id.len() + session.len() + 80);
-        json.push_str("{\"id\":");
-        push_json_str(&mut json, id);
-        json.push_str(",\"session\":");
-        push_json_str(&mut json, session);
-        let _ = write!(json, ",\"seq\":\"{seq}\"");
-        if let Some(ack) = ack {
-            let _ = write!(json, ",\"ack\":\"{ack}\"");
-        }
-        let _ = write!(json, ",\"ts\":\"{ts}\"");
+        let _ = Envelope::write_json_head(&mut json, id, session, seq, ack, ts);
         json
+    }
+
+    /// Writes what [`Envelope::json_head`] returns, to any text sink (a connection's write
+    /// buffer: a message shared by many sessions need not keep its head rendered).
+    pub fn write_json_head<W: std::fmt::Write>(
+        out: &mut W,
+        id: &str,
+        session: &str,
+        seq: u64,
+        ack: Option<u64>,
+        ts: u64,
+    ) -> std::fmt::Result {
+        out.write_str("{\"id\":")?;
+        write_json_str(out, id)?;
+        out.write_str(",\"session\":")?;
+        write_json_str(out, session)?;
+        write!(out, ",\"seq\":\"{seq}\"")?;
+        if let Some(ack) = ack {
+            write!(out, ",\"ack\":\"{ack}\"")?;
+        }
+        write!(out, ",\"ts\":\"{ts}\"")
+    }
+
+    /// The length of what [`Envelope::json_head`] returns, without writing it.
+    pub fn json_head_len(id: &str, session: &str, seq: u64, ack: Option<u64>, ts: u64) -> usize {
+        let digits = |n: u64| n.checked_ilog10().map_or(1, |d| d as usize + 1);
+        // {"id": ,"session": ,"seq":"" ,"ts":""  and ,"ack":"" when present
+        let fixed = 6 + 11 + 9 + 8 + ack.map_or(0, |a| 9 + digits(a));
+        fixed + json_str_len(id) + json_str_len(session) + digits(seq) + digits(ts)
     }
 }
 
-/// Appends `s` as a JSON string, escaped exactly as serde_json escapes it.
-fn push_json_str(out: &mut String, s: &str) {
-    let needs_escape = s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\');
-    if needs_escape {
-        out.push_str(&serde_json::to_string(s).expect("a string always serializes"));
+fn needs_escape(s: &str) -> bool {
+    s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\')
+}
+
+/// Writes `s` as a JSON string, escaped exactly as serde_json escapes it.
+fn write_json_str<W: std::fmt::Write>(out: &mut W, s: &str) -> std::fmt::Result {
+    if needs_escape(s) {
+        out.write_str(&serde_json::to_string(s).expect("a string always serializes"))
     } else {
-        out.push('"');
-        out.push_str(s);
-        out.push('"');
+        out.write_char('"')?;
+        out.write_str(s)?;
+        out.write_char('"')
+    }
+}
+
+/// The length of `s` written by [`write_json_str`].
+fn json_str_len(s: &str) -> usize {
+    if needs_escape(s) {
+        serde_json::to_string(s).map_or(0, |j| j.len())
+    } else {
+        s.len() + 2
     }
 }
 

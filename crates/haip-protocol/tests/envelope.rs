@@ -158,6 +158,12 @@ fn a_shared_tail_completed_per_session_equals_the_whole_serialization() {
             let copy =
                 Envelope::json_with_shared(&env.id, &env.session, env.seq, ack, env.ts, &shared);
             assert_eq!(copy, env.to_json(), "{word:?} ack {ack:?}");
+            let head = Envelope::json_head(&env.id, &env.session, env.seq, ack, env.ts, 0);
+            assert_eq!(
+                Envelope::json_head_len(&env.id, &env.session, env.seq, ack, env.ts),
+                head.len(),
+                "{head}"
+            );
             let parsed = Envelope::parse(&copy).expect("a copy parses");
             assert_eq!(parsed.to_json(), env.to_json());
         }

@@ -33,6 +33,8 @@ use super::outbound::{Close, ConnQueue, OutItem, Outgoing};
 #[derive(Debug)]
 pub struct SharedMessage {
     pub env: Envelope,
+    /// `env.id`, shared by the copies that keep it.
+    id: Arc<str>,
     shared_json: bytes::Bytes,
     /// Each session gives the message an id of its own (else they all keep `env.id`, as
     /// the copies of one thread message do).
@@ -43,6 +45,7 @@ impl SharedMessage {
     /// Copies of `env` that keep its id.
     pub fn copies_of(env: Envelope) -> SharedMessage {
         SharedMessage {
+            id: Arc::from(env.id.as_str()),
             shared_json: env.shared_json().into(),
             env,
             fresh_ids: false,
@@ -483,7 +486,7 @@ impl SessionCore {
             let unsent_len = match &pending {
                 Pending::Own(env) => env.to_json().len(),
                 Pending::Shared(shared) => {
-                    Envelope::json_head(&shared.env.id, &self.id, 0, None, 0, 0).len()
+                    Envelope::json_head_len(&shared.id, &self.id, 0, None, 0)
                         + shared.shared_json.len()
                 }
             };
@@ -562,22 +565,23 @@ impl SessionCore {
             }
             Pending::Shared(shared) => {
                 let env = &shared.env;
-                let id = if shared.fresh_ids {
-                    uuid::Uuid::new_v4().to_string()
+                let id: Arc<str> = if shared.fresh_ids {
+                    Arc::from(uuid::Uuid::new_v4().to_string())
                 } else {
-                    env.id.clone()
+                    shared.id.clone()
                 };
-                let head = Envelope::json_head(&id, &self.id, seq, ack, now_ms, 0);
-                let mut out = Outgoing::with_shared_tail(
+                let mut out = Outgoing::shared(
                     self.shared_id.clone(),
                     seq,
                     env.event_type(),
-                    head,
+                    id.clone(),
+                    ack,
+                    now_ms,
                     shared.shared_json.clone(),
                 );
                 if matches!(env.payload, Payload::AudioChunk(_)) {
                     let mut own = env.clone();
-                    own.id = id;
+                    own.id = id.to_string();
                     own.session = self.id.clone();
                     own.seq = seq;
                     own.ts = now_ms;
@@ -606,7 +610,7 @@ impl SessionCore {
     /// The header-plus-bytes form of an AUDIO_CHUNK, when the client said in its HAI that
     /// it takes binary frames. Kept beside the base64 form: the same message may be
     /// replayed later to a transport without binary frames.
-    fn two_frame(&self, env: &Envelope) -> Option<(bytes::Bytes, bytes::Bytes)> {
+    fn two_frame(&self, env: &Envelope) -> Option<Box<(bytes::Bytes, bytes::Bytes)>> {
         if !self.terms.binary_frames {
             return None;
         }
@@ -620,7 +624,10 @@ impl SessionCore {
         }
         header.bin_len = Some(data.len() as u64);
         header.bin_mime = Some(chunk.mime.clone());
-        Some((header.to_json().into(), bytes::Bytes::copy_from_slice(data)))
+        Some(Box::new((
+            header.to_json().into(),
+            bytes::Bytes::copy_from_slice(data),
+        )))
     }
 
     /// Handles one valid envelope from the client (`cost` counts towards flow control)

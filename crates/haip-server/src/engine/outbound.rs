@@ -2,10 +2,10 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
-use haip_protocol::EventType;
+use bytes::{Bytes, BytesMut};
+use haip_protocol::{Envelope, EventType};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -14,18 +14,29 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug)]
 pub struct Outgoing {
     /// The session it belongs to (SSE writes it in each event's `id`).
-    pub session: std::sync::Arc<str>,
+    pub session: Arc<str>,
     pub seq: u64,
     pub event_type: EventType,
-    /// The envelope as JSON text (binary data in base64), in two parts: `head` then
-    /// `tail`. A message sent alike to many sessions (a thread's message to each follower,
-    /// the TOOL_LIST of every session) shares one tail: each session keeps only its own
-    /// head (id, session, seq, ack, ts) for replay. Otherwise the tail is empty.
-    head: Bytes,
-    tail: Bytes,
+    json: Json,
     /// The two-frame form for a WebSocket client that accepts binary frames: the envelope
     /// with `bin_len`/`bin_mime` and no `data`, then the raw bytes (contract section 7).
-    pub two_frame: Option<(Bytes, Bytes)>,
+    pub two_frame: Option<Box<(Bytes, Bytes)>>,
+}
+
+/// The envelope as JSON text (binary data in base64).
+#[derive(Debug)]
+enum Json {
+    Whole(Bytes),
+    /// A message sent alike to many sessions (a thread's message to each follower, the
+    /// greeting of every session): the part from `channel` on is serialized once and
+    /// shared, and the head (id, session, seq, ack, ts) is written as the message is. Each
+    /// session keeps a few numbers per message for replay instead of its own text.
+    Shared {
+        id: Arc<str>,
+        ack: Option<u64>,
+        ts: u64,
+        tail: Bytes,
+    },
 }
 
 /// How a connection is to be closed.
@@ -38,11 +49,11 @@ pub struct Close {
 
 #[derive(Debug)]
 pub enum OutItem {
-    Frame(std::sync::Arc<Outgoing>),
+    Frame(Arc<Outgoing>),
     Close(Close),
     /// The connection now serves this session (a resume requested through another way
     /// than the connection itself, e.g. a HAI posted to `POST /haip/messages`).
-    Switch(std::sync::Arc<super::Session>),
+    Switch(Arc<super::Session>),
 }
 
 impl OutItem {
@@ -204,52 +215,66 @@ impl ConnQueue {
 }
 
 impl Outgoing {
-    pub fn new(
-        session: std::sync::Arc<str>,
-        seq: u64,
-        event_type: EventType,
-        json: String,
-    ) -> Outgoing {
-        Outgoing::with_shared_tail(session, seq, event_type, json, Bytes::new())
+    pub fn new(session: Arc<str>, seq: u64, event_type: EventType, json: String) -> Outgoing {
+        Outgoing {
+            session,
+            seq,
+            event_type,
+            json: Json::Whole(Bytes::from(json)),
+            two_frame: None,
+        }
     }
 
-    /// A message whose JSON is `head` followed by `tail`, a tail other sessions' messages
-    /// share.
-    pub fn with_shared_tail(
-        session: std::sync::Arc<str>,
+    /// A message whose JSON from `channel` on is `tail`, shared with other sessions'
+    /// messages (see [`haip_protocol::Envelope::shared_json`]).
+    pub fn shared(
+        session: Arc<str>,
         seq: u64,
         event_type: EventType,
-        head: String,
+        id: Arc<str>,
+        ack: Option<u64>,
+        ts: u64,
         tail: Bytes,
     ) -> Outgoing {
         Outgoing {
             session,
             seq,
             event_type,
-            head: Bytes::from(head),
-            tail,
+            json: Json::Shared { id, ack, ts, tail },
             two_frame: None,
         }
     }
 
     pub fn json_len(&self) -> usize {
-        self.head.len() + self.tail.len()
+        match &self.json {
+            Json::Whole(json) => json.len(),
+            Json::Shared { id, ack, ts, tail } => {
+                Envelope::json_head_len(id, &self.session, self.seq, *ack, *ts) + tail.len()
+            }
+        }
     }
 
-    /// The JSON as one buffer (copied together when the tail is shared).
+    /// The JSON as one buffer.
     pub fn json(&self) -> Bytes {
-        if self.tail.is_empty() {
-            return self.head.clone();
+        match &self.json {
+            Json::Whole(json) => json.clone(),
+            Json::Shared { .. } => {
+                let mut buf = BytesMut::with_capacity(self.json_len());
+                self.put_json(&mut buf);
+                buf.freeze()
+            }
         }
-        let mut json = bytes::BytesMut::with_capacity(self.json_len());
-        json.extend_from_slice(&self.head);
-        json.extend_from_slice(&self.tail);
-        json.freeze()
     }
 
     /// Appends the JSON to `buf`.
-    pub fn put_json(&self, buf: &mut bytes::BytesMut) {
-        buf.extend_from_slice(&self.head);
-        buf.extend_from_slice(&self.tail);
+    pub fn put_json(&self, buf: &mut BytesMut) {
+        match &self.json {
+            Json::Whole(json) => buf.extend_from_slice(json),
+            Json::Shared { id, ack, ts, tail } => {
+                // Writing to a BytesMut does not fail.
+                let _ = Envelope::write_json_head(buf, id, &self.session, self.seq, *ack, *ts);
+                buf.extend_from_slice(tail);
+            }
+        }
     }
 }

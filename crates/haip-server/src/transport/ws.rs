@@ -536,7 +536,7 @@ impl FrameSink for WsSink {
         // binary frames goes as two frames: the envelope with bin_len, then the bytes.
         let mut batch: Vec<Frame> = Vec::with_capacity(frames.len());
         for f in frames {
-            match &f.two_frame {
+            match f.two_frame.as_deref() {
                 Some((header, data)) => {
                     batch.push(Frame::text(header.clone()));
                     batch.push(Frame::binary(data.clone()));

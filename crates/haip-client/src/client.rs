@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use haip_protocol::{Envelope, EventType, Payload};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
@@ -372,6 +373,9 @@ fn jwt_expiry_ms(token: &str) -> Option<u64> {
     claims["exp"].as_u64().map(|secs| secs * 1000)
 }
 
+/// Most frames read in one go before the connection's loop looks at its other work.
+const MAX_READ_BURST: usize = 64;
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -548,15 +552,31 @@ impl Driver {
             t
         });
         let mut pending_binary: Option<Envelope> = None;
+        let mut lost = None;
         loop {
             let deadline = self.session.next_deadline().map(|at| {
                 tokio::time::Instant::now() + Duration::from_millis(at.saturating_sub(now_ms()))
             });
             let outputs = tokio::select! {
-                frame = link.read() => match frame {
-                    Ok(Wire::Text(raw)) => self.on_text(raw, transport, &mut pending_binary),
-                    Ok(Wire::Binary(data)) => self.on_binary(data, transport, &mut pending_binary),
-                    Err(ended) => return LoopEnd::Lost(format!("{:?} {}", ended.code, ended.reason)),
+                frame = link.read() => {
+                    let mut frame = Some(frame);
+                    let mut outputs = Vec::new();
+                    // What else has arrived already is taken now, up to a bound: a burst
+                    // is handled in one go rather than one select (and its timers) each.
+                    for _ in 0..MAX_READ_BURST {
+                        let Some(next) = frame.take().or_else(|| link.read().now_or_never()) else {
+                            break;
+                        };
+                        match next {
+                            Ok(Wire::Text(raw)) => outputs.extend(self.on_text(raw, transport, &mut pending_binary)),
+                            Ok(Wire::Binary(data)) => outputs.extend(self.on_binary(data, transport, &mut pending_binary)),
+                            Err(ended) => {
+                                lost = Some(format!("{:?} {}", ended.code, ended.reason));
+                                break;
+                            }
+                        }
+                    }
+                    outputs
                 },
                 cmd = commands.recv() => match cmd {
                     None | Some(Command::Close) => {
@@ -579,6 +599,9 @@ impl Driver {
             };
             if let Err(e) = self.handle(outputs, &mut link, transport).await {
                 return LoopEnd::Lost(e.to_string());
+            }
+            if let Some(why) = lost.take() {
+                return LoopEnd::Lost(why);
             }
         }
     }

@@ -18,6 +18,9 @@ pub struct Outgoing {
     pub seq: u64,
     pub event_type: EventType,
     json: Json,
+    /// The length of the JSON text (asked for each time the message is queued or
+    /// counted; a shared message's head is not kept written).
+    json_len: usize,
     /// The two-frame form for a WebSocket client that accepts binary frames: the envelope
     /// with `bin_len`/`bin_mime` and no `data`, then the raw bytes (contract section 7).
     pub two_frame: Option<Box<(Bytes, Bytes)>>,
@@ -220,6 +223,7 @@ impl Outgoing {
             session,
             seq,
             event_type,
+            json_len: json.len(),
             json: Json::Whole(Bytes::from(json)),
             two_frame: None,
         }
@@ -236,22 +240,19 @@ impl Outgoing {
         ts: u64,
         tail: Bytes,
     ) -> Outgoing {
+        let json_len = Envelope::json_head_len(&id, &session, seq, ack, ts) + tail.len();
         Outgoing {
             session,
             seq,
             event_type,
             json: Json::Shared { id, ack, ts, tail },
+            json_len,
             two_frame: None,
         }
     }
 
     pub fn json_len(&self) -> usize {
-        match &self.json {
-            Json::Whole(json) => json.len(),
-            Json::Shared { id, ack, ts, tail } => {
-                Envelope::json_head_len(id, &self.session, self.seq, *ack, *ts) + tail.len()
-            }
-        }
+        self.json_len
     }
 
     /// The JSON as one buffer.

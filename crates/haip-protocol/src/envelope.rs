@@ -201,8 +201,8 @@ impl Envelope {
     }
 
     /// The wire form's tail from `channel` on (`,"channel":...}`), for a message sent to
-    /// many sessions: serialized once, then completed for each session with
-    /// [`Envelope::json_with_shared`].
+    /// many sessions: serialized once, then completed for each session by
+    /// [`Envelope::json_head`] (or [`Envelope::write_json_head`]) before it.
     pub fn shared_json(&self) -> String {
         struct Rest<'a>(&'a Envelope);
         impl Serialize for Rest<'_> {
@@ -215,22 +215,6 @@ impl Envelope {
         let mut json = serde_json::to_string(&Rest(self))
             .expect("an envelope always serializes: every map key is a string");
         json.replace_range(..1, ","); // `{"channel"` -> `,"channel"`
-        json
-    }
-
-    /// The wire form of a message whose fields from `channel` on are those `shared` was
-    /// made from (by [`Envelope::shared_json`]) and whose other fields are given here:
-    /// equal to `to_json` of that envelope with these fields.
-    pub fn json_with_shared(
-        id: &str,
-        session: &str,
-        seq: u64,
-        ack: Option<u64>,
-        ts: u64,
-        shared: &str,
-    ) -> String {
-        let mut json = Envelope::json_head(id, session, seq, ack, ts, shared.len());
-        json.push_str(shared);
         json
     }
 

@@ -439,14 +439,10 @@ impl SessionCore {
         self.threads_followed = Some(followed);
     }
 
-    /// Sends a copy of a message another session of the same subject sent in a thread
-    /// this session follows. It becomes this session's own message: its seq, its credit,
-    /// its replay window.
-    pub fn emit_followed(&mut self, copy: &Arc<SharedMessage>, now_ms: u64) {
-        self.emit_shared(copy, now_ms);
-    }
-
-    /// Sends a message many sessions send alike (see [`SharedMessage`]).
+    /// Sends a message many sessions send alike (see [`SharedMessage`]): a copy of what
+    /// another session of the same subject sent in a thread this one follows, or the
+    /// greeting. It becomes this session's own message: its seq, its credit, its replay
+    /// window.
     pub fn emit_shared(&mut self, message: &Arc<SharedMessage>, now_ms: u64) {
         if self.ended {
             return;
@@ -475,22 +471,14 @@ impl SessionCore {
         if !self.terms.accepts.contains(env.event_type()) {
             return; // suppressed messages take no seq
         }
-        // The size is only needed when the gate may hold the message: it counts towards
-        // byte credit and towards the held-output bound. Seq and ts are not set yet: 24
-        // bytes cover their digits.
+        // The cost is only needed when the gate may hold the message: it counts towards
+        // byte credit and towards the held-output bound.
         let restricted =
             !self.gate.credit(&env.channel).is_unlimited() || self.gate.is_paused(&env.channel);
-        let cost = if !restricted {
-            0
+        let cost = if restricted {
+            self.unsent_cost(&pending, now_ms)
         } else {
-            let unsent_len = match &pending {
-                Pending::Own(env) => env.to_json().len(),
-                Pending::Shared(shared) => {
-                    Envelope::json_head_len(&shared.id, &self.id, 0, None, 0)
-                        + shared.shared_json.len()
-                }
-            };
-            unsent_len as u64 + 24
+            0
         };
         let channel = env.channel.clone();
         match self.gate.offer(&channel, cost, pending) {
@@ -502,6 +490,28 @@ impl SessionCore {
                 }
             }
         }
+    }
+
+    /// What a message about to be offered to flow control costs, counted as the client
+    /// counts it (contract section 6): its JSON as sent plus decoded data. Seq, ack and ts
+    /// are those it gets if it goes now; one held behind others gets a later seq and ts,
+    /// which changes its length only when a number gains a digit.
+    fn unsent_cost(&self, pending: &Pending, now_ms: u64) -> u64 {
+        let seq = self.last_sent_seq + 1 + self.gate.held_messages() as u64;
+        let ack = self.inbound.last_delivered();
+        let json_len = match pending {
+            Pending::Own(env) => {
+                let as_is =
+                    Envelope::json_head_len(&env.id, &env.session, env.seq, env.ack, env.ts);
+                let as_sent = Envelope::json_head_len(&env.id, &env.session, seq, ack, now_ms);
+                env.to_json().len() - as_is + as_sent
+            }
+            Pending::Shared(shared) => {
+                Envelope::json_head_len(&shared.id, &self.id, seq, ack, now_ms)
+                    + shared.shared_json.len()
+            }
+        };
+        pending.env().flow_cost(json_len)
     }
 
     /// Ends the session: its output outgrew the bound while the client did not take it
@@ -579,7 +589,7 @@ impl SessionCore {
                     now_ms,
                     shared.shared_json.clone(),
                 );
-                if matches!(env.payload, Payload::AudioChunk(_)) {
+                if self.terms.binary_frames && matches!(env.payload, Payload::AudioChunk(_)) {
                     let mut own = env.clone();
                     own.id = id.to_string();
                     own.session = self.id.clone();
@@ -1292,6 +1302,39 @@ mod tests {
                 extra: Map::new(),
             }),
         )
+    }
+
+    /// Byte credit is spent exactly as the client counts what it receives (the length of
+    /// the text as sent), for a session's own messages and for shared ones alike.
+    #[test]
+    fn byte_credit_is_spent_as_the_client_counts_it() {
+        let mut f = Fixture::new();
+        f.send("HAI", "SYSTEM", None, hai_with_credit(1000));
+        f.sent();
+        let copy = Arc::new(SharedMessage::copies_of(agent_text(
+            &f.core,
+            "shared \"words\"",
+        )));
+        for now in [5, 1_700_000_000_000] {
+            let before = f.core.gate.credit(channel::AGENT);
+            let env = agent_text(&f.core, "own");
+            f.core.emit(env, now);
+            f.core.emit_shared(&copy, now);
+            let spent = before.bytes.unwrap() - f.core.gate.credit(channel::AGENT).bytes.unwrap();
+            let sent: u64 = f
+                .queue
+                .take_now()
+                .into_iter()
+                .map(|i| match i {
+                    OutItem::Frame(o) => {
+                        assert!(o.json().ends_with(b"}"));
+                        o.json().len() as u64
+                    }
+                    other => panic!("unexpected {other:?}"),
+                })
+                .sum();
+            assert_eq!(spent, sent, "at ts {now}");
+        }
     }
 
     #[test]

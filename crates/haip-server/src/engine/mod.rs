@@ -62,7 +62,8 @@ impl Session {
 }
 
 /// The locked state of a session. When it is released, what the session sent in threads
-/// goes on to the threads' followers, outside the lock (see [`threads`]).
+/// goes on to the threads' followers: queued under the lock (in seq order), delivered
+/// outside it (see [`threads`]).
 pub struct SessionGuard<'a> {
     /// Always `Some` until dropped.
     core: Option<MutexGuard<'a, SessionCore>>,
@@ -88,10 +89,12 @@ impl Drop for SessionGuard<'_> {
             return;
         };
         let sent = core.take_thread_output();
-        drop(core);
-        if !sent.is_empty() {
-            self.session.threads.forward(self.session, sent);
+        if sent.is_empty() {
+            return;
         }
+        let dispatch = self.session.threads.queue_copies(self.session, sent);
+        drop(core);
+        dispatch.run();
     }
 }
 

@@ -18,6 +18,10 @@
 //! message takes milliseconds, and the agent goes on producing meanwhile: batches form by
 //! themselves. When the relay falls too far behind, the sender delivers the queue itself
 //! (in order, after the batch in progress), which bounds what waits.
+//!
+//! Order: a follower gets each thread's messages in the order they were sent. Messages of
+//! two different threads it follows each have their own relay, so they may interleave
+//! differently than they were sent.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,8 +35,8 @@ use super::{now_ms, Session};
 /// The longest thread id accepted in `?thread=`, as for `thread_id` in the envelope.
 pub const MAX_THREAD_ID: usize = 128;
 
-/// Copies a thread may have waiting for its relay before the sender delivers them itself.
-const MAX_WAITING_COPIES: usize = 4096;
+/// Messages a thread may have waiting for its relay before the sender delivers them itself.
+const MAX_WAITING_MESSAGES: usize = 4096;
 
 /// Checks a `?thread=` value: what the contract allows for `thread_id`.
 pub fn valid_thread_id(id: &str) -> bool {
@@ -124,27 +128,78 @@ impl Threads {
         });
     }
 
-    /// Queues what `origin` sent in threads for their followers and makes sure a relay
-    /// delivers it. Called with no session lock held.
-    pub fn forward(&self, origin: &Session, sent: Vec<(String, Envelope)>) {
+    /// Queues what `origin` sent in threads for their followers. Called while the
+    /// session's lock is still held, so that copies queue in the order of the session's
+    /// seqs even when two of its tasks send at once; what [`Dispatch::run`] then does
+    /// (start a relay, or deliver) waits until the lock is released.
+    pub fn queue_copies(&self, origin: &Session, sent: Vec<(String, Envelope)>) -> Dispatch {
         let origin_id: Arc<str> = Arc::from(origin.id.as_str());
+        let mut dispatch = Dispatch(Vec::new());
         let mut sent = sent.into_iter().peekable();
         while let Some((thread_id, env)) = sent.next() {
+            let mut envs = vec![env];
+            while let Some((_, env)) = sent.next_if(|(t, _)| *t == thread_id) {
+                envs.push(env);
+            }
             let Some(thread) = self.get(&origin.subject, &thread_id) else {
                 continue; // nobody follows it
             };
             let mut state = locked(&thread.state);
-            state.waiting.push((origin_id.clone(), env));
-            while let Some((_, env)) = sent.next_if(|(t, _)| *t == thread_id) {
-                state.waiting.push((origin_id.clone(), env));
+            // A session following its own thread (a second tab of the same session) is
+            // not a reason to copy anything.
+            let others = state
+                .followers
+                .iter()
+                .any(|w| w.strong_count() > 0 && !std::ptr::eq(w.as_ptr(), origin));
+            if !others {
+                continue;
             }
+            state
+                .waiting
+                .extend(envs.into_iter().map(|env| (origin_id.clone(), env)));
             let start_relay = !state.relaying;
             state.relaying = true;
-            let behind = state.waiting.len() > MAX_WAITING_COPIES;
+            let behind = state.waiting.len() > MAX_WAITING_MESSAGES;
             drop(state);
+            dispatch.0.push(QueuedIn {
+                thread,
+                start_relay,
+                behind,
+            });
+        }
+        dispatch
+    }
+}
+
+/// What is left to do for copies just queued, once the sender's lock is released.
+#[must_use = "queued copies only go out when the dispatch runs"]
+pub struct Dispatch(Vec<QueuedIn>);
+
+/// A thread that copies were just queued in.
+struct QueuedIn {
+    thread: Arc<Thread>,
+    start_relay: bool,
+    behind: bool,
+}
+
+impl Dispatch {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Starts the relays that are not running, and delivers the copies of a thread whose
+    /// relay is too far behind. Called with no session lock held: delivering locks the
+    /// followers.
+    pub fn run(self) {
+        for QueuedIn {
+            thread,
+            start_relay,
+            behind,
+        } in self.0
+        {
             match tokio::runtime::Handle::try_current() {
                 Ok(runtime) if start_relay => {
-                    runtime.spawn(relay(thread.clone()));
+                    runtime.spawn(relay(thread));
                 }
                 Ok(_) if behind => thread.deliver_waiting(),
                 Ok(_) => {}
@@ -152,7 +207,9 @@ impl Threads {
                     // No runtime to run a relay on (the engine driven directly, as in
                     // unit tests): deliver now.
                     thread.deliver_waiting();
-                    locked(&thread.state).relaying = false;
+                    if start_relay {
+                        locked(&thread.state).relaying = false;
+                    }
                 }
             }
         }
@@ -161,11 +218,23 @@ impl Threads {
 
 /// Delivers a thread's copies until none are waiting.
 async fn relay(thread: Arc<Thread>) {
+    // Should the relay end early (a panic, or the runtime shutting down), the next copies
+    // start a new one instead of waiting for the sender to find the queue too long.
+    struct Running(Option<Arc<Thread>>);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            if let Some(thread) = self.0.take() {
+                locked(&thread.state).relaying = false;
+            }
+        }
+    }
+    let mut running = Running(Some(thread.clone()));
     loop {
         {
             let mut state = locked(&thread.state);
             if state.waiting.is_empty() {
                 state.relaying = false;
+                running.0 = None; // done, under the lock that checked
                 return;
             }
         }
@@ -197,10 +266,13 @@ impl Thread {
             .collect();
         let now = now_ms();
         for follower in followers {
+            // Its guard is dropped here with `delivery` held: that is only safe because a
+            // shared message is never itself queued for a thread (`emit_shared` records no
+            // thread output), so no delivery starts from inside this one.
             let mut core = follower.lock();
             for (origin, copy) in &batch {
                 if **origin != *follower.id {
-                    core.emit_followed(copy, now);
+                    core.emit_shared(copy, now);
                 }
             }
         }

@@ -100,7 +100,7 @@ pub struct Meta {
 #[derive(Debug)]
 struct Credit {
     returned: AtomicBool,
-    channel: String,
+    channel: Arc<str>,
     cost: u64,
 }
 
@@ -131,7 +131,7 @@ enum Command {
     },
     Subscribe(Pattern, mpsc::UnboundedSender<Received>),
     Consumed {
-        channel: String,
+        channel: Arc<str>,
         cost: u64,
     },
     Close,
@@ -168,7 +168,7 @@ impl Connection {
             config,
             session: ClientSession::new(SessionConfig::default()),
             subscribers: Vec::new(),
-            topics: Vec::new(),
+            labels: Vec::new(),
             status: status_tx,
             latency: latency_tx,
             session_id: session_tx,
@@ -403,8 +403,9 @@ struct Driver {
     config: ConnectionConfig,
     session: ClientSession,
     subscribers: Vec<(Pattern, mpsc::UnboundedSender<Received>)>,
-    /// The topic of each (channel, type) met so far, made once and shared by the messages.
-    topics: Vec<(String, EventType, Arc<str>)>,
+    /// The channel and topic of each (channel, type) met so far, made once and shared by
+    /// the messages.
+    labels: Vec<(Arc<str>, EventType, Arc<str>)>,
     status: watch::Sender<Status>,
     latency: watch::Sender<Option<u64>>,
     session_id: watch::Sender<Option<String>>,
@@ -561,6 +562,7 @@ impl Driver {
                 frame = link.read() => {
                     let mut frame = Some(frame);
                     let mut outputs = Vec::new();
+                    let now = now_ms(); // one clock read for the burst
                     // What else has arrived already is taken now, up to a bound: a burst
                     // is handled in one go rather than one select (and its timers) each.
                     for _ in 0..MAX_READ_BURST {
@@ -568,8 +570,8 @@ impl Driver {
                             break;
                         };
                         match next {
-                            Ok(Wire::Text(raw)) => outputs.extend(self.on_text(raw, transport, &mut pending_binary)),
-                            Ok(Wire::Binary(data)) => outputs.extend(self.on_binary(data, transport, &mut pending_binary)),
+                            Ok(Wire::Text(raw)) => outputs.extend(self.on_text(raw, transport, &mut pending_binary, now)),
+                            Ok(Wire::Binary(data)) => outputs.extend(self.on_binary(data, transport, &mut pending_binary, now)),
                             Err(ended) => {
                                 lost = Some(format!("{:?} {}", ended.code, ended.reason));
                                 break;
@@ -611,6 +613,7 @@ impl Driver {
         raw: Bytes,
         transport: Transport,
         pending_binary: &mut Option<Envelope>,
+        now_ms: u64,
     ) -> Vec<Output> {
         let env = match Envelope::parse_bytes(&raw) {
             Ok(env) => env,
@@ -629,7 +632,7 @@ impl Driver {
             *pending_binary = Some(env);
             return Vec::new();
         }
-        self.session.receive(Incoming::new(env, raw), now_ms())
+        self.session.receive(Incoming::new(env, raw), now_ms)
     }
 
     fn on_binary(
@@ -637,6 +640,7 @@ impl Driver {
         data: Bytes,
         _transport: Transport,
         pending_binary: &mut Option<Envelope>,
+        now_ms: u64,
     ) -> Vec<Output> {
         let Some(mut env) = pending_binary.take() else {
             tracing::warn!(server = %self.id, "binary frame without an envelope announcing it");
@@ -651,7 +655,7 @@ impl Driver {
         }
         env.bin_len = None;
         env.bin_mime = None;
-        self.session.received(env, now_ms())
+        self.session.received(env, now_ms)
     }
 
     async fn apply(&mut self, cmd: Command) -> Vec<Output> {
@@ -682,6 +686,7 @@ impl Driver {
         transport: Transport,
     ) -> Result<(), ClientError> {
         let mut writes = Vec::new();
+        let now = now_ms();
         for out in outputs {
             match out {
                 Output::Write(env) => writes.push(env),
@@ -692,7 +697,7 @@ impl Driver {
                             .session_id
                             .send(self.session.session_id().map(str::to_string));
                     }
-                    self.deliver(msg, transport);
+                    self.deliver(msg, transport, now);
                 }
                 Output::Latency(ms) => {
                     let _ = self.latency.send(Some(ms));
@@ -709,31 +714,35 @@ impl Driver {
         Ok(())
     }
 
-    fn topic_of(&mut self, channel: &str, event_type: EventType) -> Arc<str> {
-        if let Some((_, _, t)) = self
-            .topics
+    /// The channel and topic of a message, shared with earlier messages of the same kind.
+    fn labels_of(&mut self, channel: &str, event_type: EventType) -> (Arc<str>, Arc<str>) {
+        if let Some((c, _, t)) = self
+            .labels
             .iter()
-            .find(|(c, e, _)| *e == event_type && c == channel)
+            .find(|(c, e, _)| *e == event_type && **c == *channel)
         {
-            return t.clone();
+            return (c.clone(), t.clone());
         }
-        let t: Arc<str> = Arc::from(topic(channel, event_type.as_str()));
+        let labels: (Arc<str>, Arc<str>) = (
+            Arc::from(channel),
+            Arc::from(topic(channel, event_type.as_str())),
+        );
         // Channels are few; a server inventing a new one per message must not grow this.
-        if self.topics.len() < 256 {
-            self.topics
-                .push((channel.to_string(), event_type, t.clone()));
+        if self.labels.len() < 256 {
+            self.labels
+                .push((labels.0.clone(), event_type, labels.1.clone()));
         }
-        t
+        labels
     }
 
-    fn deliver(&mut self, msg: Incoming, transport: Transport) {
+    fn deliver(&mut self, msg: Incoming, transport: Transport, now_ms: u64) {
         let Incoming { env, raw, cost } = msg;
+        let (channel, topic) = self.labels_of(&env.channel, env.event_type());
         let credit = Arc::new(Credit {
             returned: AtomicBool::new(false),
-            channel: env.channel.clone(),
+            channel,
             cost,
         });
-        let topic = self.topic_of(&env.channel, env.event_type());
         let received = Received {
             raw,
             message: Arc::new(env),
@@ -741,7 +750,7 @@ impl Driver {
                 server_id: self.id.clone(),
                 transport,
                 topic,
-                received_at_ms: now_ms(),
+                received_at_ms: now_ms,
             },
             credit: credit.clone(),
         };

@@ -373,7 +373,8 @@ fn jwt_expiry_ms(token: &str) -> Option<u64> {
     claims["exp"].as_u64().map(|secs| secs * 1000)
 }
 
-/// Most frames read in one go before the connection's loop looks at its other work.
+/// Most frames read (or commands applied) in one go before the connection's loop looks at
+/// its other work.
 const MAX_READ_BURST: usize = 64;
 
 fn now_ms() -> u64 {
@@ -478,7 +479,7 @@ impl Driver {
                             let _ = self.status.send(Status::Disconnected);
                             return;
                         }
-                        Some(cmd) => { self.apply(cmd).await; }
+                        Some(cmd) => { self.apply(cmd, now_ms()).await; }
                     }
                 }
             }
@@ -554,6 +555,7 @@ impl Driver {
         });
         let mut pending_binary: Option<Envelope> = None;
         let mut lost = None;
+        let mut closing = false;
         loop {
             let deadline = self.session.next_deadline().map(|at| {
                 tokio::time::Instant::now() + Duration::from_millis(at.saturating_sub(now_ms()))
@@ -580,12 +582,31 @@ impl Driver {
                     }
                     outputs
                 },
-                cmd = commands.recv() => match cmd {
-                    None | Some(Command::Close) => {
-                        link.close().await;
-                        return LoopEnd::Closed;
+                cmd = commands.recv() => {
+                    // Credit comes back one command per message taken: the commands
+                    // already waiting are applied too, up to a bound, in one pass.
+                    let mut outputs = Vec::new();
+                    let now = now_ms();
+                    let mut next = cmd;
+                    let mut applied = 0;
+                    loop {
+                        match next.take() {
+                            None | Some(Command::Close) => {
+                                closing = true;
+                                break;
+                            }
+                            Some(cmd) => outputs.extend(self.apply(cmd, now).await),
+                        }
+                        applied += 1;
+                        if applied == MAX_READ_BURST {
+                            break;
+                        }
+                        match commands.try_recv() {
+                            Ok(cmd) => next = Some(cmd),
+                            Err(_) => break,
+                        }
                     }
-                    Some(cmd) => self.apply(cmd).await,
+                    outputs
                 },
                 _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {
                     self.session.poll(now_ms())
@@ -604,6 +625,10 @@ impl Driver {
             }
             if let Some(why) = lost.take() {
                 return LoopEnd::Lost(why);
+            }
+            if closing {
+                link.close().await;
+                return LoopEnd::Closed;
             }
         }
     }
@@ -658,9 +683,9 @@ impl Driver {
         self.session.received(env, now_ms)
     }
 
-    async fn apply(&mut self, cmd: Command) -> Vec<Output> {
+    async fn apply(&mut self, cmd: Command, now_ms: u64) -> Vec<Output> {
         match cmd {
-            Command::Send { env, done } => match self.session.submit(*env, now_ms()) {
+            Command::Send { env, done } => match self.session.submit(*env, now_ms) {
                 Ok(out) => {
                     let _ = done.send(Ok(()));
                     out
@@ -674,7 +699,7 @@ impl Driver {
                 self.subscribers.push((p, tx));
                 Vec::new()
             }
-            Command::Consumed { channel, cost } => self.session.consumed(&channel, cost, now_ms()),
+            Command::Consumed { channel, cost } => self.session.consumed(&channel, cost, now_ms),
             Command::Close => Vec::new(),
         }
     }

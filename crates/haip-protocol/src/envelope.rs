@@ -219,16 +219,8 @@ impl Envelope {
     }
 
     /// The start of the wire form, up to `ts`: what [`Envelope::shared_json`] completes.
-    /// `room` is reserved for the rest.
-    pub fn json_head(
-        id: &str,
-        session: &str,
-        seq: u64,
-        ack: Option<u64>,
-        ts: u64,
-        room: usize,
-    ) -> String {
-        let mut json = String::with_capacity(room + id.len() + session.len() + 80);
+    pub fn json_head(id: &str, session: &str, seq: u64, ack: Option<u64>, ts: u64) -> String {
+        let mut json = String::with_capacity(id.len() + session.len() + 80);
         let _ = Envelope::write_json_head(&mut json, id, session, seq, ack, ts);
         json
     }

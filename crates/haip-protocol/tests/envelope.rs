@@ -155,10 +155,10 @@ fn a_shared_tail_completed_per_session_equals_the_whole_serialization() {
             env.ack = ack;
             let shared = env.shared_json();
             assert!(shared.starts_with(",\"channel\":"), "{shared}");
-            let mut copy = Envelope::json_head(&env.id, &env.session, env.seq, ack, env.ts, 0);
+            let mut copy = Envelope::json_head(&env.id, &env.session, env.seq, ack, env.ts);
             copy.push_str(&shared);
             assert_eq!(copy, env.to_json(), "{word:?} ack {ack:?}");
-            let head = Envelope::json_head(&env.id, &env.session, env.seq, ack, env.ts, 0);
+            let head = Envelope::json_head(&env.id, &env.session, env.seq, ack, env.ts);
             assert_eq!(
                 Envelope::json_head_len(&env.id, &env.session, env.seq, ack, env.ts),
                 head.len(),

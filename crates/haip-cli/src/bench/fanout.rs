@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use super::ceiling::{self, Shape};
+use super::ceiling::Shape;
 use super::report::{percentile, Progress, Report};
 use super::{long_text, open_all, until_finished, BenchArgs, Received};
 
@@ -84,26 +84,19 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     let rate = messages as f64 / elapsed;
     let frame = all.sample.unwrap_or_else(|| Bytes::from(text.clone()));
     let shape = Shape::one_stream(args.sessions, messages, frame);
-    let ceilings = args
-        .ceiling(|url| async move { ceiling::compare(&url, &shape, rate).await })
-        .await;
-    Ok(Report {
-        scenario: "fanout",
-        transport: args.connect.transport.as_str(),
-        rows: vec![
-            ("followers", args.sessions as f64, ""),
-            ("rounds", rounds as f64, ""),
-            ("parts per round", words as f64, ""),
-            ("messages delivered", messages as f64, ""),
-            ("messages delivered/s", rate, "msg/s"),
-            ("bytes delivered/s", bytes as f64 / elapsed, "B/s"),
-            ("round (to last follower) p50", percentile(&lags, 0.5), "ms"),
-            (
-                "round (to last follower) max",
-                lags.last().copied().unwrap_or(0.0),
-                "ms",
-            ),
-        ],
-        ceilings,
-    })
+    let rows = vec![
+        ("followers", args.sessions as f64, ""),
+        ("rounds", rounds as f64, ""),
+        ("parts per round", words as f64, ""),
+        ("messages delivered", messages as f64, ""),
+        ("messages delivered/s", rate, "msg/s"),
+        ("bytes delivered/s", bytes as f64 / elapsed, "B/s"),
+        ("round (to last follower) p50", percentile(&lags, 0.5), "ms"),
+        (
+            "round (to last follower) max",
+            lags.last().copied().unwrap_or(0.0),
+            "ms",
+        ),
+    ];
+    Ok(args.report_against_bare("fanout", rows, shape, rate).await)
 }

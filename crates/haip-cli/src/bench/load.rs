@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::ceiling::{self, Shape};
+use super::ceiling::Shape;
 use super::report::{percentile, Progress, Report};
 use super::{long_text, open_all, until_finished, BenchArgs, Received};
 
@@ -72,27 +72,20 @@ pub async fn echo(args: &BenchArgs) -> anyhow::Result<Report> {
         duration: Duration::from_secs(args.duration),
         interval,
     };
-    let ceilings = args
-        .ceiling(|url| async move { ceiling::compare(&url, &shape, rate).await })
-        .await;
-    Ok(Report {
-        scenario: "echo",
-        transport: args.connect.transport.as_str(),
-        rows: vec![
-            ("sessions", args.sessions as f64, ""),
-            ("round trips", latencies.len() as f64, ""),
-            ("messages delivered/s", rate, "msg/s"),
-            ("latency p50", percentile(&latencies, 0.50), "ms"),
-            ("latency p90", percentile(&latencies, 0.90), "ms"),
-            ("latency p99", percentile(&latencies, 0.99), "ms"),
-            (
-                "latency max",
-                latencies.last().copied().unwrap_or(0.0),
-                "ms",
-            ),
-        ],
-        ceilings,
-    })
+    let rows = vec![
+        ("sessions", args.sessions as f64, ""),
+        ("round trips", latencies.len() as f64, ""),
+        ("messages delivered/s", rate, "msg/s"),
+        ("latency p50", percentile(&latencies, 0.50), "ms"),
+        ("latency p90", percentile(&latencies, 0.90), "ms"),
+        ("latency p99", percentile(&latencies, 0.99), "ms"),
+        (
+            "latency max",
+            latencies.last().copied().unwrap_or(0.0),
+            "ms",
+        ),
+    ];
+    Ok(args.report_against_bare("echo", rows, shape, rate).await)
 }
 
 pub async fn stream(args: &BenchArgs) -> anyhow::Result<Report> {
@@ -138,24 +131,17 @@ pub async fn stream(args: &BenchArgs) -> anyhow::Result<Report> {
     let rate = messages as f64 / elapsed;
     let frame = all.sample.unwrap_or_else(|| Bytes::from(text.to_string()));
     let shape = Shape::one_stream(args.sessions, messages, frame);
-    let ceilings = args
-        .ceiling(|url| async move { ceiling::compare(&url, &shape, rate).await })
-        .await;
-    Ok(Report {
-        scenario: "stream",
-        transport: args.connect.transport.as_str(),
-        rows: vec![
-            ("sessions", args.sessions as f64, ""),
-            ("parts per stream", words as f64, ""),
-            ("messages delivered/s", rate, "msg/s"),
-            ("bytes delivered/s", bytes as f64 / elapsed, "B/s"),
-            ("time to first part p50", percentile(&ttfp, 0.5), "ms"),
-            (
-                "time to first part max",
-                ttfp.last().copied().unwrap_or(0.0),
-                "ms",
-            ),
-        ],
-        ceilings,
-    })
+    let rows = vec![
+        ("sessions", args.sessions as f64, ""),
+        ("parts per stream", words as f64, ""),
+        ("messages delivered/s", rate, "msg/s"),
+        ("bytes delivered/s", bytes as f64 / elapsed, "B/s"),
+        ("time to first part p50", percentile(&ttfp, 0.5), "ms"),
+        (
+            "time to first part max",
+            ttfp.last().copied().unwrap_or(0.0),
+            "ms",
+        ),
+    ];
+    Ok(args.report_against_bare("stream", rows, shape, rate).await)
 }

@@ -85,6 +85,26 @@ impl BenchArgs {
             .unwrap_or_else(|| ceiling::url_beside(&self.connect.url))
     }
 
+    /// The report of a throughput scenario (`rows`, whose messages/s is `rate`), with its
+    /// ceilings: the bare echo and the bare stream of `shape`.
+    async fn report_against_bare(
+        &self,
+        scenario: &'static str,
+        rows: Vec<report::Row>,
+        shape: ceiling::Shape,
+        rate: f64,
+    ) -> report::Report {
+        let ceilings = self
+            .ceiling(|url| async move { ceiling::compare(&url, &shape, rate).await })
+            .await;
+        report::Report {
+            scenario,
+            transport: self.connect.transport.as_str(),
+            rows,
+            ceilings,
+        }
+    }
+
     /// Measures the ceiling with `measure`, or says why it was not.
     async fn ceiling<T, F, Fut>(&self, measure: F) -> Result<T, String>
     where

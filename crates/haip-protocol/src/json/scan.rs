@@ -65,6 +65,16 @@ struct Scanner<'a> {
 }
 
 impl<'a> Scanner<'a> {
+    /// Skips whitespace and reads `close` when it comes next: an empty object or array.
+    fn closes_at_once(&mut self, close: u8) -> bool {
+        self.skip_whitespace();
+        let empty = self.peek() == Some(close);
+        if empty {
+            self.pos += 1;
+        }
+        empty
+    }
+
     /// The fields of an object whose `{` was just read, through its `}`. `in_inner` says
     /// which object they belong to, for [`Field::inner`].
     fn fields(
@@ -73,9 +83,7 @@ impl<'a> Scanner<'a> {
         in_inner: bool,
         field: &mut impl FnMut(Field<'a>),
     ) -> Option<()> {
-        self.skip_whitespace();
-        if self.peek() == Some(b'}') {
-            self.pos += 1;
+        if self.closes_at_once(b'}') {
             return Some(());
         }
         loop {
@@ -269,9 +277,7 @@ impl<'a> Scanner<'a> {
 
     /// The rest of an object inside a value (not reported), its `{` already read.
     fn nested_object(&mut self, depth: u32) -> Option<()> {
-        self.skip_whitespace();
-        if self.peek() == Some(b'}') {
-            self.pos += 1;
+        if self.closes_at_once(b'}') {
             return Some(());
         }
         loop {
@@ -292,9 +298,7 @@ impl<'a> Scanner<'a> {
 
     /// The rest of an array, its `[` already read.
     fn array(&mut self, depth: u32) -> Option<()> {
-        self.skip_whitespace();
-        if self.peek() == Some(b']') {
-            self.pos += 1;
+        if self.closes_at_once(b']') {
             return Some(());
         }
         loop {

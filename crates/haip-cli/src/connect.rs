@@ -141,6 +141,7 @@ pub async fn stream_reply(
     json: bool,
 ) -> Result<ReplyEnd, ClientError> {
     let mut out = std::io::stdout();
+    let mut shown = false;
     loop {
         let Some(item) = sub.recv().await else {
             return Err(ClientError::Stopped);
@@ -153,17 +154,24 @@ pub async fn stream_reply(
             let _ = writeln!(out, "{}", String::from_utf8_lossy(&item.raw));
             let _ = out.flush();
         }
-        if let Some(end) = reply_event(&item, json, &mut out) {
+        if let Some(end) = reply_event(&item, json, &mut out, &mut shown) {
             return Ok(end);
         }
     }
 }
 
-fn reply_event(item: &Received, json: bool, out: &mut impl Write) -> Option<ReplyEnd> {
+/// What one received message means for the reply; `shown` is whether text was printed.
+fn reply_event(
+    item: &Received,
+    json: bool,
+    out: &mut impl Write,
+    shown: &mut bool,
+) -> Option<ReplyEnd> {
     match &item.message.payload {
         Payload::MessagePart(p) if item.message.channel == "AGENT" && !json => {
             let _ = write!(out, "{}", p.text);
             let _ = out.flush();
+            *shown = true;
             None
         }
         Payload::RunFinished(r) => {
@@ -176,6 +184,17 @@ fn reply_event(item: &Received, json: bool, out: &mut impl Write) -> Option<Repl
             Some(ReplyEnd::Finished {
                 ok: status == "OK",
                 status,
+            })
+        }
+        // A run that failed (e.g. the model server refused) ends the reply with its
+        // reason, on the line after what was shown.
+        Payload::RunError(e) => {
+            if *shown {
+                let _ = writeln!(out);
+            }
+            Some(ReplyEnd::Error {
+                code: e.code.clone(),
+                message: e.message.clone(),
             })
         }
         Payload::Error(e) => Some(ReplyEnd::Error {

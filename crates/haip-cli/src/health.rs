@@ -39,7 +39,7 @@ async fn get(http: &reqwest::Client, url: &str) -> Result<Value, String> {
 
 pub fn run(args: &HealthArgs) -> ExitCode {
     crate::connect::block_on(async {
-        let http = match reqwest::Client::builder()
+        let http = match haip_client::tls::http_client_builder()
             .timeout(Duration::from_secs(5))
             .build()
         {

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use haip_server::agent::EchoAgent;
+use haip_server::agent::openai::{OpenAiAgent, OpenAiConfig};
+use haip_server::agent::{Agent, EchoAgent};
 use haip_server::app::AppState;
 use haip_server::auth::{random_secret, Authenticator};
 use haip_server::config::{LogFormat, ServerConfig};
@@ -131,9 +132,37 @@ pub struct Settings {
     /// text or json [default: text]
     #[arg(long, env = "LOG_FORMAT")]
     log_format: Option<String>,
+    /// Who answers user messages: echo (your own words back) or openai (any
+    /// OpenAI-compatible chat server: OpenAI, vLLM, llama.cpp, Ollama, LM Studio...)
+    /// [default: echo]
+    #[arg(long, env = "AGENT")]
+    agent: Option<String>,
     /// Milliseconds between the echo agent's words [default: 20]
     #[arg(long, env = "ECHO_WORD_DELAY")]
     echo_word_delay: Option<u64>,
+    /// With --agent openai: the API base, up to and including /v1
+    /// [default: https://api.openai.com/v1]
+    #[arg(long, env = "OPENAI_BASE_URL")]
+    openai_base_url: Option<String>,
+    /// With --agent openai: sent as Authorization: Bearer; never logged or shown
+    #[arg(long, env = "OPENAI_API_KEY", hide_env_values = true)]
+    openai_api_key: Option<String>,
+    /// With --agent openai: the model to ask (required), e.g. gpt-4o-mini
+    #[arg(long, env = "OPENAI_MODEL")]
+    openai_model: Option<String>,
+    /// With --agent openai: a system prompt put before every conversation
+    #[arg(long, env = "AGENT_SYSTEM_PROMPT")]
+    agent_system_prompt: Option<String>,
+    /// Messages kept per conversation (a thread, else a session); oldest dropped first
+    /// [default: 50]
+    #[arg(long, env = "AGENT_HISTORY")]
+    agent_history: Option<usize>,
+    /// Milliseconds the model server may send nothing before the run fails [default: 60000]
+    #[arg(long, env = "AGENT_TIMEOUT")]
+    agent_timeout: Option<u64>,
+    /// Tool rounds one answer may take before the run fails [default: 8]
+    #[arg(long, env = "AGENT_MAX_TOOL_ROUNDS")]
+    agent_max_tool_rounds: Option<u32>,
     /// Serve /autobahn, an unauthenticated WebSocket echo for the Autobahn conformance suite
     /// (scripts/autobahn); for testing only [default: false]
     #[arg(long, env = "HAIP_AUTOBAHN_ECHO", num_args = 0..=1, default_missing_value = "true")]
@@ -141,7 +170,12 @@ pub struct Settings {
 }
 
 #[derive(clap::Args)]
-#[command(about = "Run the HAIP server (WebSocket, SSE and HTTP streaming) with the echo agent")]
+#[command(
+    about = "Run the HAIP server (WebSocket, SSE and HTTP streaming) with the echo agent or a model",
+    after_help = "Examples:\n  haip serve\n  haip serve --agent openai --openai-model gpt-4o-mini   \
+                  (OPENAI_API_KEY from the environment)\n  haip serve --agent openai \
+                  --openai-base-url http://127.0.0.1:11434/v1 --openai-model llama3.2   (Ollama)"
+)]
 pub struct ServeArgs {
     /// TOML file of settings (keys as the flags, in snake case: port = 8080)
     #[arg(long, env = "HAIP_CONFIG")]
@@ -163,8 +197,22 @@ fn positive<T: PartialOrd + Default + Copy>(key: &str, v: Option<T>) -> anyhow::
     Ok(v)
 }
 
+/// Who answers user messages.
+#[derive(Debug)]
+pub enum AgentChoice {
+    Echo,
+    OpenAi(OpenAiConfig),
+}
+
+/// Everything `haip serve` runs with.
+#[derive(Debug)]
+pub struct Resolved {
+    pub server: ServerConfig,
+    pub agent: AgentChoice,
+}
+
 /// Builds the server configuration: flag > environment > file > default.
-pub fn resolve(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
+pub fn resolve(args: &ServeArgs) -> anyhow::Result<Resolved> {
     let file: Settings = match &args.config {
         None => Settings::default(),
         Some(path) => {
@@ -214,7 +262,15 @@ pub fn resolve(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
         enable_compression,
         enable_logging,
         log_format,
+        agent,
         echo_word_delay,
+        openai_base_url,
+        openai_api_key,
+        openai_model,
+        agent_system_prompt,
+        agent_history,
+        agent_timeout,
+        agent_max_tool_rounds,
         autobahn_echo
     );
     let d = ServerConfig::default();
@@ -240,7 +296,35 @@ pub fn resolve(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
     if s.jwt_secret.as_deref() == Some("") {
         bail!("invalid JWT_SECRET: must not be empty");
     }
-    Ok(ServerConfig {
+    let agent = match s.agent.as_deref() {
+        None | Some("echo") => AgentChoice::Echo,
+        Some("openai") => {
+            let Some(model) = s.openai_model.filter(|m| !m.trim().is_empty()) else {
+                bail!(
+                    "OPENAI_MODEL is required with AGENT=openai: name the model to ask, \
+                     e.g. --openai-model gpt-4o-mini"
+                );
+            };
+            let mut openai = OpenAiConfig::new(model);
+            if let Some(url) = s.openai_base_url {
+                openai.base_url = url;
+            }
+            openai.api_key = s.openai_api_key.filter(|k| !k.is_empty());
+            openai.system_prompt = s.agent_system_prompt.filter(|p| !p.is_empty());
+            if let Some(n) = positive("AGENT_HISTORY", s.agent_history)? {
+                openai.history = n;
+            }
+            if let Some(ms) = positive("AGENT_TIMEOUT", s.agent_timeout)? {
+                openai.timeout = Duration::from_millis(ms);
+            }
+            if let Some(n) = s.agent_max_tool_rounds {
+                openai.max_tool_rounds = n;
+            }
+            AgentChoice::OpenAi(openai)
+        }
+        Some(other) => bail!("invalid AGENT: {other:?} (expected echo or openai)"),
+    };
+    let server = ServerConfig {
         host: s.host.unwrap_or(d.host),
         port: s.port.unwrap_or(d.port),
         jwt_secret: s.jwt_secret,
@@ -318,7 +402,8 @@ pub fn resolve(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
         log_format,
         echo_word_delay: ms(s.echo_word_delay, d.echo_word_delay),
         autobahn_echo: s.autobahn_echo.unwrap_or(d.autobahn_echo),
-    })
+    };
+    Ok(Resolved { server, agent })
 }
 
 fn init_logging(config: &ServerConfig) {
@@ -337,14 +422,29 @@ fn init_logging(config: &ServerConfig) {
 }
 
 pub fn run(args: &ServeArgs) -> ExitCode {
-    let config = match resolve(args) {
-        Ok(c) => c,
+    let Resolved {
+        server: config,
+        agent,
+    } = match resolve(args) {
+        Ok(r) => r,
         Err(e) => {
             eprintln!("haip serve: {e:#}");
             return ExitCode::from(2);
         }
     };
     init_logging(&config);
+    let agent: Arc<dyn Agent> = match agent {
+        AgentChoice::Echo => Arc::new(EchoAgent {
+            word_delay: config.echo_word_delay,
+        }),
+        AgentChoice::OpenAi(openai) => match OpenAiAgent::new(openai) {
+            Ok(a) => Arc::new(a),
+            Err(e) => {
+                eprintln!("haip serve: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -352,7 +452,7 @@ pub fn run(args: &ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(config)) {
+    match runtime.block_on(serve(config, agent)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("haip serve: {e:#}");
@@ -361,7 +461,7 @@ pub fn run(args: &ServeArgs) -> ExitCode {
     }
 }
 
-async fn serve(mut config: ServerConfig) -> anyhow::Result<()> {
+async fn serve(mut config: ServerConfig, agent: Arc<dyn Agent>) -> anyhow::Result<()> {
     let mut generated_secret = false;
     let auth = match &config.jwt_public_key_pem {
         Some(pem) => Authenticator::with_public_key(
@@ -387,9 +487,6 @@ async fn serve(mut config: ServerConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
     let addr = listener.local_addr()?;
-    let agent = Arc::new(EchoAgent {
-        word_delay: config.echo_word_delay,
-    });
     let shown_host = if addr.ip().is_unspecified() {
         "127.0.0.1".to_string()
     } else {
@@ -398,6 +495,7 @@ async fn serve(mut config: ServerConfig) -> anyhow::Result<()> {
     let base = format!("{}:{}", shown_host, addr.port());
     let mut banner = String::new();
     let _ = writeln!(banner, "haip-rs listening on {addr}");
+    let _ = writeln!(banner, "agent: {}", agent.describe());
     if let Some(token) = auth.mint("demo", 24 * 3600) {
         if generated_secret {
             let _ = writeln!(

@@ -185,28 +185,32 @@ fn a_client_that_never_reads_is_bounded_and_does_not_hold_up_the_others() {
             .map(|n| tokio::spawn(reader(served.port, served.token.clone(), n, 5, 200)))
             .collect();
         let mut peak = baseline;
-        let mut ended = false;
-        while started.elapsed() < WAIT && !(ended && readers.iter().all(|r| r.is_finished())) {
+        while started.elapsed() < WAIT && !readers.iter().all(|r| r.is_finished()) {
             tokio::time::sleep(Duration::from_millis(50)).await;
             peak = peak.max(memory_kib(pid).0);
-            ended = served
-                .log
-                .lock()
-                .unwrap()
-                .iter()
-                .any(|l| l.contains("ending session"));
+        }
+        // A little longer, so that a backlog still growing would show.
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            peak = peak.max(memory_kib(pid).0);
         }
         let mut parts = 0;
         for r in readers {
             parts += r.await.expect("reader finished");
         }
         assert_eq!(parts, READERS * 5 * 200, "every reader got every word");
-        assert!(ended, "the non-reader's session was ended and logged: {:?}", served.log.lock().unwrap());
+        // Its agent waits for it instead: the output it did not take is not a reason to
+        // end its session.
+        let log = served.log.lock().unwrap().clone();
+        assert!(
+            !log.iter().any(|l| l.contains("ending session")),
+            "the non-reader's session was ended: {log:?}"
+        );
         let growth_kib = peak.saturating_sub(baseline);
-        // The bound: the replay window and the unread backlog are each capped at HELD_BYTES
-        // of JSON; allocation overhead, the flood's parsed input, the readers' traffic and
-        // the allocator's free lists come on top. Without the bound the backlog alone would
-        // pass 120 MB.
+        // The bound: the agent stops at half of HELD_BYTES of unsent JSON and the replay
+        // window is capped at HELD_BYTES; allocation overhead, the flood's parsed input, the
+        // readers' traffic and the allocator's free lists come on top. Without back-pressure
+        // the backlog alone would pass 120 MB.
         let allowed_kib = 6 * HELD_BYTES / 1024;
         println!("server RSS: baseline {baseline} KiB, peak {peak} KiB, growth {growth_kib} KiB (allowed {allowed_kib} KiB)");
         assert!(

@@ -172,7 +172,7 @@ impl Connection {
             status: status_tx,
             latency: latency_tx,
             session_id: session_tx,
-            http: reqwest::Client::new(),
+            http: crate::tls::http_client(),
             commands: commands.clone(),
         };
         tokio::spawn(driver.run(rx));

@@ -10,6 +10,7 @@ pub mod error;
 pub mod helpers;
 pub mod link;
 pub mod session;
+pub mod tls;
 pub mod topic;
 pub mod url;
 

@@ -21,10 +21,13 @@ pub enum ErrorCode {
     BinaryFrameError,
     RateLimited,
     InternalError,
+    /// The agent behind the server failed (contract section 12): its upstream model server
+    /// refused or broke off, or no agent worker was there to answer.
+    AgentError,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 17] = [
         ErrorCode::ProtocolViolation,
         ErrorCode::SeqViolation,
         ErrorCode::FlowControlViolation,
@@ -41,6 +44,7 @@ impl ErrorCode {
         ErrorCode::BinaryFrameError,
         ErrorCode::RateLimited,
         ErrorCode::InternalError,
+        ErrorCode::AgentError,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -61,6 +65,7 @@ impl ErrorCode {
             ErrorCode::BinaryFrameError => "BINARY_FRAME_ERROR",
             ErrorCode::RateLimited => "RATE_LIMITED",
             ErrorCode::InternalError => "INTERNAL_ERROR",
+            ErrorCode::AgentError => "AGENT_ERROR",
         }
     }
 

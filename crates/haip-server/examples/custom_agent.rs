@@ -21,16 +21,17 @@ impl Agent for ShoutingAgent {
     fn on_text(&self, reply: Reply, text: String) -> BoxFuture {
         Box::pin(async move {
             let Some(run) = reply.start_run() else { return };
-            let message_id = run.message_start("shouter");
-            let words = haip_server::agent::words(&text);
-            for word in &words {
+            let message_id = run.message_start("shouter").await;
+            let mut count = 0;
+            for word in haip_server::agent::words(&text) {
                 if run.is_cancelled() {
                     return run.finish(RunStatus::Cancelled);
                 }
-                run.message_part(&message_id, &word.to_uppercase());
+                run.message_part(&message_id, &word.to_uppercase()).await;
+                count += 1;
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            run.message_end(&message_id, words.len() as u64);
+            run.message_end(&message_id, count).await;
             run.finish(RunStatus::Ok);
         })
     }

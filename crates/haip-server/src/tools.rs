@@ -7,11 +7,48 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use haip_protocol::payload::{ToolInfo, ToolList, ToolSchema};
+use haip_protocol::payload::{RunStatus, ToolInfo, ToolList, ToolSchema};
 use serde_json::{json, Map, Value};
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::core::ToolCatalog;
+/// Which tools exist, for TOOL_LIST, TOOL_SCHEMA and TOOL_CALL routing.
+pub trait ToolCatalog: Send + Sync {
+    fn list(&self) -> ToolList;
+    fn schema(&self, tool: &str) -> Option<ToolSchema>;
+    fn has(&self, tool: &str) -> bool;
+}
+
+/// A tool as an agent offers it to a model: name, description and input schema.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolSpec {
+    pub name: String,
+    pub description: String,
+    pub input_schema: Value,
+}
+
+/// How a tool call ended, as its TOOL_DONE told the client: `result` is the tool's result
+/// (OK), `{code, message}` (ERROR), or absent (CANCELLED).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolOutcome {
+    pub status: RunStatus,
+    pub result: Option<Value>,
+}
+
+impl ToolOutcome {
+    pub fn error(code: &str, message: impl Into<String>) -> ToolOutcome {
+        ToolOutcome {
+            status: RunStatus::Error,
+            result: Some(json!({"code": code, "message": message.into()})),
+        }
+    }
+
+    pub fn cancelled() -> ToolOutcome {
+        ToolOutcome {
+            status: RunStatus::Cancelled,
+            result: None,
+        }
+    }
+}
 
 /// A tool failed; the message reaches the client in TOOL_DONE {status: ERROR}.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -93,6 +130,18 @@ impl ToolRegistry {
         self.tools.retain(|t| t.tool.name() != tool.name());
         self.tools.push(Registered { tool, validator });
         Ok(())
+    }
+
+    /// Every tool with its input schema, in registration order.
+    pub fn specs(&self) -> Vec<ToolSpec> {
+        self.tools
+            .iter()
+            .map(|t| ToolSpec {
+                name: t.tool.name().to_string(),
+                description: t.tool.description().to_string(),
+                input_schema: t.tool.input_schema(),
+            })
+            .collect()
     }
 
     fn find(&self, name: &str) -> Option<&Registered> {

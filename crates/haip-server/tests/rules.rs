@@ -899,17 +899,26 @@ async fn pause_beats_credit(kind: Kind) {
 
 on_transports!(pause_holds_despite_credit, pause_beats_credit);
 
-/// Held output is bounded (`flow_control_max_held_messages`): a client that grants no more
-/// credit while the agent keeps talking gets ERROR FLOW_CONTROL_VIOLATION with reason
-/// HELD_OUTPUT_LIMIT, its connection closes, and the session cannot be resumed.
+/// Held output is bounded (`flow_control_max_held_messages`) for what a client causes: a
+/// client that grants no more credit while making the server answer it (its own tool
+/// calls) gets ERROR FLOW_CONTROL_VIOLATION with reason HELD_OUTPUT_LIMIT, its connection
+/// closes, and the session cannot be resumed.
 async fn held_output_bound(kind: Kind) {
     let srv = Server::start_with(|c| c.flow_control_max_held_messages = 20).await;
     let mut c = srv.connect(kind).await;
     let mut hai = hai_payload(&ALL_EVENTS);
     hai["capabilities"] = json!({"flow_control": {"initial_credit_messages": 2}});
     c.send_msg("SYSTEM", "HAI", hai).await;
-    let words: Vec<String> = (0..40).map(|i| format!("w{i}")).collect();
-    c.say(&words.join(" ")).await;
+    for i in 0..40 {
+        let call = c.msg(
+            "USER",
+            "TOOL_CALL",
+            json!({"call_id": format!("c{i}"), "tool": "echo", "params": {"message": "hi"}}),
+        );
+        if c.send(&call).await.is_some_and(|r| r.status != 200) {
+            break; // the session already ended
+        }
+    }
     let error = expect_error(&mut c, "FLOW_CONTROL_VIOLATION").await;
     assert_eq!(error["payload"]["detail"]["reason"], "HELD_OUTPUT_LIMIT");
     let (code, _) = c.expect_close().await;
@@ -928,6 +937,45 @@ async fn held_output_bound(kind: Kind) {
 }
 
 on_transports!(held_output_is_bounded, held_output_bound);
+
+/// An agent is not a client: while the client grants no credit, the agent's answer waits
+/// (it never reaches the bound), and once FLOW_UPDATE grants credit every word arrives.
+async fn agent_waits_for_credit(kind: Kind) {
+    let srv = Server::start_with(|c| {
+        c.flow_control_max_held_messages = 20;
+        c.echo_word_delay = ms(0);
+    })
+    .await;
+    let mut c = srv.connect(kind).await;
+    let mut hai = hai_payload(&ALL_EVENTS);
+    hai["capabilities"] = json!({"flow_control": {"initial_credit_messages": 2}});
+    c.send_msg("SYSTEM", "HAI", hai).await;
+    let words: Vec<String> = (0..100).map(|i| format!("w{i}")).collect();
+    c.say(&words.join(" ")).await;
+    // Long enough for 100 words to pass the bound many times over without back-pressure.
+    let early = c.collect_for(ms(300)).await;
+    assert!(
+        !early.iter().any(|v| ty(v) == "ERROR"),
+        "the agent's output ended the session: {early:?}"
+    );
+    c.send_msg(
+        "SYSTEM",
+        "FLOW_UPDATE",
+        json!({"channel": "AGENT", "add_messages": 1000}),
+    )
+    .await;
+    c.recv_where(|v| ty(v) == "RUN_FINISHED").await;
+    let parts: String = c
+        .log
+        .iter()
+        .filter(|v| ty(v) == "MESSAGE_PART" && chan(v) == "AGENT")
+        .map(|v| v["payload"]["text"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(parts, words.join(" "));
+    assert!(errors(&c).is_empty(), "{:?}", errors(&c));
+}
+
+on_transports!(agent_output_waits_for_credit, agent_waits_for_credit);
 
 // =======================================================================================
 // Section 6: flow control, client to server

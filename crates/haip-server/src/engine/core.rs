@@ -14,8 +14,8 @@ use std::sync::Arc;
 use haip_protocol::flow::{Credit, ReceiveMeter, SendGate};
 use haip_protocol::handshake::{self, Offer, PeerTerms, VersionIncompatible};
 use haip_protocol::payload::{
-    AudioChunk, ChannelRef, ErrorPayload, FlowUpdate, Hai, Nonce, RunFinished, RunStatus, ToolList,
-    ToolSchema,
+    AudioChunk, ChannelRef, ErrorPayload, FlowUpdate, Hai, Nonce, RunFinished, RunStatus, ToolCall,
+    ToolDone,
 };
 use haip_protocol::replay::{ReplayConfig, ReplayError, ReplayWindow};
 use haip_protocol::runs::{RunError, RunTable, ToolCalls};
@@ -25,6 +25,8 @@ use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
 use super::outbound::{Close, ConnQueue, OutItem, Outgoing};
+use crate::agent::RunEnding;
+use crate::tools::{ToolCatalog, ToolOutcome};
 
 /// A message many sessions send alike: another session's message in a thread, to each
 /// follower; the TOOL_LIST and first HAI, to every new session. Serialized once from
@@ -94,6 +96,24 @@ pub struct SessionLimits {
     pub max_held_bytes: u64,
 }
 
+/// The most unsent output an agent may be ahead of its client (see
+/// [`SessionLimits::agent_high_water`]).
+const AGENT_HIGH_WATER_MESSAGES: usize = 1000;
+const AGENT_HIGH_WATER_BYTES: u64 = 1024 * 1024;
+
+impl SessionLimits {
+    /// Unsent output above which an agent's sends wait: at most half the held-output
+    /// bound, so that an agent alone never reaches the bound and only what a client causes
+    /// does; and no more than keeps a fast client busy between two writes, so that a client
+    /// that reads slowly costs little memory.
+    pub fn agent_high_water(&self) -> (usize, u64) {
+        (
+            (self.max_held_messages / 2).min(AGENT_HIGH_WATER_MESSAGES),
+            (self.max_held_bytes / 2).min(AGENT_HIGH_WATER_BYTES),
+        )
+    }
+}
+
 impl Default for SessionLimits {
     fn default() -> Self {
         SessionLimits {
@@ -141,13 +161,6 @@ pub const MAX_PROTOCOL_VIOLATIONS: u32 = 10;
 /// Flow-control violations a connection may commit before it is closed.
 pub const MAX_FLOW_VIOLATIONS: u32 = 20;
 
-/// Which tools exist, for TOOL_LIST, TOOL_SCHEMA and TOOL_CALL routing.
-pub trait ToolCatalog: Send + Sync {
-    fn list(&self) -> ToolList;
-    fn schema(&self, tool: &str) -> Option<ToolSchema>;
-    fn has(&self, tool: &str) -> bool;
-}
-
 pub struct SessionCore {
     pub id: String,
     /// The id again, shared by every message sent.
@@ -171,7 +184,7 @@ pub struct SessionCore {
     cancels: HashMap<String, CancellationToken>,
     /// Runs cancelled while tool calls of theirs were still running: their RUN_FINISHED
     /// waits for the last TOOL_DONE, so that nothing of a run follows its RUN_FINISHED.
-    finish_after_tools: HashMap<String, RunStatus>,
+    finish_after_tools: HashMap<String, RunEnding>,
     /// The nonce and send time of the last heartbeat PING, to time its PONG.
     ping_in_flight: Option<(String, u64)>,
     last_client_activity_ms: u64,
@@ -277,6 +290,22 @@ impl SessionCore {
 
     pub fn held_outbound(&self) -> (usize, u64) {
         (self.gate.held_messages(), self.gate.held_bytes())
+    }
+
+    /// True while the output the client has not taken (held by flow control, or queued
+    /// for the connection's writer) is above the agents' high-water mark.
+    pub fn over_agent_high_water(&self) -> bool {
+        if self.ended {
+            return false; // nothing more goes out: nothing to wait for
+        }
+        let (mut messages, mut bytes) = self.held_outbound();
+        if let Some(q) = &self.attached {
+            let (m, b) = q.backlog();
+            messages += m;
+            bytes += b;
+        }
+        let (max_messages, max_bytes) = self.limits.agent_high_water();
+        messages > max_messages || bytes > max_bytes
     }
 
     /// Attaches a connection and queues what it must see first: nothing for a fresh
@@ -1029,13 +1058,19 @@ impl SessionCore {
         Some((run_id, token))
     }
 
-    /// Closes a run with RUN_FINISHED, once the last of its tool calls is done.
+    /// Closes a run with RUN_FINISHED.
     pub fn finish_run(&mut self, run_id: &str, status: RunStatus, now_ms: u64) {
+        self.close_run(run_id, RunEnding::Finished(status), now_ms);
+    }
+
+    /// Closes a run with RUN_FINISHED or RUN_ERROR, once the last of its tool calls is
+    /// done (nothing of a run may follow its closing message).
+    pub fn close_run(&mut self, run_id: &str, ending: RunEnding, now_ms: u64) {
         if self.runs.get(run_id).is_none() {
             return;
         }
         if !self.tool_calls.of_run(run_id).is_empty() {
-            self.finish_after_tools.insert(run_id.to_string(), status);
+            self.finish_after_tools.insert(run_id.to_string(), ending);
             return;
         }
         let thread_id = self.runs.get(run_id).and_then(|r| r.thread_id.clone());
@@ -1044,18 +1079,96 @@ impl SessionCore {
         }
         self.finish_after_tools.remove(run_id);
         self.cancels.remove(run_id);
-        let mut env = self.envelope(
-            channel::AGENT,
-            Payload::RunFinished(RunFinished {
+        let payload = match ending {
+            RunEnding::Finished(status) => Payload::RunFinished(RunFinished {
                 run_id: Some(run_id.to_string()),
                 status: Some(status),
                 summary: None,
                 extra: Map::new(),
             }),
-        );
+            RunEnding::Failed { code, message } => Payload::RunError(ErrorPayload {
+                code: code.as_str().to_string(),
+                message,
+                related_id: None,
+                detail: None,
+                run_id: Some(run_id.to_string()),
+                extra: Map::new(),
+            }),
+        };
+        let mut env = self.envelope(channel::AGENT, payload);
         env.run_id = Some(run_id.to_string());
         env.thread_id = thread_id;
         self.emit(env, now_ms);
+    }
+
+    /// Starts a tool call an agent makes in its run `run_id`: TOOL_CALL goes to the
+    /// client and the call is tracked like a client's, so RUN_CANCEL cancels it and the
+    /// run closes only after its TOOL_DONE. Returns the call's cancellation, or how it
+    /// ended at once (the run was cancelled, the tool is unknown, the params are bad, the
+    /// call id is already in use).
+    pub fn start_agent_tool_call(
+        &mut self,
+        run_id: &str,
+        call_id: &str,
+        tool: &str,
+        params: &Result<Map<String, Value>, String>,
+        known: bool,
+        now_ms: u64,
+    ) -> Result<CancellationToken, ToolOutcome> {
+        if self.runs.get(run_id).is_none_or(|r| r.cancelled) {
+            return Err(ToolOutcome::cancelled());
+        }
+        if self
+            .tool_calls
+            .start(call_id, tool, Some(run_id.to_string()), now_ms)
+            .is_err()
+        {
+            return Err(ToolOutcome::error(
+                ErrorCode::ToolExecutionError.as_str(),
+                format!("tool call {call_id:?} is already running"),
+            ));
+        }
+        let thread_id = self.runs.get(run_id).and_then(|r| r.thread_id.clone());
+        let mut call = self.envelope(
+            channel::AGENT,
+            Payload::ToolCall(ToolCall {
+                call_id: call_id.to_string(),
+                tool: tool.to_string(),
+                params: Some(params.clone().unwrap_or_default()),
+                extra: Map::new(),
+            }),
+        );
+        call.run_id = Some(run_id.to_string());
+        call.thread_id = thread_id;
+        self.emit(call, now_ms);
+        let refusal = match params {
+            _ if !known => Some(ToolOutcome::error(
+                ErrorCode::ToolNotFound.as_str(),
+                format!("no tool named {tool:?}"),
+            )),
+            Err(why) => Some(ToolOutcome::error(
+                ErrorCode::ToolExecutionError.as_str(),
+                why.clone(),
+            )),
+            Ok(_) => None,
+        };
+        if let Some(outcome) = refusal {
+            let mut done = self.envelope(
+                channel::AGENT,
+                Payload::ToolDone(ToolDone {
+                    call_id: call_id.to_string(),
+                    status: outcome.status,
+                    result: outcome.result.clone(),
+                    extra: Map::new(),
+                }),
+            );
+            done.run_id = Some(run_id.to_string());
+            self.tool_done(done, call_id, now_ms);
+            return Err(outcome);
+        }
+        let cancel = CancellationToken::new();
+        self.cancels.insert(call_id.to_string(), cancel.clone());
+        Ok(cancel)
     }
 
     /// Sends a call's TOOL_DONE and forgets the call; a run that was waiting for it to
@@ -1067,8 +1180,8 @@ impl SessionCore {
             return;
         };
         if let Some(run_id) = call.run_id {
-            if let Some(status) = self.finish_after_tools.get(&run_id).copied() {
-                self.finish_run(&run_id, status, now_ms);
+            if let Some(ending) = self.finish_after_tools.get(&run_id).cloned() {
+                self.close_run(&run_id, ending, now_ms);
             }
         }
     }

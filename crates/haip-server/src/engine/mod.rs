@@ -4,6 +4,7 @@
 //! engine keeps sessions in a registry so that they outlive their connections and can be
 //! resumed on any transport.
 
+mod agent_link;
 pub mod connection;
 pub mod core;
 pub mod metrics;
@@ -22,8 +23,9 @@ use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::{Agent, Reply};
-use crate::tools::{ToolContext, ToolRegistry};
-use core::{Action, SessionCore, SessionLimits, SharedMessage, ToolCatalog};
+use crate::tools::{ToolCatalog, ToolContext, ToolOutcome, ToolRegistry};
+use agent_link::AgentLink;
+use core::{Action, SessionCore, SessionLimits, SharedMessage};
 use metrics::Metrics;
 use outbound::ConnQueue;
 use threads::Threads;
@@ -325,11 +327,11 @@ impl Engine {
             match action {
                 Action::RoundTrip(ms) => self.metrics.round_trip(ms),
                 Action::Text { text, thread_id } => {
-                    let reply = Reply::new(session.clone(), thread_id);
+                    let reply = Reply::new(self.agent_link(session), thread_id);
                     tokio::spawn(self.agent.on_text(reply, text));
                 }
                 Action::Audio(chunk) => {
-                    let reply = Reply::new(session.clone(), None);
+                    let reply = Reply::new(self.agent_link(session), None);
                     tokio::spawn(self.agent.on_audio(reply, chunk));
                 }
                 Action::CallTool {
@@ -353,10 +355,15 @@ impl Engine {
             }
         }
     }
+
+    fn agent_link(&self, session: &Arc<Session>) -> Arc<AgentLink> {
+        Arc::new(AgentLink::new(session.clone(), self.tools.clone()))
+    }
 }
 
-/// Runs one tool call: TOOL_UPDATE RUNNING, then TOOL_DONE with the result, an error, or
-/// CANCELLED when TOOL_CANCEL (or the run's cancellation) arrives first.
+/// Runs one tool call, a client's or an agent's: TOOL_UPDATE RUNNING, then TOOL_DONE with
+/// the result, an error, or CANCELLED when TOOL_CANCEL (or the run's cancellation) arrives
+/// first. Returns how it ended.
 async fn run_tool(
     tools: Arc<ToolRegistry>,
     session: Arc<Session>,
@@ -365,7 +372,7 @@ async fn run_tool(
     params: Map<String, Value>,
     run_id: Option<String>,
     cancel: CancellationToken,
-) {
+) -> ToolOutcome {
     let send = |payload: Payload| {
         let mut core = session.lock();
         let mut env = core.envelope(channel::AGENT, payload);
@@ -415,10 +422,11 @@ async fn run_tool(
         Payload::ToolDone(ToolDone {
             call_id: call_id.clone(),
             status,
-            result,
+            result: result.clone(),
             extra: Map::new(),
         }),
     );
     env.run_id = run_id;
     core.tool_done(env, &call_id, now_ms());
+    ToolOutcome { status, result }
 }

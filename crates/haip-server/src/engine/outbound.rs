@@ -125,6 +125,9 @@ pub struct ConnQueue {
     abort: CancellationToken,
     /// True while the writer is inside a write.
     writing: AtomicBool,
+    /// Signalled each time the writer takes a batch: agents waiting for their client to
+    /// take output look again.
+    written: Notify,
 }
 
 impl ConnQueue {
@@ -187,6 +190,11 @@ impl ConnQueue {
         self.abort.cancelled().await
     }
 
+    /// Resolves the next time the writer takes a batch (see [`ConnQueue::drain`]).
+    pub fn written(&self) -> tokio::sync::futures::Notified<'_> {
+        self.written.notified()
+    }
+
     /// Takes everything queued now, without waiting.
     pub fn take_now(&self) -> Vec<OutItem> {
         self.queued.lock().map_or_else(
@@ -209,6 +217,8 @@ impl ConnQueue {
                     if !q.items.is_empty() {
                         self.ready.notify_one(); // more is waiting: the next drain goes on
                     }
+                    drop(q);
+                    self.written.notify_waiters();
                     return;
                 }
             }

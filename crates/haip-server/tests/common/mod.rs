@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use haip_server::agent::EchoAgent;
+use haip_server::agent::{Agent, EchoAgent};
 use haip_server::app::{AppState, SharedState};
 use haip_server::auth::Authenticator;
 use haip_server::config::ServerConfig;
@@ -83,6 +83,17 @@ pub fn next_id(prefix: &str) -> String {
 // Server
 // ---------------------------------------------------------------------------------------
 
+/// The test defaults: loopback, an ephemeral port, 5 ms between echo words, no logging.
+fn test_config() -> ServerConfig {
+    ServerConfig {
+        host: "127.0.0.1".into(),
+        port: 0,
+        echo_word_delay: ms(5),
+        enable_logging: false,
+        ..ServerConfig::default()
+    }
+}
+
 /// An in-process server on 127.0.0.1 with an ephemeral port; shut down on drop.
 pub struct Server {
     pub state: SharedState,
@@ -95,25 +106,32 @@ impl Server {
         Server::start_with(|_| {}).await
     }
 
-    /// Starts a server with the test defaults (5 ms echo word delay, no request logging),
-    /// then `tweak` applied to the configuration.
+    /// Starts a server with the test defaults and the echo agent, then `tweak` applied to
+    /// the configuration.
     pub async fn start_with(tweak: impl FnOnce(&mut ServerConfig)) -> Server {
-        let mut config = ServerConfig {
-            host: "127.0.0.1".into(),
-            port: 0,
-            echo_word_delay: ms(5),
-            enable_logging: false,
-            ..ServerConfig::default()
-        };
+        let mut config = test_config();
         tweak(&mut config);
         let agent = Arc::new(EchoAgent {
             word_delay: config.echo_word_delay,
         });
+        Server::start_serving(config, agent, ToolRegistry::with_builtins()).await
+    }
+
+    /// Starts a server with the test defaults that answers through `agent` with `tools`.
+    pub async fn start_with_agent(agent: Arc<dyn Agent>, tools: ToolRegistry) -> Server {
+        Server::start_serving(test_config(), agent, tools).await
+    }
+
+    async fn start_serving(
+        config: ServerConfig,
+        agent: Arc<dyn Agent>,
+        tools: ToolRegistry,
+    ) -> Server {
         let state = AppState::new(
             config,
             Authenticator::with_secret(SECRET, None, None),
             agent,
-            ToolRegistry::with_builtins(),
+            tools,
         );
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
@@ -173,6 +191,7 @@ impl Drop for Server {
 }
 
 pub fn http() -> reqwest::Client {
+    haip_server::tls::install_crypto_provider();
     reqwest::Client::builder()
         .pool_max_idle_per_host(0)
         .build()

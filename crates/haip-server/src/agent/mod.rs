@@ -1,0 +1,357 @@
+//! The agent side of the server (contract section 12): the [`Agent`] trait, the [`Reply`]
+//! and [`Run`] an agent answers through, and the agents that come with the server: the
+//! echo agent ([`echo`]) and any OpenAI-compatible model server ([`openai`]).
+//!
+//! The seam between agents and the session engine is [`SessionHandle`]: a small trait this
+//! module defines and the engine implements. Agents see only it, so they never deal with
+//! seqs, credit, event filters or connections, and this module imports nothing from the
+//! engine: the dependency runs one way, engine to agent.
+
+pub mod echo;
+pub mod openai;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use haip_protocol::payload::{AudioChunk, MessageEnd, MessagePart, MessageStart, RunStatus};
+use haip_protocol::{channel, ErrorCode, Payload};
+use serde_json::{Map, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::tools::{ToolOutcome, ToolSpec};
+
+pub use echo::EchoAgent;
+
+pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+/// A future borrowed from a [`SessionHandle`].
+pub type HandleFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Answers user input. Implement it to plug your own model in; see `examples/custom_agent.rs`.
+pub trait Agent: Send + Sync + 'static {
+    /// A USER text message completed (MESSAGE_START, MESSAGE_PART*, MESSAGE_END).
+    fn on_text(&self, reply: Reply, text: String) -> BoxFuture;
+
+    /// An AUDIO_CHUNK arrived from the user. Ignored unless overridden.
+    fn on_audio(&self, _reply: Reply, _chunk: AudioChunk) -> BoxFuture {
+        Box::pin(async {})
+    }
+
+    /// One line for the start-up banner: who answers.
+    fn describe(&self) -> String {
+        "custom agent".into()
+    }
+}
+
+/// One message an agent sends into a session.
+#[derive(Debug)]
+pub struct AgentMessage<'a> {
+    pub channel: &'a str,
+    pub payload: Payload,
+    pub run_id: Option<&'a str>,
+    pub thread_id: Option<&'a str>,
+}
+
+/// How a run ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunEnding {
+    /// RUN_FINISHED with this status.
+    Finished(RunStatus),
+    /// RUN_ERROR with this code and message.
+    Failed { code: ErrorCode, message: String },
+}
+
+/// A tool call an agent makes in one of its runs.
+#[derive(Debug, Clone)]
+pub struct AgentToolCall {
+    pub run_id: String,
+    pub call_id: String,
+    pub tool: String,
+    /// The parameters, or why the agent could not produce them (the call then ends with
+    /// TOOL_DONE {ERROR} without running).
+    pub params: Result<Map<String, Value>, String>,
+}
+
+/// What an agent may do to the session a user message came from. The session engine
+/// implements it; agents use it through [`Reply`] and [`Run`].
+pub trait SessionHandle: Send + Sync + 'static {
+    fn session_id(&self) -> &str;
+    /// The user the session belongs to (the token's subject).
+    fn subject(&self) -> &str;
+    /// Opens a run (RUN_STARTED): its id and the token cancelled by RUN_CANCEL. `None`
+    /// when the session's run limit is reached (the client was told RUN_LIMIT_EXCEEDED).
+    fn open_run(&self, thread_id: Option<&str>) -> Option<(String, CancellationToken)>;
+    /// Sends one message.
+    fn send(&self, message: AgentMessage<'_>);
+    /// Resolves once the session's output that the client has not taken yet is below the
+    /// high-water mark: an agent that produces faster than its client reads waits here
+    /// instead of making the session hold ever more.
+    fn writable(&self) -> HandleFuture<'_, ()>;
+    /// Closes a run, after the last of its tool calls is done.
+    fn close_run(&self, run_id: &str, ending: RunEnding);
+    /// PAUSE_CHANNEL / RESUME_CHANNEL towards the client.
+    fn pause_channel(&self, channel: &str);
+    fn resume_channel(&self, channel: &str);
+    /// The server's tools.
+    fn tools(&self) -> Vec<ToolSpec>;
+    /// Runs a tool in a run as a client's TOOL_CALL would be run (TOOL_CALL, TOOL_UPDATE,
+    /// TOOL_DONE go to the client; RUN_CANCEL cancels it) and returns how it ended.
+    fn call_tool(&self, call: AgentToolCall) -> HandleFuture<'_, ToolOutcome>;
+}
+
+/// The way back to the session a user message came from.
+pub struct Reply {
+    handle: Arc<dyn SessionHandle>,
+    thread_id: Option<String>,
+}
+
+impl Reply {
+    pub fn new(handle: Arc<dyn SessionHandle>, thread_id: Option<String>) -> Reply {
+        Reply { handle, thread_id }
+    }
+
+    pub fn session_id(&self) -> &str {
+        self.handle.session_id()
+    }
+
+    /// The user the session belongs to (the token's subject).
+    pub fn subject(&self) -> &str {
+        self.handle.subject()
+    }
+
+    /// The thread the user message was sent in, if any.
+    pub fn thread_id(&self) -> Option<&str> {
+        self.thread_id.as_deref()
+    }
+
+    /// The server's tools, with their input schemas.
+    pub fn tools(&self) -> Vec<ToolSpec> {
+        self.handle.tools()
+    }
+
+    /// Opens a run (sends RUN_STARTED). `None` when the session's run limit is reached;
+    /// the client has then been told with RUN_LIMIT_EXCEEDED.
+    pub fn start_run(&self) -> Option<Run> {
+        let (run_id, cancel) = self.handle.open_run(self.thread_id.as_deref())?;
+        Some(Run {
+            handle: self.handle.clone(),
+            run_id,
+            cancel,
+            thread_id: self.thread_id.clone(),
+        })
+    }
+
+    /// Asks the client to stop sending on `channel` (PAUSE_CHANNEL): back-pressure for an
+    /// agent that cannot keep up, e.g. with audio input. Messages the client sends there
+    /// anyway are refused with FLOW_CONTROL_VIOLATION (CHANNEL_PAUSED).
+    pub fn pause_channel(&self, channel: &str) {
+        self.handle.pause_channel(channel);
+    }
+
+    /// Lets the client send on `channel` again (RESUME_CHANNEL).
+    pub fn resume_channel(&self, channel: &str) {
+        self.handle.resume_channel(channel);
+    }
+
+    /// Sends a message outside any run, once the client has taken enough of the output
+    /// before it (see [`SessionHandle::writable`]).
+    pub async fn send(&self, channel: &str, payload: Payload) {
+        self.handle.writable().await;
+        self.handle.send(AgentMessage {
+            channel,
+            payload,
+            run_id: None,
+            thread_id: None,
+        });
+    }
+}
+
+/// An open run. Every message sent through it carries its run_id; dropping it without
+/// [`finish`](Run::finish) or [`fail`](Run::fail) closes it with status ERROR.
+pub struct Run {
+    handle: Arc<dyn SessionHandle>,
+    run_id: String,
+    cancel: CancellationToken,
+    thread_id: Option<String>,
+}
+
+impl Run {
+    pub fn id(&self) -> &str {
+        &self.run_id
+    }
+
+    /// True once the client sent RUN_CANCEL for this run.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// Resolves when the client cancels the run.
+    pub async fn cancelled(&self) {
+        self.cancel.cancelled().await
+    }
+
+    /// Sends a message of this run on `channel`. Waits while the client has not taken
+    /// enough of the output before it (back-pressure); a cancelled run sends nothing.
+    pub async fn send(&self, channel: &str, payload: Payload) {
+        tokio::select! {
+            biased;
+            _ = self.cancel.cancelled() => return,
+            _ = self.handle.writable() => {}
+        }
+        self.handle.send(AgentMessage {
+            channel,
+            payload,
+            run_id: Some(&self.run_id),
+            thread_id: self.thread_id.as_deref(),
+        });
+    }
+
+    /// Starts an AGENT text message and returns its message_id.
+    pub async fn message_start(&self, author: &str) -> String {
+        let message_id = uuid::Uuid::new_v4().to_string();
+        self.send(
+            channel::AGENT,
+            Payload::MessageStart(MessageStart {
+                message_id: message_id.clone(),
+                author: Some(author.to_string()),
+                text: None,
+                extra: Map::new(),
+            }),
+        )
+        .await;
+        message_id
+    }
+
+    pub async fn message_part(&self, message_id: &str, text: &str) {
+        self.send(
+            channel::AGENT,
+            Payload::MessagePart(MessagePart {
+                message_id: message_id.to_string(),
+                text: text.to_string(),
+                extra: Map::new(),
+            }),
+        )
+        .await;
+    }
+
+    pub async fn message_end(&self, message_id: &str, tokens: u64) {
+        self.send(
+            channel::AGENT,
+            Payload::MessageEnd(MessageEnd {
+                message_id: message_id.to_string(),
+                tokens: Some(tokens),
+                extra: Map::new(),
+            }),
+        )
+        .await;
+    }
+
+    /// Runs one of the server's tools in this run: the client sees TOOL_CALL, TOOL_UPDATE
+    /// and TOOL_DONE, and RUN_CANCEL cancels the call. `params` is an error when the agent
+    /// could not make sense of the model's arguments; the call then ends with ERROR.
+    pub async fn call_tool(
+        &self,
+        call_id: &str,
+        tool: &str,
+        params: Result<Map<String, Value>, String>,
+    ) -> ToolOutcome {
+        if self.is_cancelled() {
+            return ToolOutcome::cancelled();
+        }
+        self.handle.writable().await;
+        self.handle
+            .call_tool(AgentToolCall {
+                run_id: self.run_id.clone(),
+                call_id: call_id.to_string(),
+                tool: tool.to_string(),
+                params,
+            })
+            .await
+    }
+
+    /// Closes the run with RUN_FINISHED.
+    pub fn finish(mut self, status: RunStatus) {
+        self.close(RunEnding::Finished(status));
+    }
+
+    /// Closes the run with RUN_ERROR {code, message}.
+    pub fn fail(mut self, code: ErrorCode, message: impl Into<String>) {
+        self.close(RunEnding::Failed {
+            code,
+            message: message.into(),
+        });
+    }
+
+    fn close(&mut self, ending: RunEnding) {
+        if !self.run_id.is_empty() {
+            self.handle.close_run(&self.run_id, ending);
+            self.run_id.clear();
+        }
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        self.close(RunEnding::Finished(RunStatus::Error));
+    }
+}
+
+/// Splits text into words, each keeping the whitespace that follows it (leading whitespace
+/// stays with the first word), so that the parts concatenate to the original text. Lazy:
+/// a long text costs no list of its words.
+pub fn words(text: &str) -> Words<'_> {
+    Words { rest: text }
+}
+
+/// The iterator of [`words`].
+pub struct Words<'a> {
+    rest: &'a str,
+}
+
+impl<'a> Iterator for Words<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        if self.rest.is_empty() {
+            return None;
+        }
+        // The word ends where whitespace that follows non-whitespace gives way to the
+        // next non-whitespace character.
+        let mut seen_word = false;
+        let mut in_space = false;
+        let mut end = self.rest.len();
+        for (i, c) in self.rest.char_indices() {
+            if c.is_whitespace() {
+                in_space = true;
+            } else {
+                if in_space && seen_word {
+                    end = i;
+                    break;
+                }
+                in_space = false;
+                seen_word = true;
+            }
+        }
+        let (word, rest) = self.rest.split_at(end);
+        self.rest = rest;
+        Some(word)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::words;
+
+    #[test]
+    fn words_keep_their_spaces_and_rebuild_the_text() {
+        let list = |t| words(t).collect::<Vec<_>>();
+        assert_eq!(list("hello world"), vec!["hello ", "world"]);
+        assert_eq!(list("  hi  there "), vec!["  hi  ", "there "]);
+        assert_eq!(list("one"), vec!["one"]);
+        assert!(list("").is_empty());
+        assert_eq!(list("   "), vec!["   "]);
+        for t in ["a b  c", " x\ty\n", "héllo wörld"] {
+            assert_eq!(list(t).concat(), t);
+        }
+    }
+}

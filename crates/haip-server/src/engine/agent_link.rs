@@ -102,16 +102,13 @@ impl SessionHandle for AgentLink {
                 &call.run_id,
                 &call.call_id,
                 &call.tool,
-                &call.params,
+                call.params,
                 known,
                 now_ms(),
             );
-            let cancel = match started {
-                Ok(cancel) => cancel,
+            let (cancel, params) = match started {
+                Ok(started) => started,
                 Err(outcome) => return outcome,
-            };
-            let Ok(params) = call.params else {
-                return ToolOutcome::cancelled(); // refused above: not reached
             };
             run_tool(
                 self.tools.clone(),

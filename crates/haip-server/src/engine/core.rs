@@ -1103,18 +1103,18 @@ impl SessionCore {
 
     /// Starts a tool call an agent makes in its run `run_id`: TOOL_CALL goes to the
     /// client and the call is tracked like a client's, so RUN_CANCEL cancels it and the
-    /// run closes only after its TOOL_DONE. Returns the call's cancellation, or how it
-    /// ended at once (the run was cancelled, the tool is unknown, the params are bad, the
-    /// call id is already in use).
+    /// run closes only after its TOOL_DONE. Returns the call's cancellation and params to
+    /// run it with, or how it ended at once (the run was cancelled, the tool is unknown,
+    /// the params are bad, the call id is already in use).
     pub fn start_agent_tool_call(
         &mut self,
         run_id: &str,
         call_id: &str,
         tool: &str,
-        params: &Result<Map<String, Value>, String>,
+        params: Result<Map<String, Value>, String>,
         known: bool,
         now_ms: u64,
-    ) -> Result<CancellationToken, ToolOutcome> {
+    ) -> Result<(CancellationToken, Map<String, Value>), ToolOutcome> {
         if self.runs.get(run_id).is_none_or(|r| r.cancelled) {
             return Err(ToolOutcome::cancelled());
         }
@@ -1134,7 +1134,7 @@ impl SessionCore {
             Payload::ToolCall(ToolCall {
                 call_id: call_id.to_string(),
                 tool: tool.to_string(),
-                params: Some(params.clone().unwrap_or_default()),
+                params: Some(params.as_ref().cloned().unwrap_or_default()),
                 extra: Map::new(),
             }),
         );
@@ -1142,33 +1142,36 @@ impl SessionCore {
         call.thread_id = thread_id;
         self.emit(call, now_ms);
         let refusal = match params {
-            _ if !known => Some(ToolOutcome::error(
+            _ if !known => Err(ToolOutcome::error(
                 ErrorCode::ToolNotFound.as_str(),
                 format!("no tool named {tool:?}"),
             )),
-            Err(why) => Some(ToolOutcome::error(
+            Err(why) => Err(ToolOutcome::error(
                 ErrorCode::ToolExecutionError.as_str(),
-                why.clone(),
+                why,
             )),
-            Ok(_) => None,
+            Ok(params) => Ok(params),
         };
-        if let Some(outcome) = refusal {
-            let mut done = self.envelope(
-                channel::AGENT,
-                Payload::ToolDone(ToolDone {
-                    call_id: call_id.to_string(),
-                    status: outcome.status,
-                    result: outcome.result.clone(),
-                    extra: Map::new(),
-                }),
-            );
-            done.run_id = Some(run_id.to_string());
-            self.tool_done(done, call_id, now_ms);
-            return Err(outcome);
-        }
+        let params = match refusal {
+            Ok(params) => params,
+            Err(outcome) => {
+                let mut done = self.envelope(
+                    channel::AGENT,
+                    Payload::ToolDone(ToolDone {
+                        call_id: call_id.to_string(),
+                        status: outcome.status,
+                        result: outcome.result.clone(),
+                        extra: Map::new(),
+                    }),
+                );
+                done.run_id = Some(run_id.to_string());
+                self.tool_done(done, call_id, now_ms);
+                return Err(outcome);
+            }
+        };
         let cancel = CancellationToken::new();
         self.cancels.insert(call_id.to_string(), cancel.clone());
-        Ok(cancel)
+        Ok((cancel, params))
     }
 
     /// Sends a call's TOOL_DONE and forgets the call; a run that was waiting for it to
@@ -1372,6 +1375,64 @@ mod tests {
         let types: Vec<&str> = sent.iter().map(|s| s.0.as_str()).collect();
         assert_eq!(types, ["TOOL_DONE", "RUN_FINISHED"]);
         assert_eq!(sent[1].2["status"], "CANCELLED");
+    }
+
+    #[test]
+    fn an_agents_tool_call_is_announced_refused_or_run_and_closes_its_run_last() {
+        let mut f = Fixture::new();
+        let (run_id, _) = f.core.open_run(None, 0).expect("a run");
+        f.sent();
+        let mut params = Map::new();
+        params.insert("ms".into(), json!(5));
+        // Unknown tool: TOOL_CALL, then TOOL_DONE ERROR TOOL_NOT_FOUND at once.
+        let refused =
+            f.core
+                .start_agent_tool_call(&run_id, "c1", "nope", Ok(params.clone()), false, 1);
+        assert!(matches!(&refused, Err(o) if o.status == RunStatus::Error));
+        // Params the agent could not read: the reason goes back as the error.
+        let bad =
+            f.core
+                .start_agent_tool_call(&run_id, "c2", "sleep", Err("not JSON".into()), true, 2);
+        assert!(matches!(&bad, Err(o) if o.status == RunStatus::Error));
+        let sent = f.sent();
+        let types: Vec<&str> = sent.iter().map(|s| s.0.as_str()).collect();
+        assert_eq!(types, ["TOOL_CALL", "TOOL_DONE", "TOOL_CALL", "TOOL_DONE"]);
+        assert_eq!(sent[1].2["result"]["code"], "TOOL_NOT_FOUND");
+        assert_eq!(sent[3].2["result"]["message"], "not JSON");
+        // A good call runs with its params; the run's end waits for its TOOL_DONE.
+        let (cancel, got) = f
+            .core
+            .start_agent_tool_call(&run_id, "c3", "sleep", Ok(params.clone()), true, 3)
+            .expect("started");
+        assert_eq!(got, params);
+        f.sent();
+        f.core
+            .close_run(&run_id, RunEnding::Finished(RunStatus::Ok), 4);
+        assert!(f.sent().is_empty(), "RUN_FINISHED must wait for TOOL_DONE");
+        assert!(!cancel.is_cancelled());
+        let mut done = f.core.envelope(
+            channel::AGENT,
+            Payload::ToolDone(haip_protocol::payload::ToolDone {
+                call_id: "c3".into(),
+                status: RunStatus::Ok,
+                result: Some(json!({"slept_ms": 5})),
+                extra: Map::new(),
+            }),
+        );
+        done.run_id = Some(run_id.clone());
+        f.core.tool_done(done, "c3", 5);
+        let types: Vec<String> = f.sent().into_iter().map(|s| s.0).collect();
+        assert_eq!(types, ["TOOL_DONE", "RUN_FINISHED"]);
+        // A cancelled run starts no more calls and sends nothing.
+        let (run_id, run_cancel) = f.core.open_run(None, 6).expect("a run");
+        run_cancel.cancel();
+        f.send("RUN_CANCEL", "USER", None, json!({"run_id": run_id}));
+        f.sent();
+        let late = f
+            .core
+            .start_agent_tool_call(&run_id, "c4", "sleep", Ok(params), true, 7);
+        assert!(matches!(&late, Err(o) if o.status == RunStatus::Cancelled));
+        assert!(!f.sent().iter().any(|s| s.0 == "TOOL_CALL"));
     }
 
     #[test]

@@ -496,29 +496,50 @@ async fn serve(mut config: ServerConfig, agent: Arc<dyn Agent>) -> anyhow::Resul
     let mut banner = String::new();
     let _ = writeln!(banner, "haip-rs listening on {addr}");
     let _ = writeln!(banner, "agent: {}", agent.describe());
-    if let Some(token) = auth.mint("demo", 24 * 3600) {
-        if generated_secret {
+    // A ready token only with the secret made up here: with a secret of your own (or
+    // your issuer's keys), tokens are yours to mint, and one valid for a day printed in a
+    // log would be one more secret lying around.
+    let token = if generated_secret {
+        auth.mint("demo", 24 * 3600)
+    } else {
+        None
+    };
+    match &token {
+        Some(token) => {
             let _ = writeln!(
                 banner,
                 "JWT secret (random, set JWT_SECRET to keep one): {}",
                 config.jwt_secret.as_deref().unwrap_or("")
             );
+            let _ = writeln!(banner, "token (sub=demo, valid 24 h): {token}");
         }
-        let _ = writeln!(banner, "token (sub=demo, valid 24 h): {token}");
-        let _ = writeln!(banner, "  browser:        http://{base}/?token={token}");
-        let _ = writeln!(
-            banner,
-            "  WebSocket:      ws://{base}{}?token={token}",
-            config.websocket_path
-        );
-        let _ = writeln!(
-            banner,
-            "  SSE:            http://{base}{}?token={token}",
-            config.sse_path
-        );
-        let _ = writeln!(banner,"  HTTP streaming: curl -N -H 'Authorization: Bearer {token}' --data-binary @- http://{base}{}", config.http_stream_path);
-        let _ = writeln!(banner, "  health:         http://{base}/health");
+        None if config.jwt_public_key_pem.is_some() => {
+            let _ = writeln!(
+                banner,
+                "tokens: signed by your issuer (verified with JWT_PUBLIC_KEY_FILE); TOKEN below is one of them"
+            );
+        }
+        None => {
+            let _ = writeln!(
+                banner,
+                "tokens: none printed, as JWT_SECRET is set; mint one with `haip token --secret \"$JWT_SECRET\" --sub NAME` and put it for TOKEN below"
+            );
+        }
     }
+    let token = token.as_deref().unwrap_or("TOKEN");
+    let _ = writeln!(banner, "  browser:        http://{base}/?token={token}");
+    let _ = writeln!(
+        banner,
+        "  WebSocket:      ws://{base}{}?token={token}",
+        config.websocket_path
+    );
+    let _ = writeln!(
+        banner,
+        "  SSE:            http://{base}{}?token={token}",
+        config.sse_path
+    );
+    let _ = writeln!(banner,"  HTTP streaming: curl -N -H 'Authorization: Bearer {token}' --data-binary @- http://{base}{}", config.http_stream_path);
+    let _ = writeln!(banner, "  health:         http://{base}/health");
     if config.autobahn_echo {
         let _ = writeln!(
             banner,

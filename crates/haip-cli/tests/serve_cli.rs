@@ -253,7 +253,13 @@ fn token_mints_a_token_the_server_accepts() {
     let mut cmd = haip();
     cmd.args(["serve", "--port", &port.to_string(), "--host", "127.0.0.1"])
         .env("JWT_SECRET", "s3cret");
-    let (child, _) = start(cmd);
+    let (child, lines) = start(cmd);
+    // With a secret of one's own, no ready token is printed, and never the secret.
+    let banner = lines.join("\n");
+    assert!(banner.contains("tokens: none printed"), "{banner}");
+    assert!(!banner.contains("eyJ"), "{banner}");
+    assert!(!banner.contains("s3cret"), "{banner}");
+    assert!(banner.contains("?token=TOKEN"), "{banner}");
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     write!(

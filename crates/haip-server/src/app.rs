@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -26,6 +26,9 @@ use crate::engine::metrics::{Metrics, TransportCounts};
 use crate::engine::Engine;
 use crate::tools::ToolRegistry;
 use crate::transport;
+
+/// How often SSE and NDJSON streams get a keepalive (contract section 4: every 15 s).
+pub const HTTP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
 
 pub struct AppState {
     pub config: ServerConfig,
@@ -89,6 +92,12 @@ impl AppState {
             token_expires_ms: Some(identity.expires_ms),
             idle_timeout: (transport == Transport::HttpStream)
                 .then_some(self.config.http_stream_timeout),
+            keepalive_interval: match transport {
+                // The contract's SSE keepalive; NDJSON gets the same, so that a dead
+                // client of either frees its slot as soon.
+                Transport::Sse | Transport::HttpStream => HTTP_KEEPALIVE_INTERVAL,
+                Transport::WebSocket => self.config.heartbeat_interval,
+            },
         }
     }
 

@@ -1,10 +1,13 @@
 //! JWT authentication (contract section 9).
 //!
 //! HS256 with a shared secret by default, RS256 or ES256 with a PEM public key when
-//! configured. `exp` is required; `iat` may not be more than 60 s in the future; `iss` and
-//! `aud` are checked when configured. Only the configured algorithm is accepted, which
-//! refuses `alg: none` and algorithm switching. The subject is `sub`, else `userId`.
+//! configured. `exp` is required; `nbf` and `iat` may not be in the future (60 s of clock
+//! skew allowed); `iss` and `aud` are required and checked when configured (`aud` may be a
+//! string or an array, RFC 7519 section 4.1.3). Only the configured algorithm is accepted,
+//! which refuses `alg: none` and algorithm switching. The subject is `sub`, else `userId`.
+//! Refusals say what is wrong in plain words, never in the JWT library's.
 
+use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
@@ -31,13 +34,23 @@ struct Claims {
     sub: Option<String>,
     #[serde(default, rename = "userId", skip_serializing_if = "Option::is_none")]
     user_id: Option<String>,
-    exp: u64,
+    /// Required; `Option` so that its absence is reported as such by the validation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    exp: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     iat: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     iss: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    aud: Option<String>,
+    aud: Option<Audience>,
+}
+
+/// `aud`: one audience or several (RFC 7519 section 4.1.3).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+enum Audience {
+    One(String),
+    Many(Vec<String>),
 }
 
 pub struct Authenticator {
@@ -91,7 +104,16 @@ impl Authenticator {
     ) -> Authenticator {
         let mut validation = Validation::new(alg);
         validation.leeway = LEEWAY_SECS;
-        validation.set_required_spec_claims(&["exp"]);
+        validation.validate_nbf = true;
+        // A configured issuer or audience must be present, not merely right when present.
+        let mut required = vec!["exp"];
+        if issuer.is_some() {
+            required.push("iss");
+        }
+        if audience.is_some() {
+            required.push("aud");
+        }
+        validation.set_required_spec_claims(&required);
         match &issuer {
             Some(iss) => validation.set_issuer(&[iss]),
             None => validation.iss = None,
@@ -112,7 +134,7 @@ impl Authenticator {
     /// Checks a token and returns whom it speaks for.
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
         let data = decode::<Claims>(token, &self.decoding, &self.validation)
-            .map_err(|e| AuthError(format!("invalid token: {e}")))?;
+            .map_err(|e| AuthError(format!("invalid token: {}", refusal(e.kind()))))?;
         let claims = data.claims;
         let now_s = now_ms() / 1000;
         if claims.iat.is_some_and(|iat| iat > now_s + LEEWAY_SECS) {
@@ -125,7 +147,7 @@ impl Authenticator {
             .ok_or_else(|| AuthError("invalid token: no sub or userId claim".into()))?;
         Ok(Identity {
             subject,
-            expires_ms: claims.exp.saturating_mul(1000),
+            expires_ms: claims.exp.unwrap_or(0).saturating_mul(1000),
         })
     }
 
@@ -135,10 +157,10 @@ impl Authenticator {
         let claims = Claims {
             sub: Some(subject.to_string()),
             user_id: None,
-            exp: now_s + ttl_secs,
+            exp: Some(now_s + ttl_secs),
             iat: Some(now_s),
             iss: self.issuer.clone(),
-            aud: self.audience.clone(),
+            aud: self.audience.clone().map(Audience::One),
         };
         encode(
             &Header::new(Algorithm::HS256),
@@ -150,6 +172,23 @@ impl Authenticator {
 }
 
 /// A fresh random secret for a server started without one (64 hex characters).
+/// Why a token was refused, in plain words.
+fn refusal(kind: &ErrorKind) -> String {
+    match kind {
+        ErrorKind::ExpiredSignature => "expired (exp is in the past)".into(),
+        ErrorKind::ImmatureSignature => "not valid yet (nbf is in the future)".into(),
+        ErrorKind::InvalidSignature => "bad signature".into(),
+        ErrorKind::InvalidAlgorithm => {
+            "signed with an algorithm this server does not accept".into()
+        }
+        ErrorKind::InvalidIssuer => "wrong issuer (iss)".into(),
+        ErrorKind::InvalidAudience => "wrong audience (aud)".into(),
+        ErrorKind::MissingRequiredClaim(claim) => format!("the {claim} claim is missing"),
+        ErrorKind::InvalidClaimFormat(claim) => format!("the {claim} claim has the wrong type"),
+        _ => "not a well-formed JWT".into(),
+    }
+}
+
 pub fn random_secret() -> String {
     let bytes: [u8; 32] = rand::random();
     bytes.iter().map(|b| format!("{b:02x}")).collect()

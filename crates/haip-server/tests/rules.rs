@@ -1280,6 +1280,77 @@ async fn resume_failures(kind: Kind) {
 
 on_transports!(resume_refused, resume_failures);
 
+/// A resume request that cannot be read (a last_rx_seq that is not a u64, an SSE
+/// Last-Event-ID of another shape) fails with RESUME_FAILED before the fresh session's HAI,
+/// as any failed resume does, instead of quietly giving a fresh session (contract
+/// section 3); and another user's session is refused in the same words as one that does
+/// not exist.
+async fn unreadable_resume(kind: Kind) {
+    let srv = Server::start().await;
+    let mut owner = srv.connect(kind).await;
+    if kind == Kind::Stream {
+        owner.ping("open").await;
+    }
+    owner.recv_type("HAI").await;
+    let session = session_of(&owner);
+    for last in ["abc", "-1", "18446744073709551616", "", "1.5", "+3"] {
+        let opts = Opts {
+            query: vec![
+                ("session".into(), session.clone()),
+                ("last_rx_seq".into(), last.into()),
+            ],
+            ..Opts::default()
+        };
+        let mut c = srv.connect_with(kind, opts).await;
+        let e = expect_resume_failed_msg(&mut c, &session).await;
+        assert!(e.contains("last_rx_seq"), "{last:?}: {e}");
+    }
+    if kind == Kind::Sse {
+        for id in ["garbage", &format!("{session}:abc"), ":5", ""] {
+            let opts = Opts {
+                last_event_id: Some(id.to_string()),
+                ..Opts::default()
+            };
+            let mut c = srv.connect_with(kind, opts).await;
+            let e = expect_resume_failed_msg(&mut c, &session).await;
+            assert!(e.contains("Last-Event-ID"), "{id:?}: {e}");
+        }
+    }
+    let unknown = expect_resume_failed_msg(
+        &mut srv
+            .connect_with(kind, Opts::resume("no-such-session", 1))
+            .await,
+        "no-such-session",
+    )
+    .await;
+    let bob = srv.token_for("bob");
+    let foreign = expect_resume_failed_msg(
+        &mut srv
+            .connect_with(kind, Opts::resume(&session, 1).with_token(bob))
+            .await,
+        &session,
+    )
+    .await;
+    assert_eq!(
+        foreign.replace(&session, "ID"),
+        unknown.replace("no-such-session", "ID"),
+        "another user's session is refused as an unknown one"
+    );
+}
+
+/// [`expect_resume_failed`], returning the error's message.
+async fn expect_resume_failed_msg(c: &mut Conn, session: &str) -> String {
+    expect_resume_failed(c, session).await;
+    let e = c
+        .log
+        .iter()
+        .find(|v| ty(v) == "ERROR")
+        .expect("the RESUME_FAILED");
+    e["payload"]["message"].as_str().unwrap_or("").to_string()
+}
+
+on_transports!(unreadable_resume_fails, unreadable_resume);
+
 /// Resume by a client HAI posted to `POST /haip/messages` next to a fresh SSE stream: the
 /// HAI names the kept session with last_rx_seq, so the stream must carry the replay and the
 /// confirming HAI (contract section 3: "a client HAI whose envelope session names a kept

@@ -74,6 +74,10 @@ pub struct ConnectionOptions {
     /// Ends the connection (session kept) after this long without a message from the
     /// client (`http_stream.timeout`).
     pub idle_timeout: Option<Duration>,
+    /// How often the transport's keepalive is written (an SSE comment, an empty NDJSON
+    /// line, a WebSocket ping frame): a client that went away is noticed by the write
+    /// that fails, within this interval.
+    pub keepalive_interval: Duration,
 }
 
 pub struct Connection {
@@ -87,6 +91,19 @@ pub struct Connection {
     pending_binary: Option<Box<(Envelope, u64)>>,
 }
 
+/// A resume asked for at connect time: the session id and last_rx_seq, or why the request
+/// could not be read (it then fails with RESUME_FAILED, never quietly becomes a fresh
+/// session).
+pub type ResumeRequest = Result<(String, u64), BadResume>;
+
+/// A resume request that could not be read.
+#[derive(Debug, Clone)]
+pub struct BadResume {
+    /// The session it named, if any ("" when none could be read).
+    pub session: String,
+    pub reason: String,
+}
+
 impl Connection {
     /// Opens a connection for an authenticated `subject`: resumes `resume` (session id,
     /// last_rx_seq) when given and possible, else announces a fresh session. The session
@@ -95,7 +112,7 @@ impl Connection {
         engine: Arc<Engine>,
         subject: &str,
         options: ConnectionOptions,
-        resume: Option<(String, u64)>,
+        resume: Option<ResumeRequest>,
         follow: Option<String>,
     ) -> Connection {
         let connection = Connection::attach(engine, subject, options, resume);
@@ -112,18 +129,21 @@ impl Connection {
         engine: Arc<Engine>,
         subject: &str,
         options: ConnectionOptions,
-        resume: Option<(String, u64)>,
+        resume: Option<ResumeRequest>,
     ) -> Connection {
         let queue = Arc::new(ConnQueue::default());
         let binary = options.transport == Transport::WebSocket;
         engine.metrics.connection_opened(options.transport);
-        let mut resume_error = None;
-        if let Some((id, last)) = resume {
-            match engine.resume(subject, &id, last, queue.clone(), binary) {
-                Ok(session) => return Connection::new(engine, session, queue, options),
-                Err(e) => resume_error = Some((id, e.to_string())),
+        let resume_error = match resume {
+            None => None,
+            Some(Ok((id, last))) => {
+                match engine.resume(subject, &id, last, queue.clone(), binary) {
+                    Ok(session) => return Connection::new(engine, session, queue, options),
+                    Err(e) => Some((id, e.to_string())),
+                }
             }
-        }
+            Some(Err(bad)) => Some((bad.session, bad.reason)),
+        };
         if let Some((id, reason)) = resume_error {
             // Sent before the fresh session's HAI, as seq 0, so the fresh session still
             // starts at seq 1.
@@ -271,6 +291,7 @@ impl Connection {
         shutdown: CancellationToken,
     ) {
         let mut next_ping = Instant::now() + self.options.heartbeat_interval;
+        let mut next_keepalive = Instant::now() + self.options.keepalive_interval;
         let mut ping_sent: Option<(Instant, u64)> = None;
         let expiry = self
             .options
@@ -280,7 +301,9 @@ impl Connection {
         let mut frames: Vec<Arc<Outgoing>> = Vec::new();
         let mut inbound_open = true;
         'conn: loop {
-            let timer = self.next_timer(next_ping, ping_sent, expiry);
+            let timer = self
+                .next_timer(next_ping, ping_sent, expiry)
+                .min(next_keepalive);
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
@@ -374,9 +397,12 @@ impl Connection {
                             ping_sent = None;
                         }
                     }
+                    if now >= next_keepalive {
+                        if Box::pin(sink.keepalive()).await.is_err() { break 'conn; }
+                        next_keepalive = now + self.options.keepalive_interval;
+                    }
                     if now >= next_ping {
                         self.session.lock().ping(now_wall);
-                        if Box::pin(sink.keepalive()).await.is_err() { break 'conn; }
                         // The oldest unanswered PING keeps its deadline: replacing it with
                         // each new PING would postpone the timeout forever when the
                         // timeout is not shorter than the interval.

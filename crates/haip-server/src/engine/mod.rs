@@ -105,7 +105,9 @@ impl Drop for SessionGuard<'_> {
 pub enum ResumeError {
     #[error("unknown session {0:?}")]
     Unknown(String),
-    #[error("session {0:?} belongs to another subject")]
+    /// Worded as [`ResumeError::Unknown`]: whether another user's session exists is
+    /// nobody else's business.
+    #[error("unknown session {0:?}")]
     NotYours(String),
     #[error("session {0:?} was ended")]
     Ended(String),

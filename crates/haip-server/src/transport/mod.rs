@@ -18,7 +18,13 @@ use bytes::Bytes;
 use haip_protocol::parse_dec_u64;
 use tokio::sync::mpsc;
 
+use crate::engine::connection::{BadResume, ResumeRequest};
 use crate::engine::threads::{valid_thread_id, MAX_THREAD_ID};
+
+/// At most 40 characters of a value a client sent, for an error message.
+pub fn clip(text: &str) -> String {
+    text.chars().take(40).collect()
+}
 
 /// Connection URL parameters shared by every transport.
 #[derive(Debug, Default, serde::Deserialize)]
@@ -33,11 +39,25 @@ pub struct ConnectParams {
 }
 
 impl ConnectParams {
-    /// `?session=ID&last_rx_seq=N` asks to resume at connect time.
-    pub fn resume(&self) -> Option<(String, u64)> {
+    /// `?session=ID&last_rx_seq=N` asks to resume at connect time (N defaults to 0). A
+    /// `last_rx_seq` that is not a u64 in decimal makes the resume fail with RESUME_FAILED
+    /// rather than quietly become a fresh session.
+    pub fn resume(&self) -> Option<ResumeRequest> {
         let session = self.session.clone().filter(|s| !s.is_empty())?;
-        let last = self.last_rx_seq.as_deref().map_or(Some(0), parse_dec_u64)?;
-        Some((session, last))
+        Some(match self.last_rx_seq.as_deref() {
+            None => Ok((session, 0)),
+            Some(text) => match parse_dec_u64(text) {
+                Some(last) => Ok((session, last)),
+                None => Err(BadResume {
+                    session,
+                    reason: format!(
+                        "last_rx_seq {:?} is not a sequence number (a decimal integer from 0 \
+                         to 18446744073709551615)",
+                        clip(text)
+                    ),
+                }),
+            },
+        })
     }
 
     /// `?thread=ID` asks to follow a thread; an id the contract would not accept as a

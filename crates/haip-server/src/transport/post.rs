@@ -1,6 +1,6 @@
 //! Upstream for SSE and browsers: `POST /haip/messages` (contract section 4.3).
 
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -21,17 +21,34 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response {
         .into_response()
 }
 
+/// The largest body `POST /haip/messages` reads; past it the answer is 413.
+pub const MAX_POST_BODY: usize = 2 * 1024 * 1024;
+
 pub async fn messages(
     State(state): State<SharedState>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     let identity = match authenticate(&state, bearer(&headers)) {
         Ok(id) => id,
         Err(r) => return r,
     };
-    // One envelope or an array of them; each is validated on its own below.
-    let raws: Vec<&RawValue> = match body.first() {
+    let Ok(body) = axum::body::to_bytes(body, MAX_POST_BODY).await else {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PROTOCOL_VIOLATION",
+            &format!(
+                "the body is larger than {MAX_POST_BODY} bytes (or was cut short): send \
+                 fewer envelopes per request"
+            ),
+        );
+    };
+    // One envelope or an array of them (JSON allows whitespace before either); each is
+    // validated on its own below.
+    let first = body
+        .iter()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+    let raws: Vec<&RawValue> = match first {
         Some(b'[') => match serde_json::from_slice(&body) {
             Ok(v) => v,
             Err(e) => {

@@ -12,9 +12,9 @@ use haip_protocol::parse_dec_u64;
 use tokio::sync::mpsc;
 
 use crate::app::{authenticate, bearer, SharedState};
-use crate::engine::connection::{Connection, FrameSink, Transport};
+use crate::engine::connection::{BadResume, Connection, FrameSink, ResumeRequest, Transport};
 use crate::engine::outbound::{Close, Outgoing};
-use crate::transport::{ChunkBody, ConnectParams};
+use crate::transport::{clip, ChunkBody, ConnectParams};
 
 /// Writes SSE events into the response body.
 struct SseSink {
@@ -52,11 +52,27 @@ impl FrameSink for SseSink {
     async fn close(&mut self, _close: &Close) {}
 }
 
-/// `Last-Event-ID: <session>:<seq>` as a resume request.
-fn last_event_id(headers: &HeaderMap) -> Option<(String, u64)> {
-    let v = headers.get("last-event-id")?.to_str().ok()?;
-    let (session, seq) = v.rsplit_once(':')?;
-    Some((session.to_string(), parse_dec_u64(seq)?))
+/// `Last-Event-ID: <session>:<seq>` as a resume request; one of another shape makes the
+/// resume fail with RESUME_FAILED.
+fn last_event_id(headers: &HeaderMap) -> Option<ResumeRequest> {
+    let value = headers.get("last-event-id")?;
+    let text = String::from_utf8_lossy(value.as_bytes());
+    let bad = |session: &str| {
+        Err(BadResume {
+            session: session.to_string(),
+            reason: format!(
+                "Last-Event-ID {:?} is not <session>:<seq> as this server sends it",
+                clip(&text)
+            ),
+        })
+    };
+    Some(match text.rsplit_once(':') {
+        Some((session, seq)) if !session.is_empty() => match parse_dec_u64(seq) {
+            Some(seq) => Ok((session.to_string(), seq)),
+            None => bad(session),
+        },
+        _ => bad(""),
+    })
 }
 
 pub async fn open(

@@ -36,8 +36,13 @@ impl FrameSink for NdjsonSink {
             .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))
     }
 
+    /// An empty line, which NDJSON readers skip: it only shows whether the client is
+    /// still there.
     async fn keepalive(&mut self) -> io::Result<()> {
-        Ok(())
+        self.tx
+            .send(Bytes::from_static(b"\n"))
+            .await
+            .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))
     }
 
     async fn close(&mut self, _close: &Close) {}

@@ -127,12 +127,12 @@ impl Server {
         agent: Arc<dyn Agent>,
         tools: ToolRegistry,
     ) -> Server {
-        let state = AppState::new(
-            config,
-            Authenticator::with_secret(SECRET, None, None),
-            agent,
-            tools,
+        let auth = Authenticator::with_secret(
+            SECRET,
+            config.jwt_issuer.clone(),
+            config.jwt_audience.clone(),
         );
+        let state = AppState::new(config, auth, agent, tools);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let task = tokio::spawn({

@@ -1,13 +1,21 @@
 //! Binding, serving and graceful shutdown.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use socket2::{SockRef, TcpKeepalive};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::app::{router, SharedState};
+
+/// How long a connection may take to send a request head, from when it opens or from its
+/// previous response.
+pub const REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest request head (request line and headers) read, in bytes; larger gets 431.
+pub const MAX_REQUEST_HEAD: usize = 64 * 1024;
 
 /// Serves `state` on `listener` until `state.shutdown` is cancelled; then every connection
 /// is told (WebSocket 1001, streams end) and the server returns.
@@ -27,13 +35,65 @@ pub async fn serve(listener: TcpListener, state: SharedState) -> std::io::Result
     };
     let shutdown = state.shutdown.clone();
     let dead_after = state.config.heartbeat_interval + state.config.heartbeat_timeout;
-    let listener = listener.tap_io(move |tcp| tune_socket(tcp, dead_after));
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await;
+    let app = router(state);
+    let mut builder = Builder::new(TokioExecutor::new());
+    // A connection must send a whole request head within REQUEST_HEAD_TIMEOUT of being
+    // opened (or of its previous response, when kept alive) and within MAX_REQUEST_HEAD
+    // bytes: idle sockets, slow heads and huge heads cannot pile up.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(REQUEST_HEAD_TIMEOUT)
+        .max_buf_size(MAX_REQUEST_HEAD);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(REQUEST_HEAD_TIMEOUT))
+        .keep_alive_timeout(REQUEST_HEAD_TIMEOUT);
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (tcp, _peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors, mostly: connections being closed free
+                    // some. Waiting a little keeps this loop from spinning meanwhile.
+                    tracing::warn!(error = %e, "cannot accept a connection; retrying in 100 ms");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        tune_socket(&tcp, dead_after);
+        let service = TowerToHyperService::new(app.clone());
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            // hyper tells HTTP/1 from HTTP/2 by the first bytes before its own head
+            // timeout starts: a connection that sends nothing is closed here.
+            let mut first = [0u8; 1];
+            let first_byte = tokio::select! {
+                peeked = tokio::time::timeout(REQUEST_HEAD_TIMEOUT, tcp.peek(&mut first)) => peeked,
+                _ = shutdown.cancelled() => return,
+            };
+            if !matches!(first_byte, Ok(Ok(1))) {
+                return;
+            }
+            let connection = builder
+                .serve_connection_with_upgrades(TokioIo::new(tcp), service)
+                .into_owned();
+            // A client that goes away mid-request is its own business.
+            let _ = watcher.watch(connection).await;
+        });
+    }
+    drop(listener);
+    // Connections waiting for a request close at once; the others end as their sessions
+    // are told to (WebSocket 1001, streams end).
+    graceful.shutdown().await;
     reaper.abort();
-    result
+    Ok(())
 }
 
 /// Makes a vanished peer visible to the kernel: a half-open connection (the client's
@@ -41,9 +101,9 @@ pub async fn serve(listener: TcpListener, state: SharedState) -> std::io::Result
 /// as TCP retransmits (~15 min on Linux). Data unacknowledged for `dead_after` fails the
 /// socket, and keepalive probes find idle dead peers. Frames are small and latency
 /// matters more than packet count, so Nagle is off.
-fn tune_socket(tcp: &mut TcpStream, dead_after: Duration) {
+fn tune_socket(tcp: &TcpStream, dead_after: Duration) {
     let _ = tcp.set_nodelay(true);
-    let sock = SockRef::from(&*tcp);
+    let sock = SockRef::from(tcp);
     let keepalive = TcpKeepalive::new()
         .with_time(dead_after)
         .with_interval(Duration::from_secs(5))

@@ -62,36 +62,46 @@ pub async fn open(
         Ok(f) => f,
         Err(r) => return r,
     };
-    let slot = match state.admit(Transport::HttpStream) {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
     let limit = state.config.http_stream_max_payload;
     let mut splitter = LineSplitter::new(limit);
     let mut body = body.into_data_stream();
-    // The first line is read before answering, so that a body too large before its first
-    // newline can still get an HTTP 413.
     let mut first: Vec<Inbound> = Vec::new();
     let mut ended = false;
-    while first.is_empty() && !ended {
-        match body.next().await {
-            Some(Ok(chunk)) => {
-                for line in splitter.push(&chunk) {
-                    match line {
-                        Line::Complete(l) => first.push(Inbound::Text(l)),
-                        Line::TooLong if first.is_empty() => return too_large(limit),
-                        Line::TooLong => first.push(Inbound::TooLarge),
+    // A body sent whole (with a Content-Length) has its first line read before the
+    // answer, so that one too large before its first newline gets 413 (contract section
+    // 4.4). A streamed body is answered at once, the server speaking first: a full-duplex
+    // client may wait for the HAI before it sends anything. Either way the first line
+    // comes under the stream's timeout and the connection slot is taken only once it did.
+    if headers.contains_key(header::CONTENT_LENGTH) {
+        let deadline = tokio::time::Instant::now() + state.config.http_stream_timeout;
+        while first.is_empty() && !ended {
+            match tokio::time::timeout_at(deadline, body.next()).await {
+                Err(_) => return first_line_timeout(),
+                Ok(Some(Ok(chunk))) => {
+                    for line in splitter.push(&chunk) {
+                        match line {
+                            Line::Complete(l) => first.push(Inbound::Text(l)),
+                            Line::TooLong if first.is_empty() => return too_large(limit),
+                            Line::TooLong => first.push(Inbound::TooLarge),
+                        }
                     }
                 }
-            }
-            Some(Err(_)) | None => {
-                ended = true;
-                if let Some(Line::Complete(l)) = splitter.finish() {
-                    first.push(Inbound::Text(l));
+                // A cut body (an error) drops its unterminated tail: it may be half a
+                // message. A body that ended cleanly delivers it.
+                Ok(Some(Err(_))) => ended = true,
+                Ok(None) => {
+                    ended = true;
+                    if let Some(Line::Complete(l)) = splitter.finish() {
+                        first.push(Inbound::Text(l));
+                    }
                 }
             }
         }
     }
+    let slot = match state.admit(Transport::HttpStream) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
     let inbound = futures_util::stream::iter(first).chain(
         futures_util::stream::unfold(
             (body, splitter, ended),
@@ -114,7 +124,8 @@ pub async fn open(
                                 return Some((items, (body, splitter, false)));
                             }
                         }
-                        Some(Err(_)) | None => {
+                        Some(Err(_)) => return Some((Vec::new(), (body, splitter, true))),
+                        None => {
                             let last: Vec<Inbound> = match splitter.finish() {
                                 Some(Line::Complete(b)) => vec![Inbound::Text(b)],
                                 _ => Vec::new(),
@@ -150,6 +161,15 @@ pub async fn open(
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     r
+}
+
+fn first_line_timeout() -> Response {
+    (
+        StatusCode::REQUEST_TIMEOUT,
+        Json(json!({"error": {"code": "PROTOCOL_VIOLATION",
+            "message": "the request body's first line did not arrive in time"}})),
+    )
+        .into_response()
 }
 
 fn too_large(limit: usize) -> Response {

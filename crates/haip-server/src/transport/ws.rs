@@ -240,10 +240,6 @@ fn haip(state: SharedState, params: ConnectParams, headers: &HeaderMap, hs: Hand
         Ok(f) => f,
         Err(r) => return r,
     };
-    let slot = match state.admit(Transport::WebSocket) {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
     let token = params
         .token
         .clone()
@@ -252,6 +248,15 @@ fn haip(state: SharedState, params: ConnectParams, headers: &HeaderMap, hs: Hand
     let verdict = match token {
         Some(t) => state.auth.verify(&t).map_err(|e| e.to_string()),
         None => Err("missing token".to_string()),
+    };
+    // Only an authenticated connection takes a slot: refusals cannot crowd out others
+    // while their ERROR and close go out.
+    let slot = match &verdict {
+        Ok(_) => match state.admit(Transport::WebSocket) {
+            Ok(s) => Some(s),
+            Err(r) => return r,
+        },
+        Err(_) => None,
     };
     accept(hs, move |conn| {
         // Set up now, so that the task keeps only what the connection needs (the run

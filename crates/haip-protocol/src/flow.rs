@@ -57,6 +57,11 @@ impl Credit {
     }
 }
 
+/// The most channel names one side tracks flow-control state for at once. Channel names
+/// are the peer's to choose: without a bound, each new name would cost state (and fresh
+/// credit) for good.
+pub const MAX_CHANNELS: usize = 64;
+
 /// Whether a channel is outside flow control.
 pub fn is_exempt(channel: &str) -> bool {
     channel == SYSTEM
@@ -122,8 +127,9 @@ impl<T> SendGate<T> {
 
     /// Adds credit to a channel (a FLOW_UPDATE from the peer) and returns, in order, what
     /// that releases.
+    /// Credit for a channel not seen yet is ignored once [`MAX_CHANNELS`] are tracked.
     pub fn grant(&mut self, channel: &str, add_messages: u64, add_bytes: u64) -> Vec<T> {
-        if is_exempt(channel) {
+        if is_exempt(channel) || !self.has_room_for(channel) {
             return Vec::new();
         }
         self.channel_mut(channel)
@@ -133,9 +139,10 @@ impl<T> SendGate<T> {
     }
 
     /// Holds every later message of `channel` until [`resume`](Self::resume). Returns false
-    /// for SYSTEM, which cannot be paused.
+    /// for SYSTEM, which cannot be paused, and for a channel not seen yet once
+    /// [`MAX_CHANNELS`] are tracked.
     pub fn pause(&mut self, channel: &str) -> bool {
-        if is_exempt(channel) {
+        if is_exempt(channel) || !self.has_room_for(channel) {
             return false;
         }
         self.channel_mut(channel).paused = true;
@@ -173,6 +180,15 @@ impl<T> SendGate<T> {
     /// Bytes held across all channels.
     pub fn held_bytes(&self) -> u64 {
         self.held_bytes
+    }
+
+    /// How many channels have state.
+    pub fn channels(&self) -> usize {
+        self.channels.len()
+    }
+
+    fn has_room_for(&self, channel: &str) -> bool {
+        self.channels.len() < MAX_CHANNELS || self.channels.contains_key(channel)
     }
 
     fn channel_mut(&mut self, channel: &str) -> &mut GateChannel<T> {
@@ -213,6 +229,8 @@ impl<T> SendGate<T> {
 pub enum FlowRefusal {
     InsufficientCredits,
     ChannelPaused,
+    /// A new channel name while [`MAX_CHANNELS`] others have credit in use.
+    TooManyChannels,
 }
 
 impl FlowRefusal {
@@ -221,6 +239,7 @@ impl FlowRefusal {
         match self {
             FlowRefusal::InsufficientCredits => "INSUFFICIENT_CREDITS",
             FlowRefusal::ChannelPaused => "CHANNEL_PAUSED",
+            FlowRefusal::TooManyChannels => "TOO_MANY_CHANNELS",
         }
     }
 }
@@ -243,6 +262,16 @@ struct MeterChannel {
     /// When the oldest credit not yet handed back was consumed.
     returnable_since_ms: Option<u64>,
     paused: bool,
+}
+
+impl MeterChannel {
+    /// Nothing spent, nothing to hand back, not paused: the state of a channel never used.
+    fn is_idle(&self) -> bool {
+        self.spent_messages == 0
+            && self.spent_bytes == 0
+            && self.returnable_messages == 0
+            && !self.paused
+    }
 }
 
 /// Credit consumed but below the half-credit threshold is handed back after this delay, so
@@ -273,6 +302,9 @@ impl ReceiveMeter {
     pub fn admit(&mut self, channel: &str, cost: u64) -> Result<(), FlowRefusal> {
         if is_exempt(channel) {
             return Ok(());
+        }
+        if self.channels.len() >= MAX_CHANNELS && !self.channels.contains_key(channel) {
+            return Err(FlowRefusal::TooManyChannels);
         }
         let ch = self.channels.entry(channel.to_string()).or_default();
         if ch.paused {
@@ -312,7 +344,16 @@ impl ReceiveMeter {
         {
             return None;
         }
-        Some(Self::hand_back(channel, ch))
+        let grant = Self::hand_back(channel, ch);
+        if ch.is_idle() {
+            self.channels.remove(channel);
+        }
+        Some(grant)
+    }
+
+    /// How many channels have state.
+    pub fn channels(&self) -> usize {
+        self.channels.len()
     }
 
     /// Hands back, per channel, credit consumed at least [`GRANT_DELAY_MS`] ago.
@@ -326,6 +367,8 @@ impl ReceiveMeter {
             })
             .map(|(name, ch)| Self::hand_back(name, ch))
             .collect();
+        // A channel with nothing in use is forgotten: its next message starts afresh.
+        self.channels.retain(|_, ch| !ch.is_idle());
         grants.sort_by(|a, b| a.channel.cmp(&b.channel));
         grants
     }
@@ -355,7 +398,9 @@ impl ReceiveMeter {
 
     /// Refuses further messages on `channel` (this side sent PAUSE_CHANNEL).
     pub fn pause(&mut self, channel: &str) -> bool {
-        if is_exempt(channel) {
+        if is_exempt(channel)
+            || (self.channels.len() >= MAX_CHANNELS && !self.channels.contains_key(channel))
+        {
             return false;
         }
         self.channels.entry(channel.to_string()).or_default().paused = true;
@@ -375,6 +420,33 @@ mod tests {
 
     fn limited(messages: u64, bytes: u64) -> Credit {
         Credit::new(Some(messages), Some(bytes))
+    }
+
+    #[test]
+    fn channel_state_is_bounded_and_forgotten_when_idle() {
+        let mut meter = ReceiveMeter::new(limited(10, 1000));
+        for i in 0..MAX_CHANNELS {
+            meter.admit(&format!("c{i}"), 10).expect("room");
+        }
+        assert_eq!(
+            meter.admit("one-too-many", 10),
+            Err(FlowRefusal::TooManyChannels)
+        );
+        // Consumed and handed back, the channels hold nothing and are forgotten.
+        for i in 0..MAX_CHANNELS {
+            meter.consumed(&format!("c{i}"), 10, 0);
+        }
+        assert!(!meter.flush(GRANT_DELAY_MS).is_empty());
+        assert_eq!(meter.channels(), 0);
+        assert_eq!(meter.admit("one-too-many", 10), Ok(()));
+
+        let mut gate: SendGate<u8> = SendGate::new(limited(1, 100));
+        for i in 0..MAX_CHANNELS {
+            gate.grant(&format!("g{i}"), 1, 1);
+        }
+        gate.grant("ignored", 1, 1);
+        assert!(!gate.pause("ignored-too"));
+        assert_eq!(gate.channels(), MAX_CHANNELS);
     }
 
     #[test]

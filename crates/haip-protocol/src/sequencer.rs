@@ -2,7 +2,8 @@
 //!
 //! The first seq seen sets the baseline. After that, messages are delivered strictly in seq
 //! order: an old seq is a duplicate and is dropped; a seq beyond the next expected one opens a
-//! gap, and the later messages are held (up to a bound) until the gap fills. When a gap has
+//! gap, and the later messages are held (up to a bound in count and in bytes) until the
+//! gap fills. When a gap has
 //! stayed open for the gap timeout (500 ms), [`Sequencer::poll_gap`] says which range to ask
 //! for with REPLAY_REQUEST, and repeats the request every timeout while the gap stays open.
 
@@ -21,7 +22,8 @@ pub enum Arrival<T> {
     Duplicate,
     /// Beyond a gap: kept until the gap fills.
     Held,
-    /// Beyond a gap, but the hold buffer is full: refused (the message is handed back).
+    /// Beyond a gap, but the hold buffer is full (in count or in bytes): refused (the
+    /// message is handed back).
     Overflow(T),
 }
 
@@ -38,8 +40,11 @@ pub struct Sequencer<T> {
     /// The next seq expected; u128 so that u64::MAX itself can be delivered and passed.
     next: Option<u128>,
     last_delivered: Option<u64>,
-    held: BTreeMap<u64, T>,
+    /// Each held message with its size.
+    held: BTreeMap<u64, (T, u64)>,
     capacity: usize,
+    held_bytes: u64,
+    max_bytes: u64,
     gap_opened_ms: Option<u64>,
     last_request_ms: Option<u64>,
 }
@@ -47,11 +52,19 @@ pub struct Sequencer<T> {
 impl<T> Sequencer<T> {
     /// `capacity` bounds how many out-of-order messages are held.
     pub fn new(capacity: usize) -> Sequencer<T> {
+        Sequencer::with_byte_bound(capacity, u64::MAX)
+    }
+
+    /// `capacity` bounds how many out-of-order messages are held, `max_bytes` the sum of
+    /// their sizes as given to [`accept_sized`](Self::accept_sized).
+    pub fn with_byte_bound(capacity: usize, max_bytes: u64) -> Sequencer<T> {
         Sequencer {
             next: None,
             last_delivered: None,
             held: BTreeMap::new(),
             capacity,
+            held_bytes: 0,
+            max_bytes,
             gap_opened_ms: None,
             last_request_ms: None,
         }
@@ -66,23 +79,37 @@ impl<T> Sequencer<T> {
         self.held.len()
     }
 
+    /// The sizes of the held messages, summed.
+    pub fn held_bytes(&self) -> u64 {
+        self.held_bytes
+    }
+
     /// Accepts the message numbered `seq`, arriving at `now_ms`.
     pub fn accept(&mut self, seq: u64, item: T, now_ms: u64) -> Arrival<T> {
+        self.accept_sized(seq, item, 0, now_ms)
+    }
+
+    /// Accepts the message numbered `seq`, of `size` bytes, arriving at `now_ms`.
+    pub fn accept_sized(&mut self, seq: u64, item: T, size: u64, now_ms: u64) -> Arrival<T> {
         let next = *self.next.get_or_insert(u128::from(seq));
         if u128::from(seq) < next || self.held.contains_key(&seq) {
             return Arrival::Duplicate;
         }
         if u128::from(seq) > next {
-            if self.held.len() >= self.capacity {
+            if self.held.len() >= self.capacity
+                || self.held_bytes.saturating_add(size) > self.max_bytes
+            {
                 return Arrival::Overflow(item);
             }
-            self.held.insert(seq, item);
+            self.held.insert(seq, (item, size));
+            self.held_bytes += size;
             self.gap_opened_ms.get_or_insert(now_ms);
             return Arrival::Held;
         }
         let mut out = vec![item];
         let mut last = seq;
-        while let Some(held) = last.checked_add(1).and_then(|n| self.held.remove(&n)) {
+        while let Some((held, size)) = last.checked_add(1).and_then(|n| self.held.remove(&n)) {
+            self.held_bytes -= size;
             out.push(held);
             last += 1;
         }
@@ -136,6 +163,20 @@ mod tests {
             Arrival::Deliver(v) => v,
             other => panic!("expected delivery, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn the_hold_buffer_is_bounded_in_bytes_too() {
+        let mut s: Sequencer<u64> = Sequencer::with_byte_bound(10, 100);
+        delivered(s.accept_sized(1, 1, 500, 0)); // delivered at once: never held
+        assert_eq!(s.accept_sized(3, 3, 60, 0), Arrival::Held);
+        assert_eq!(s.accept_sized(4, 4, 50, 0), Arrival::Overflow(4));
+        assert_eq!(s.accept_sized(5, 5, 40, 0), Arrival::Held);
+        assert_eq!(s.held_bytes(), 100);
+        assert_eq!(delivered(s.accept_sized(2, 2, 1, 0)), vec![2, 3]);
+        assert_eq!(s.held_bytes(), 40);
+        assert_eq!(s.accept_sized(4, 4, 50, 0), Arrival::Deliver(vec![4, 5]));
+        assert_eq!(s.held_bytes(), 0);
     }
 
     #[test]

@@ -68,6 +68,14 @@ impl AppState {
                 Credit::UNLIMITED
             },
             max_held_inbound: config.replay_window_size.max(1),
+            // Four messages' worth of credit, never less than the largest message a
+            // transport takes (so that one held message always fits).
+            max_pending_input_bytes: config
+                .flow_control_initial_credit_bytes
+                .saturating_mul(4)
+                .max(config.websocket_max_payload as u64)
+                .min(64 * 1024 * 1024),
+            max_running_tool_calls: 100,
             max_held_messages: config.flow_control_max_held_messages,
             max_held_bytes: config.flow_control_max_held_bytes,
         };

@@ -327,3 +327,194 @@ async fn an_ndjson_body_cut_by_a_reset_does_not_deliver_its_unfinished_line() {
     // The same line at the clean end of a body is a message.
     assert!(unterminated_ping_answered(false).await);
 }
+
+/// Posts `envelopes` as one batch to the session of `c` (an SSE connection).
+async fn post_batch(srv: &Server, c: &Conn, envelopes: &[Value]) -> PostReply {
+    let session = c.session.clone().expect("session");
+    let body = Value::from(envelopes.to_vec()).to_string();
+    post_messages(&srv.url(""), &srv.token(), Some(&session), &body).await
+}
+
+/// The ERRORs received so far with `code`.
+fn errors_with<'a>(msgs: &'a [Value], code: &str) -> Vec<&'a Value> {
+    msgs.iter()
+        .filter(|v| ty(v) == "ERROR" && v["payload"]["code"] == code)
+        .collect()
+}
+
+#[tokio::test]
+async fn replay_requests_cannot_pile_up_replays() {
+    let srv = Server::start_with(|c| c.flow_control_max_held_messages = 1000).await;
+    let (mut c, _) = sse_session(&srv).await;
+    c.say("one two three four five six seven eight").await;
+    c.recv_type("RUN_FINISHED").await;
+    let window = c.log.iter().map(seq).max().expect("messages");
+    // 300 requests for the whole window at once: 300 x the window without a bound.
+    let requests: Vec<Value> = (0..300)
+        .map(|_| c.msg("SYSTEM", "REPLAY_REQUEST", json!({"from_seq": "1"})))
+        .collect();
+    let reply = post_batch(&srv, &c, &requests).await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let seen = c.collect_for(ms(1500)).await;
+    let refused = errors_with(&seen, "RATE_LIMITED");
+    assert!(!refused.is_empty(), "no request was refused");
+    let replayed = seen.iter().filter(|v| seq(v) <= window).count();
+    assert!(
+        replayed + refused.len() * window as usize <= 300 * window as usize,
+        "replayed {replayed}"
+    );
+    assert!(
+        replayed <= 1000 + 2 * 256,
+        "replays went past the bound: {replayed} frames"
+    );
+}
+
+#[tokio::test]
+async fn out_of_order_messages_are_held_up_to_a_byte_bound() {
+    let srv = Server::start().await;
+    let mut c = srv.connect(Kind::Ws).await;
+    c.recv_type("HAI").await;
+    c.ping("first").await;
+    c.seq += 1; // a gap: this seq never comes
+                // 900 KB messages beyond the gap, each on its own channel (fresh credit each).
+    for i in 0..8 {
+        let big = c.msg(
+            &format!("big{i}"),
+            "MESSAGE_PART",
+            json!({"message_id": format!("m{i}"), "text": "x".repeat(900_000)}),
+        );
+        c.send(&big).await;
+    }
+    let e = c
+        .recv_where(|v| ty(v) == "ERROR" && v["payload"]["code"] == "SEQ_VIOLATION")
+        .await;
+    assert!(
+        e["payload"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("too far ahead")),
+        "{e}"
+    );
+    c.collect_for(ms(300)).await;
+    let refused = errors_with(&c.log, "SEQ_VIOLATION").len();
+    assert_eq!(refused, 4, "four fit in 4 MiB, the other four were refused");
+}
+
+#[tokio::test]
+async fn a_user_message_that_never_ends_is_dropped_at_the_bound() {
+    let srv = Server::start_with(|c| c.flow_control_enabled = false).await;
+    let mut c = srv.connect(Kind::Ws).await;
+    c.recv_type("HAI").await;
+    c.send_msg(
+        "USER",
+        "MESSAGE_START",
+        json!({"message_id": "endless", "text": "start "}),
+    )
+    .await;
+    for _ in 0..12 {
+        c.send_msg(
+            "USER",
+            "MESSAGE_PART",
+            json!({"message_id": "endless", "text": "y".repeat(512 * 1024)}),
+        )
+        .await;
+    }
+    let e = c
+        .recv_where(|v| ty(v) == "ERROR" && v["payload"]["code"] == "PROTOCOL_VIOLATION")
+        .await;
+    assert!(
+        e["payload"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("dropped")),
+        "{e}"
+    );
+    c.send_msg("USER", "MESSAGE_END", json!({"message_id": "endless"}))
+        .await;
+    // Dropped once: no more errors for its parts, and its end starts no run.
+    let after = c.collect_for(ms(400)).await;
+    assert!(!after.iter().any(|v| ty(v) == "RUN_STARTED"), "{after:?}");
+    assert_eq!(errors_with(&c.log, "PROTOCOL_VIOLATION").len(), 1);
+    // The session still answers.
+    c.say("short").await;
+    c.recv_type("RUN_FINISHED").await;
+}
+
+#[tokio::test]
+async fn channel_names_are_bounded_and_forgotten_when_idle() {
+    let srv = Server::start().await;
+    let (mut c, _) = sse_session(&srv).await;
+    let calls: Vec<Value> = (0..80)
+        .map(|i| {
+            c.msg(
+                &format!("ch{i}"),
+                "TOOL_CALL",
+                json!({"call_id": format!("c{i}"), "tool": "echo", "params": {"message": "m"}}),
+            )
+        })
+        .collect();
+    assert_eq!(post_batch(&srv, &c, &calls).await.status, 200);
+    let seen = c.collect_for(ms(600)).await;
+    let refused = errors_with(&seen, "FLOW_CONTROL_VIOLATION");
+    assert!(
+        !refused.is_empty(),
+        "80 channel names at once were all tracked"
+    );
+    assert!(refused
+        .iter()
+        .all(|e| e["payload"]["detail"]["reason"] == "TOO_MANY_CHANNELS"));
+    let done = seen.iter().filter(|v| ty(v) == "TOOL_DONE").count();
+    assert_eq!(done + refused.len(), 80);
+    // Refused messages leave their seqs free; the refused ones were the last.
+    c.seq -= refused.len() as u64;
+    // Once their credit is handed back, the names are forgotten: a new one is served.
+    let late = c.msg(
+        "late-channel",
+        "TOOL_CALL",
+        json!({"call_id": "late", "tool": "echo", "params": {"message": "m"}}),
+    );
+    assert_eq!(post_batch(&srv, &c, &[late]).await.status, 200);
+    let done = c
+        .recv_where(|v| ty(v) == "TOOL_DONE" || ty(v) == "ERROR")
+        .await;
+    assert_eq!(ty(&done), "TOOL_DONE", "{done}");
+}
+
+#[tokio::test]
+async fn running_tool_calls_are_bounded_per_session() {
+    let srv = Server::start().await;
+    let (mut c, _) = sse_session(&srv).await;
+    let calls: Vec<Value> = (0..130)
+        .map(|i| {
+            c.msg(
+                "USER",
+                "TOOL_CALL",
+                json!({"call_id": format!("nap{i}"), "tool": "sleep", "params": {"ms": 20000}}),
+            )
+        })
+        .collect();
+    assert_eq!(post_batch(&srv, &c, &calls).await.status, 200);
+    let seen = c.collect_for(ms(500)).await;
+    assert_eq!(errors_with(&seen, "RATE_LIMITED").len(), 30, "{seen:?}");
+}
+
+#[tokio::test]
+async fn a_user_keeps_a_bounded_number_of_sessions() {
+    let srv = Server::start().await;
+    let limit = haip_server::engine::MAX_SESSIONS_PER_SUBJECT;
+    let mut ids = Vec::new();
+    for _ in 0..=limit {
+        let mut c = srv.connect(Kind::Ws).await;
+        let hai = c.recv_type("HAI").await;
+        ids.push(hai["session"].as_str().expect("session").to_string());
+        c.send_close(1000).await;
+        drop(c);
+        tokio::time::sleep(ms(2)).await;
+    }
+    tokio::time::sleep(ms(100)).await;
+    // The oldest detached one made room for the last.
+    let mut oldest = srv.connect_with(Kind::Ws, Opts::resume(&ids[0], 2)).await;
+    let e = oldest.recv().await;
+    assert_eq!(e["payload"]["code"], "RESUME_FAILED", "{e}");
+    let mut kept = srv.connect_with(Kind::Ws, Opts::resume(&ids[2], 2)).await;
+    let hai = kept.recv_type("HAI").await;
+    assert_eq!(hai["session"], ids[2].as_str());
+}

@@ -90,11 +90,19 @@ pub struct SessionLimits {
     pub inbound_credit: Credit,
     /// Out-of-order client messages held while waiting for a gap to fill.
     pub max_held_inbound: usize,
+    /// Client input the session keeps before it can act on it, in bytes: out-of-order
+    /// messages held for a gap, and user messages not ended yet (each bound on its own).
+    pub max_pending_input_bytes: u64,
+    /// Client tool calls running at once.
+    pub max_running_tool_calls: usize,
     /// Output the client has not taken (held by flow control, or queued behind a write
     /// that does not progress) beyond which the session is ended.
     pub max_held_messages: usize,
     pub max_held_bytes: u64,
 }
+
+/// The most user messages a session assembles at once (started, not ended).
+pub const MAX_OPEN_MESSAGES: usize = 64;
 
 /// The most unsent output an agent may be ahead of its client (see
 /// [`SessionLimits::agent_high_water`]).
@@ -121,6 +129,8 @@ impl Default for SessionLimits {
             max_concurrent_runs: 10,
             inbound_credit: Credit::new(Some(1000), Some(1024 * 1024)),
             max_held_inbound: 1000,
+            max_pending_input_bytes: 4 * 1024 * 1024,
+            max_running_tool_calls: 100,
             max_held_messages: 10_000,
             max_held_bytes: 64 * 1024 * 1024,
         }
@@ -180,6 +190,11 @@ pub struct SessionCore {
     attached: Option<Arc<ConnQueue>>,
     /// USER messages being assembled: message_id -> text so far.
     texts: HashMap<String, (String, Option<String>)>,
+    /// The bytes of `texts`, bounded by `max_pending_input_bytes`.
+    texts_bytes: u64,
+    /// User messages dropped for their size: their later parts and end are ignored (the
+    /// most recent [`MAX_OPEN_MESSAGES`]).
+    dropped_texts: std::collections::VecDeque<String>,
     /// Cancellation of the agent work of each open run and each running tool call.
     cancels: HashMap<String, CancellationToken>,
     /// Runs cancelled while tool calls of theirs were still running: their RUN_FINISHED
@@ -219,13 +234,18 @@ impl SessionCore {
             replay: ReplayWindow::new(limits.replay),
             gate: SendGate::new(Credit::UNLIMITED),
             meter: ReceiveMeter::new(limits.inbound_credit),
-            inbound: Sequencer::new(limits.max_held_inbound),
+            inbound: Sequencer::with_byte_bound(
+                limits.max_held_inbound,
+                limits.max_pending_input_bytes,
+            ),
             runs: RunTable::new(limits.max_concurrent_runs),
             tool_calls: ToolCalls::default(),
             terms: PeerTerms::defaults(),
             negotiated: false,
             attached: None,
             texts: HashMap::new(),
+            texts_bytes: 0,
+            dropped_texts: std::collections::VecDeque::new(),
             cancels: HashMap::new(),
             finish_after_tools: HashMap::new(),
             ping_in_flight: None,
@@ -716,7 +736,7 @@ impl SessionCore {
         }
         let seq = env.seq;
         let channel = env.channel.clone();
-        let ready = match self.inbound.accept(seq, (env, cost), now_ms) {
+        let ready = match self.inbound.accept_sized(seq, (env, cost), cost, now_ms) {
             Arrival::Deliver(ready) => ready,
             Arrival::Held => return Vec::new(),
             Arrival::Duplicate => {
@@ -733,7 +753,10 @@ impl SessionCore {
                 }
                 self.emit_error(
                     ErrorCode::SeqViolation,
-                    format!("seq {seq} is too far ahead: too many messages already held"),
+                    format!(
+                        "seq {seq} is too far ahead: too many messages (or bytes) already \
+                         held waiting for the missing ones"
+                    ),
                     Some(env.id),
                     None,
                     now_ms,
@@ -766,6 +789,55 @@ impl SessionCore {
             let env = self.system(payload);
             self.emit(env, now_ms);
         }
+    }
+
+    /// Appends to a user message being assembled. A message that would take the texts
+    /// being assembled past `max_pending_input_bytes` (or one more open message than
+    /// [`MAX_OPEN_MESSAGES`]) is dropped with PROTOCOL_VIOLATION: what it had so far is
+    /// freed, and its later parts and its end are ignored.
+    fn add_text(
+        &mut self,
+        message_id: String,
+        text: &str,
+        thread_id: Option<String>,
+        related: Option<String>,
+        now_ms: u64,
+    ) -> Option<Violation> {
+        let open = self.texts.contains_key(&message_id);
+        let too_many = !open && self.texts.len() >= MAX_OPEN_MESSAGES;
+        let too_long = self.texts_bytes + text.len() as u64 > self.limits.max_pending_input_bytes;
+        if too_many || too_long {
+            if let Some((old, _)) = self.texts.remove(&message_id) {
+                self.texts_bytes -= old.len() as u64;
+            }
+            if self.dropped_texts.len() >= MAX_OPEN_MESSAGES {
+                self.dropped_texts.pop_front();
+            }
+            self.dropped_texts.push_back(message_id.clone());
+            let why = if too_many {
+                format!("more than {MAX_OPEN_MESSAGES} user messages are open at once")
+            } else {
+                format!(
+                    "user messages not ended yet would exceed {} bytes",
+                    self.limits.max_pending_input_bytes
+                )
+            };
+            self.emit_error(
+                ErrorCode::ProtocolViolation,
+                format!("message {message_id:?} dropped: {why}"),
+                related,
+                Some(serde_json::json!({"message_id": message_id})),
+                now_ms,
+            );
+            return Some(Violation::Protocol);
+        }
+        self.texts_bytes += text.len() as u64;
+        self.texts
+            .entry(message_id)
+            .or_insert_with(|| (String::new(), thread_id))
+            .0
+            .push_str(text);
+        None
     }
 
     /// Hands back credit the client is owed but that stayed below the half threshold.
@@ -831,6 +903,27 @@ impl SessionCore {
                 match frames {
                     Ok(frames) => {
                         if let Some(q) = &self.attached {
+                            // Replays come from the window, so each is bounded by it; but a
+                            // client may ask again and again without reading. Past one
+                            // held-output bound of replays still queued, it must wait.
+                            let (queued, queued_bytes) = q.replay_backlog();
+                            let asked: u64 = frames.iter().map(|f| f.json_len() as u64).sum();
+                            if queued + frames.len() > self.limits.max_held_messages
+                                || queued_bytes + asked > self.limits.max_held_bytes
+                            {
+                                self.emit_error(
+                                    ErrorCode::RateLimited,
+                                    "earlier replays are still being sent: ask again once \
+                                     they arrived",
+                                    related,
+                                    Some(serde_json::json!({
+                                        "queued_messages": queued,
+                                        "queued_bytes": queued_bytes,
+                                    })),
+                                    now_ms,
+                                );
+                                return None;
+                            }
                             q.push_replay(frames.into_iter().map(OutItem::Frame));
                         }
                     }
@@ -866,20 +959,30 @@ impl SessionCore {
             }
             Payload::MessageStart(m) if env.channel == channel::USER => {
                 let text = m.text.unwrap_or_default();
-                self.texts.insert(m.message_id, (text, env.thread_id));
+                self.dropped_texts.retain(|d| *d != m.message_id);
+                if let Some((old, _)) = self.texts.remove(&m.message_id) {
+                    self.texts_bytes -= old.len() as u64;
+                }
+                return self.add_text(m.message_id, &text, env.thread_id, related, now_ms);
             }
             Payload::MessagePart(m) if env.channel == channel::USER => {
-                self.texts
-                    .entry(m.message_id)
-                    .or_insert_with(|| (String::new(), env.thread_id))
-                    .0
-                    .push_str(&m.text);
+                if self.dropped_texts.contains(&m.message_id) {
+                    return None;
+                }
+                return self.add_text(m.message_id, &m.text, env.thread_id, related, now_ms);
             }
             Payload::MessageEnd(m) if env.channel == channel::USER => {
-                let (text, thread_id) = self
-                    .texts
-                    .remove(&m.message_id)
-                    .unwrap_or((String::new(), env.thread_id));
+                if let Some(i) = self.dropped_texts.iter().position(|d| *d == m.message_id) {
+                    self.dropped_texts.remove(i);
+                    return None;
+                }
+                let (text, thread_id) = match self.texts.remove(&m.message_id) {
+                    Some(entry) => {
+                        self.texts_bytes -= entry.0.len() as u64;
+                        entry
+                    }
+                    None => (String::new(), env.thread_id),
+                };
                 actions.push(Action::Text { text, thread_id });
             }
             Payload::MessageStart(_) | Payload::MessagePart(_) | Payload::MessageEnd(_) => {}
@@ -898,6 +1001,20 @@ impl SessionCore {
                         format!("no tool named {:?}", call.tool),
                         related,
                         Some(serde_json::json!({"tool": call.tool, "call_id": call.call_id})),
+                        now_ms,
+                    );
+                    return None;
+                }
+                if self.tool_calls.len() >= self.limits.max_running_tool_calls {
+                    self.emit_error(
+                        ErrorCode::RateLimited,
+                        format!(
+                            "{} tool calls are already running in this session: wait for one \
+                             to finish",
+                            self.tool_calls.len()
+                        ),
+                        related,
+                        Some(serde_json::json!({"call_id": call.call_id})),
                         now_ms,
                     );
                     return None;

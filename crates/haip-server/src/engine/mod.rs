@@ -100,6 +100,9 @@ impl Drop for SessionGuard<'_> {
     }
 }
 
+/// The most sessions one user (token subject) keeps; see [`Engine::make_room_for`].
+pub const MAX_SESSIONS_PER_SUBJECT: usize = 100;
+
 /// Why a resume was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ResumeError {
@@ -168,6 +171,7 @@ impl Engine {
         binary_frames: bool,
     ) -> Arc<Session> {
         let now = now_ms();
+        self.make_room_for(subject);
         let id = uuid::Uuid::new_v4().to_string();
         let mut core = SessionCore::new(
             id.clone(),
@@ -298,6 +302,34 @@ impl Engine {
     }
 
     /// Drops sessions that have been without a connection for longer than the TTL.
+    /// Keeps a user's kept sessions bounded: at [`MAX_SESSIONS_PER_SUBJECT`], the one
+    /// detached the longest is dropped for the new one (a client that reconnects without
+    /// resuming would otherwise pile up sessions for `session_ttl`). Sessions with a
+    /// connection are bounded by the connection limit.
+    fn make_room_for(&self, subject: &str) {
+        let (count, oldest_detached) = {
+            let sessions = self.registry();
+            let mine = sessions.values().filter(|s| s.subject == subject);
+            let mut count = 0;
+            let mut oldest: Option<(u64, String)> = None;
+            for session in mine {
+                count += 1;
+                if let Some(since) = session.lock().detached_since_ms() {
+                    if oldest.as_ref().is_none_or(|(t, _)| since < *t) {
+                        oldest = Some((since, session.id.clone()));
+                    }
+                }
+            }
+            (count, oldest)
+        };
+        if count >= MAX_SESSIONS_PER_SUBJECT {
+            if let Some((_, id)) = oldest_detached {
+                tracing::info!(session = %id, subject, "dropping the user's oldest detached session: {MAX_SESSIONS_PER_SUBJECT} sessions kept");
+                self.remove(&id);
+            }
+        }
+    }
+
     pub fn reap(&self) -> usize {
         let now = now_ms();
         let expired: Vec<String> = self

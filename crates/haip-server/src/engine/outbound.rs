@@ -81,6 +81,10 @@ struct Queued {
     /// Counted messages and bytes still queued.
     messages: usize,
     bytes: u64,
+    /// Replayed messages and bytes still queued (bounded on their own: see
+    /// [`ConnQueue::replay_backlog`]).
+    replay_messages: usize,
+    replay_bytes: u64,
 }
 
 impl Queued {
@@ -88,6 +92,9 @@ impl Queued {
         if counted {
             self.messages += 1;
             self.bytes += item.bytes();
+        } else {
+            self.replay_messages += 1;
+            self.replay_bytes += item.bytes();
         }
         self.items.push_back((item, counted));
     }
@@ -100,6 +107,9 @@ impl Queued {
             if counted {
                 self.messages -= 1;
                 self.bytes -= size;
+            } else {
+                self.replay_messages -= 1;
+                self.replay_bytes -= size;
             }
             bytes += size;
             into.push(item);
@@ -161,6 +171,15 @@ impl ConnQueue {
     /// New messages and bytes queued but not yet taken by the writer.
     pub fn backlog(&self) -> (usize, u64) {
         self.queued.lock().map_or((0, 0), |q| (q.messages, q.bytes))
+    }
+
+    /// Replayed messages and bytes queued but not yet taken by the writer: a client that
+    /// asks for replays faster than it reads them is told to wait rather than make the
+    /// queue grow (see the REPLAY_REQUEST handling of the session).
+    pub fn replay_backlog(&self) -> (usize, u64) {
+        self.queued
+            .lock()
+            .map_or((0, 0), |q| (q.replay_messages, q.replay_bytes))
     }
 
     /// Tells the writer to recompute its timers.

@@ -105,7 +105,8 @@ pub struct Settings {
     /// channel, not reading) before the session is ended [default: 10000]
     #[arg(long, env = "FLOW_CONTROL_MAX_HELD_MESSAGES")]
     flow_control_max_held_messages: Option<usize>,
-    /// The same bound in bytes [default: 67108864]
+    /// The same bound in bytes, which also caps each replay window [default: 16777216, at
+    /// most a sixteenth of MEMORY_LIMIT]
     #[arg(long, env = "FLOW_CONTROL_MAX_HELD_BYTES")]
     flow_control_max_held_bytes: Option<u64>,
     /// Most runs open at once per session [default: 10]
@@ -163,6 +164,12 @@ pub struct Settings {
     /// Tool rounds one answer may take before the run fails [default: 8]
     #[arg(long, env = "AGENT_MAX_TOOL_ROUNDS")]
     agent_max_tool_rounds: Option<u32>,
+    /// What everything clients make the server hold may add up to: bytes, or with a unit
+    /// (256MiB, 2GiB). Past three quarters, the largest replay windows are trimmed; past
+    /// it, new connections get 503 and the largest sessions are ended [default: half of
+    /// the machine's (or the cgroup's) memory]
+    #[arg(long, env = "MEMORY_LIMIT")]
+    memory_limit: Option<ByteSize>,
     /// Serve /autobahn, an unauthenticated WebSocket echo for the Autobahn conformance suite
     /// (scripts/autobahn); for testing only [default: false]
     #[arg(long, env = "HAIP_AUTOBAHN_ECHO", num_args = 0..=1, default_missing_value = "true")]
@@ -195,6 +202,49 @@ fn positive<T: PartialOrd + Default + Copy>(key: &str, v: Option<T>) -> anyhow::
         bail!("invalid {key}: must be greater than 0");
     }
     Ok(v)
+}
+
+/// A size in bytes, written as a number of bytes or with a unit (KiB, MiB, GiB; KB, MB,
+/// GB are read as the same powers of 1024, which is what people mean for memory).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl std::str::FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<ByteSize, String> {
+        let t = text.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (digits, unit) = t.split_at(split);
+        let n: u64 = digits
+            .parse()
+            .map_err(|_| format!("{text:?} is not a size: write bytes, or e.g. 256MiB"))?;
+        let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kb" | "kib" => 1 << 10,
+            "m" | "mb" | "mib" => 1 << 20,
+            "g" | "gb" | "gib" => 1 << 30,
+            _ => return Err(format!("{text:?}: unknown unit (use KiB, MiB or GiB)")),
+        };
+        n.checked_mul(scale)
+            .map(ByteSize)
+            .ok_or_else(|| format!("{text:?} is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<ByteSize, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bytes(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bytes(n) => Ok(ByteSize(n)),
+            Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
+        }
+    }
 }
 
 /// Who answers user messages.
@@ -271,6 +321,7 @@ pub fn resolve(args: &ServeArgs) -> anyhow::Result<Resolved> {
         agent_history,
         agent_timeout,
         agent_max_tool_rounds,
+        memory_limit,
         autobahn_echo
     );
     let d = ServerConfig::default();
@@ -402,6 +453,13 @@ pub fn resolve(args: &ServeArgs) -> anyhow::Result<Resolved> {
         log_format,
         echo_word_delay: ms(s.echo_word_delay, d.echo_word_delay),
         autobahn_echo: s.autobahn_echo.unwrap_or(d.autobahn_echo),
+        memory_limit: match s.memory_limit {
+            Some(ByteSize(n)) if n < 16 * 1024 * 1024 => {
+                bail!("invalid MEMORY_LIMIT: {n} bytes is too little to serve anyone (16MiB at least)")
+            }
+            Some(ByteSize(n)) => n,
+            None => d.memory_limit,
+        },
     };
     Ok(Resolved { server, agent })
 }
@@ -584,5 +642,23 @@ async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ByteSize;
+
+    #[test]
+    fn sizes_are_read_in_bytes_or_with_a_unit() {
+        let read = |t: &str| t.parse::<ByteSize>().map(|b| b.0);
+        assert_eq!(read("1048576"), Ok(1 << 20));
+        assert_eq!(read("256MiB"), Ok(256 << 20));
+        assert_eq!(read("256 MB"), Ok(256 << 20));
+        assert_eq!(read("2GiB"), Ok(2 << 30));
+        assert_eq!(read("64k"), Ok(64 << 10));
+        assert!(read("lots").is_err());
+        assert!(read("12TB").is_err());
+        assert!(read("99999999999999GiB").is_err());
     }
 }

@@ -104,6 +104,20 @@ impl<T> ReplayWindow<T> {
         }
     }
 
+    /// Drops the oldest entries until the window holds at most `max_bytes` (a server short
+    /// of memory gives up replay depth first); returns how many bytes it dropped. A resume
+    /// that needed them then fails as for any message past the window.
+    pub fn shrink_to(&mut self, max_bytes: u64) -> u64 {
+        let before = self.bytes;
+        while self.bytes > max_bytes {
+            let Some(front) = self.entries.pop_front() else {
+                break;
+            };
+            self.bytes -= front.bytes;
+        }
+        before - self.bytes
+    }
+
     /// The seq of the last message sent (0 before any).
     pub fn last_seq(&self) -> u64 {
         self.last_seq
@@ -167,6 +181,22 @@ impl<T> ReplayWindow<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shrinking_drops_the_oldest_first_and_resumes_then_fail_cleanly() {
+        let mut w = ReplayWindow::new(ReplayConfig::default());
+        for seq in 1..=10 {
+            w.push(seq, 0, 100, seq).expect("push");
+        }
+        assert_eq!(w.shrink_to(450), 600);
+        assert_eq!(w.bytes(), 400);
+        assert_eq!(w.oldest_seq(), Some(7));
+        assert!(w.after(5).is_err(), "a resume needing seq 6 fails whole");
+        assert_eq!(
+            w.after(6).expect("kept").copied().collect::<Vec<_>>(),
+            [7, 8, 9, 10]
+        );
+    }
 
     fn window(keep_newest: usize, keep_for_ms: u64) -> ReplayWindow<u64> {
         ReplayWindow::new(ReplayConfig {

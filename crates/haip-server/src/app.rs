@@ -49,13 +49,17 @@ impl AppState {
         agent: Arc<dyn Agent>,
         tools: ToolRegistry,
     ) -> SharedState {
+        // No one session may take more than a sixteenth of the memory budget in output.
+        let held_bytes = config
+            .flow_control_max_held_bytes
+            .min(config.memory_limit / 16);
         let limits = SessionLimits {
             replay: ReplayConfig {
                 keep_newest: config.replay_window_size,
                 keep_for_ms: config.replay_window_time.as_millis() as u64,
                 // The replay window shares its frames with the connection's backlog, so this
                 // one number bounds the output memory of a session.
-                max_bytes: config.flow_control_max_held_bytes,
+                max_bytes: held_bytes,
                 ..ReplayConfig::default()
             },
             max_concurrent_runs: config.max_concurrent_runs,
@@ -73,13 +77,19 @@ impl AppState {
             max_pending_input_bytes: config
                 .flow_control_initial_credit_bytes
                 .saturating_mul(4)
-                .max(config.websocket_max_payload as u64)
-                .min(64 * 1024 * 1024),
+                .min(config.memory_limit / 64)
+                .max(config.websocket_max_payload as u64),
             max_running_tool_calls: 100,
             max_held_messages: config.flow_control_max_held_messages,
-            max_held_bytes: config.flow_control_max_held_bytes,
+            max_held_bytes: held_bytes,
         };
-        let engine = Engine::new(limits, agent, tools, config.session_ttl.as_millis() as u64);
+        let engine = Engine::new(
+            limits,
+            agent,
+            tools,
+            config.session_ttl.as_millis() as u64,
+            config.memory_limit,
+        );
         Arc::new(AppState {
             config,
             engine,
@@ -126,6 +136,11 @@ impl AppState {
         };
         if live >= self.config.max_connections {
             return Err(unavailable("too many connections"));
+        }
+        if !self.engine.budget.admits_connections() {
+            return Err(unavailable(
+                "the server is over its memory budget; try again shortly",
+            ));
         }
         if sse && live_sse >= self.config.sse_max_connections {
             return Err(unavailable("too many SSE connections"));
@@ -304,6 +319,7 @@ async fn stats(axum::extract::State(state): axum::extract::State<SharedState>) -
         "uptime": uptime_ms,
         "sessions": state.engine.session_count(),
         "transports": transport_counts(m),
+        "memory": state.engine.budget.snapshot(),
     }))
     .into_response()
 }
@@ -377,6 +393,52 @@ async fn metrics(axum::extract::State(state): axum::extract::State<SharedState>)
         "counter",
         "Sum of the measured PING to PONG round trips, in ms.",
         &one(&m.round_trip_ms_sum),
+    );
+    let memory = state.engine.budget.snapshot();
+    let bytes = |v: &serde_json::Value| vec![(String::new(), v.as_u64().unwrap_or(0).to_string())];
+    metric(
+        "haip_memory_limit_bytes",
+        "gauge",
+        "The memory budget (MEMORY_LIMIT).",
+        &bytes(&memory["limit"]),
+    );
+    let used_by: Vec<(String, String)> = memory["usedBy"]
+        .as_object()
+        .map(|kinds| {
+            kinds
+                .iter()
+                .map(|(kind, v)| {
+                    (
+                        format!("{{kind=\"{kind}\"}}"),
+                        v.as_u64().unwrap_or(0).to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    metric(
+        "haip_memory_used_bytes",
+        "gauge",
+        "What clients make the server hold, by kind, at the last sample.",
+        &used_by,
+    );
+    metric(
+        "haip_memory_trimmed_replay_bytes_total",
+        "counter",
+        "Replay window bytes given up to stay under the budget's soft mark.",
+        &bytes(&memory["trimmedReplayBytes"]),
+    );
+    metric(
+        "haip_memory_sessions_ended_total",
+        "counter",
+        "Sessions ended because the server was over its memory budget.",
+        &bytes(&memory["sessionsEnded"]),
+    );
+    metric(
+        "haip_memory_connections_refused_total",
+        "counter",
+        "Connections refused (503) while over the memory budget.",
+        &bytes(&memory["connectionsRefused"]),
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

@@ -53,6 +53,32 @@ pub struct ServerConfig {
     /// Serve `/autobahn`, an unauthenticated WebSocket echo for the Autobahn conformance
     /// suite (`scripts/autobahn`). Off by default; never for production.
     pub autobahn_echo: bool,
+    /// What everything clients can make the server hold may add up to, in bytes (see
+    /// `engine::budget`). Per-session bounds are capped by it too.
+    pub memory_limit: u64,
+}
+
+/// The default memory limit: half of the memory the process may use (the cgroup's limit
+/// when one is set, else the machine's), at least 256 MiB.
+pub fn default_memory_limit() -> u64 {
+    let machine = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .map(|kib| kib * 1024);
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let available = match (machine, cgroup) {
+        (Some(m), Some(c)) => m.min(c),
+        (Some(m), None) => m,
+        (None, Some(c)) => c,
+        (None, None) => 2 * 1024 * 1024 * 1024,
+    };
+    (available / 2).max(256 * 1024 * 1024)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,7 +117,7 @@ impl Default for ServerConfig {
             flow_control_initial_credit_messages: 1000,
             flow_control_initial_credit_bytes: 1024 * 1024,
             flow_control_max_held_messages: 10_000,
-            flow_control_max_held_bytes: 64 * 1024 * 1024,
+            flow_control_max_held_bytes: 16 * 1024 * 1024,
             max_concurrent_runs: 10,
             replay_window_size: 1000,
             replay_window_time: Duration::from_millis(300_000),
@@ -102,6 +128,7 @@ impl Default for ServerConfig {
             log_format: LogFormat::Text,
             echo_word_delay: Duration::from_millis(20),
             autobahn_echo: false,
+            memory_limit: default_memory_limit(),
         }
     }
 }

@@ -10,6 +10,7 @@ use socket2::{SockRef, TcpKeepalive};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::app::{router, SharedState};
+use crate::engine::budget::SAMPLE_INTERVAL;
 
 /// How long a connection may take to send a request head, from when it opens or from its
 /// previous response.
@@ -23,12 +24,18 @@ pub async fn serve(listener: TcpListener, state: SharedState) -> std::io::Result
     let reaper = {
         let state = state.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+            let mut tick = tokio::time::interval(SAMPLE_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut last_reap = tokio::time::Instant::now();
             loop {
                 tick.tick().await;
-                let n = state.engine.reap();
-                if n > 0 {
-                    tracing::debug!(expired = n, "dropped sessions past their TTL");
+                state.engine.enforce_budget(state.live_connections());
+                if last_reap.elapsed() >= Duration::from_secs(5) {
+                    last_reap = tokio::time::Instant::now();
+                    let n = state.engine.reap();
+                    if n > 0 {
+                        tracing::debug!(expired = n, "dropped sessions past their TTL");
+                    }
                 }
             }
         })

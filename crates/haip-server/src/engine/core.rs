@@ -101,6 +101,37 @@ pub struct SessionLimits {
     pub max_held_bytes: u64,
 }
 
+/// What one running tool call is counted as in the memory budget (its task, params and
+/// bookkeeping), in bytes.
+pub const TOOL_CALL_BYTES: u64 = 2048;
+
+/// The bytes a session holds that a client can make grow, by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionUsage {
+    /// Sent messages kept for resume.
+    pub replay: u64,
+    /// Output the client has not taken: held by flow control or queued for its writer.
+    pub held_output: u64,
+    /// Replayed messages queued for the writer (shared with the window, counted anyway).
+    pub queued_replays: u64,
+    /// Out-of-order client messages held for a gap.
+    pub inbound_held: u64,
+    /// User messages started and not ended.
+    pub unfinished_messages: u64,
+    pub tool_calls: u64,
+}
+
+impl SessionUsage {
+    pub fn total(&self) -> u64 {
+        self.replay
+            + self.held_output
+            + self.queued_replays
+            + self.inbound_held
+            + self.unfinished_messages
+            + self.tool_calls
+    }
+}
+
 /// The most user messages a session assembles at once (started, not ended).
 pub const MAX_OPEN_MESSAGES: usize = 64;
 
@@ -132,7 +163,7 @@ impl Default for SessionLimits {
             max_pending_input_bytes: 4 * 1024 * 1024,
             max_running_tool_calls: 100,
             max_held_messages: 10_000,
-            max_held_bytes: 64 * 1024 * 1024,
+            max_held_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -583,10 +614,50 @@ impl SessionCore {
             "limit_messages": self.limits.max_held_messages,
             "limit_bytes": self.limits.max_held_bytes,
         });
+        self.end(
+            ErrorCode::FlowControlViolation,
+            format!("session ended: output {why} exceeded the limit"),
+            detail,
+            "held output over limit",
+            now_ms,
+        );
+    }
+
+    /// Ends the session because the server is past its memory budget and this session is
+    /// among those holding the most (see `engine::budget`).
+    pub fn end_for_memory_budget(&mut self, used: u64, now_ms: u64) {
+        tracing::warn!(
+            session = %self.id,
+            subject = %self.subject,
+            session_bytes = used,
+            "ending session: the server is over its memory budget and this session holds the most"
+        );
+        let detail = serde_json::json!({"reason": "MEMORY_LIMIT", "session_bytes": used});
+        self.end(
+            ErrorCode::RateLimited,
+            "session ended: the server is short of memory and this session held the most; \
+             reconnect for a new session"
+                .to_string(),
+            detail,
+            "server over its memory budget",
+            now_ms,
+        );
+    }
+
+    /// Tells the client why (ERROR on SYSTEM, never held), closes its connection with 1008
+    /// and frees what the session holds; it cannot be resumed.
+    fn end(
+        &mut self,
+        code: ErrorCode,
+        message: String,
+        detail: Value,
+        close_reason: &str,
+        now_ms: u64,
+    ) {
         self.ended = true;
         let error = self.system(Payload::Error(ErrorPayload {
-            code: ErrorCode::FlowControlViolation.as_str().to_string(),
-            message: format!("session ended: output {why} exceeded the limit"),
+            code: code.as_str().to_string(),
+            message,
             related_id: None,
             detail: detail.as_object().cloned(),
             run_id: None,
@@ -595,7 +666,7 @@ impl SessionCore {
         self.send_now(Pending::Own(error), now_ms); // SYSTEM: never held by flow control
         self.close_connection(Close {
             code: 1008,
-            reason: "held output over limit".into(),
+            reason: close_reason.into(),
         });
         if let Some(q) = self.attached.take() {
             if q.is_writing() {
@@ -606,6 +677,31 @@ impl SessionCore {
         self.cancel_all();
         self.gate = SendGate::new(Credit::UNLIMITED);
         self.replay = ReplayWindow::new(self.limits.replay);
+        self.inbound = Sequencer::with_byte_bound(0, 0);
+        self.texts.clear();
+        self.texts_bytes = 0;
+    }
+
+    /// What the session holds that a client can make grow, in bytes.
+    pub fn memory_usage(&self) -> SessionUsage {
+        let (queued, queued_replay) = match &self.attached {
+            Some(q) => (q.backlog().1, q.replay_backlog().1),
+            None => (0, 0),
+        };
+        SessionUsage {
+            replay: self.replay.bytes(),
+            held_output: self.gate.held_bytes() + queued,
+            queued_replays: queued_replay,
+            inbound_held: self.inbound.held_bytes(),
+            unfinished_messages: self.texts_bytes,
+            tool_calls: self.tool_calls.len() as u64 * TOOL_CALL_BYTES,
+        }
+    }
+
+    /// Gives up the oldest replay entries until the window holds at most `max_bytes`;
+    /// returns the bytes freed.
+    pub fn shrink_replay(&mut self, max_bytes: u64) -> u64 {
+        self.replay.shrink_to(max_bytes)
     }
 
     fn send_now(&mut self, pending: Pending, now_ms: u64) {

@@ -5,6 +5,7 @@
 //! resumed on any transport.
 
 mod agent_link;
+pub mod budget;
 pub mod connection;
 pub mod core;
 pub mod metrics;
@@ -25,7 +26,8 @@ use tokio_util::sync::CancellationToken;
 use crate::agent::{Agent, Reply};
 use crate::tools::{ToolCatalog, ToolContext, ToolOutcome, ToolRegistry};
 use agent_link::AgentLink;
-use core::{Action, SessionCore, SessionLimits, SharedMessage};
+use budget::{plan, Enforcement, MemoryBudget, Usage, CONNECTION_BYTES};
+use core::{Action, SessionCore, SessionLimits, SessionUsage, SharedMessage};
 use metrics::Metrics;
 use outbound::ConnQueue;
 use threads::Threads;
@@ -125,6 +127,8 @@ pub struct Engine {
     agent: Arc<dyn Agent>,
     tools: Arc<ToolRegistry>,
     pub metrics: Metrics,
+    /// The server-wide memory budget (see [`budget`]).
+    pub budget: MemoryBudget,
     session_ttl_ms: u64,
     /// The HAI and TOOL_LIST that open every session, the same for all but their heads
     /// (the HAI depends only on the configuration and whether the transport takes binary
@@ -138,8 +142,10 @@ impl Engine {
         agent: Arc<dyn Agent>,
         tools: ToolRegistry,
         session_ttl_ms: u64,
+        memory_limit: u64,
     ) -> Arc<Engine> {
         Arc::new(Engine {
+            budget: MemoryBudget::new(memory_limit),
             limits: Arc::new(limits),
             sessions: Mutex::new(HashMap::new()),
             threads: Arc::new(Threads::default()),
@@ -328,6 +334,78 @@ impl Engine {
                 self.remove(&id);
             }
         }
+    }
+
+    /// Adds up what every session holds and enforces the memory budget (see [`budget`]):
+    /// trims the largest replay windows past the soft mark, ends the largest sessions past
+    /// the limit. `connections` is the number of open connections.
+    pub fn enforce_budget(&self, connections: usize) -> Enforcement {
+        let now = now_ms();
+        let sessions: Vec<Arc<Session>> = self.registry().values().cloned().collect();
+        let measure = |sessions: &[Arc<Session>]| -> Vec<SessionUsage> {
+            sessions.iter().map(|s| s.lock().memory_usage()).collect()
+        };
+        let fixed = self.budget.request_bodies() + connections as u64 * CONNECTION_BYTES;
+        let total =
+            |usages: &[SessionUsage]| fixed + usages.iter().map(SessionUsage::total).sum::<u64>();
+        let mut usages = measure(&sessions);
+        let mut done = Enforcement::default();
+        let soft = self.budget.soft_mark();
+        if total(&usages) > soft {
+            let excess = total(&usages) - soft;
+            let by_replay = usages
+                .iter()
+                .enumerate()
+                .map(|(i, u)| (i, u.replay))
+                .collect();
+            for i in plan(by_replay, excess, |replay| replay - replay / 2) {
+                let mut core = sessions[i].lock();
+                let keep = usages[i].replay / 2;
+                done.trimmed_bytes += core.shrink_replay(keep);
+            }
+            usages = measure(&sessions);
+        }
+        if total(&usages) > self.budget.limit() {
+            let excess = total(&usages) - soft;
+            let by_total = usages
+                .iter()
+                .enumerate()
+                .map(|(i, u)| (i, u.total()))
+                .collect();
+            for i in plan(by_total, excess, |t| t) {
+                sessions[i]
+                    .lock()
+                    .end_for_memory_budget(usages[i].total(), now);
+                done.ended_sessions += 1;
+            }
+            usages = measure(&sessions);
+        }
+        let mut sum = SessionUsage::default();
+        for u in &usages {
+            sum.replay += u.replay;
+            sum.held_output += u.held_output;
+            sum.queued_replays += u.queued_replays;
+            sum.inbound_held += u.inbound_held;
+            sum.unfinished_messages += u.unfinished_messages;
+            sum.tool_calls += u.tool_calls;
+        }
+        let usage = Usage {
+            sessions: sum,
+            request_bodies: self.budget.request_bodies(),
+            connections: connections as u64 * CONNECTION_BYTES,
+        };
+        if done.trimmed_bytes > 0 || done.ended_sessions > 0 {
+            tracing::warn!(
+                used = usage.total(),
+                limit = self.budget.limit(),
+                trimmed_replay_bytes = done.trimmed_bytes,
+                ended_sessions = done.ended_sessions,
+                "over the memory budget's soft mark: gave up replay depth and sessions"
+            );
+        }
+        self.budget
+            .record(usage, usage.total() > self.budget.limit(), done);
+        done
     }
 
     pub fn reap(&self) -> usize {

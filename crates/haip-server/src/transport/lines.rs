@@ -48,6 +48,11 @@ impl LineSplitter {
     }
 
     /// The last line, when the stream ends without a newline.
+    /// Bytes of a line not complete yet.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
     pub fn finish(&mut self) -> Option<Line> {
         let line = self.buf.split().freeze();
         non_blank(line).map(Line::Complete)

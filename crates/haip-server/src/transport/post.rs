@@ -5,6 +5,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use futures_util::StreamExt;
 use haip_protocol::payload::Hai;
 use haip_protocol::{Envelope, Payload};
 use serde_json::json;
@@ -24,6 +25,48 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response {
 /// The largest body `POST /haip/messages` reads; past it the answer is 413.
 pub const MAX_POST_BODY: usize = 2 * 1024 * 1024;
 
+/// Reads the whole body, counted in the memory budget while it is read, within
+/// `MAX_POST_BODY` bytes and the HTTP stream timeout.
+#[allow(clippy::result_large_err)] // the error is the HTTP answer itself
+async fn read_body(state: &SharedState, body: Body) -> Result<Vec<u8>, Response> {
+    let mut guard = state.engine.budget.reading_body();
+    let mut data = Vec::new();
+    let mut stream = body.into_data_stream();
+    let deadline = tokio::time::Instant::now() + state.config.http_stream_timeout;
+    loop {
+        let chunk = match tokio::time::timeout_at(deadline, stream.next()).await {
+            Err(_) => {
+                return Err(error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "PROTOCOL_VIOLATION",
+                    "the body did not arrive in time",
+                ))
+            }
+            Ok(None) => return Ok(data),
+            Ok(Some(Err(_))) => {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    "PROTOCOL_VIOLATION",
+                    "the body was cut short",
+                ))
+            }
+            Ok(Some(Ok(chunk))) => chunk,
+        };
+        if data.len() + chunk.len() > MAX_POST_BODY {
+            return Err(error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "PROTOCOL_VIOLATION",
+                &format!(
+                    "the body is larger than {MAX_POST_BODY} bytes: send fewer envelopes per \
+                     request"
+                ),
+            ));
+        }
+        guard.add(chunk.len());
+        data.extend_from_slice(&chunk);
+    }
+}
+
 pub async fn messages(
     State(state): State<SharedState>,
     headers: HeaderMap,
@@ -33,15 +76,9 @@ pub async fn messages(
         Ok(id) => id,
         Err(r) => return r,
     };
-    let Ok(body) = axum::body::to_bytes(body, MAX_POST_BODY).await else {
-        return error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "PROTOCOL_VIOLATION",
-            &format!(
-                "the body is larger than {MAX_POST_BODY} bytes (or was cut short): send \
-                 fewer envelopes per request"
-            ),
-        );
+    let body = match read_body(&state, body).await {
+        Ok(body) => body,
+        Err(r) => return r,
     };
     // One envelope or an array of them (JSON allows whitespace before either); each is
     // validated on its own below.

@@ -65,6 +65,8 @@ pub async fn open(
     let limit = state.config.http_stream_max_payload;
     let mut splitter = LineSplitter::new(limit);
     let mut body = body.into_data_stream();
+    // A line being read counts in the memory budget until it is complete.
+    let mut pending = state.engine.budget.reading_body();
     let mut first: Vec<Inbound> = Vec::new();
     let mut ended = false;
     // A body sent whole (with a Content-Length) has its first line read before the
@@ -85,6 +87,7 @@ pub async fn open(
                             Line::TooLong => first.push(Inbound::TooLarge),
                         }
                     }
+                    pending.set(splitter.buffered());
                 }
                 // A cut body (an error) drops its unterminated tail: it may be half a
                 // message. A body that ended cleanly delivers it.
@@ -104,8 +107,8 @@ pub async fn open(
     };
     let inbound = futures_util::stream::iter(first).chain(
         futures_util::stream::unfold(
-            (body, splitter, ended),
-            |(mut body, mut splitter, ended)| async move {
+            (body, splitter, pending, ended),
+            |(mut body, mut splitter, mut pending, ended)| async move {
                 if ended {
                     return None;
                 }
@@ -120,17 +123,19 @@ pub async fn open(
                                     Line::TooLong => Inbound::TooLarge,
                                 })
                                 .collect();
+                            pending.set(splitter.buffered());
                             if !items.is_empty() {
-                                return Some((items, (body, splitter, false)));
+                                return Some((items, (body, splitter, pending, false)));
                             }
                         }
-                        Some(Err(_)) => return Some((Vec::new(), (body, splitter, true))),
+                        Some(Err(_)) => return Some((Vec::new(), (body, splitter, pending, true))),
                         None => {
                             let last: Vec<Inbound> = match splitter.finish() {
                                 Some(Line::Complete(b)) => vec![Inbound::Text(b)],
                                 _ => Vec::new(),
                             };
-                            return Some((last, (body, splitter, true)));
+                            pending.set(0);
+                            return Some((last, (body, splitter, pending, true)));
                         }
                     }
                 }

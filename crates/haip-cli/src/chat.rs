@@ -4,7 +4,10 @@
 use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
 
-use crate::connect::{block_on, fail, open, show_reconnects, stream_reply, ConnectArgs, ReplyEnd};
+use crate::connect::{
+    block_on, drain_between_replies, exit, fail, open, show_reconnects, stream_reply, ConnectArgs,
+    ReplyEnd,
+};
 
 #[derive(clap::Args)]
 #[command(about = "Chat with the agent: each line you type is a message")]
@@ -49,6 +52,7 @@ pub fn run(args: &ChatArgs) -> ExitCode {
             if line.trim().is_empty() {
                 continue;
             }
+            drain_between_replies(&mut sub);
             if let Err(e) = conn.send_text(&line).await {
                 outcome = fail(&e, "SEND_FAILED");
                 break;
@@ -56,6 +60,12 @@ pub fn run(args: &ChatArgs) -> ExitCode {
             match stream_reply(&mut sub, false).await {
                 Ok(ReplyEnd::Finished { .. }) => {}
                 Ok(ReplyEnd::Error { code, message }) => eprintln!("error {code}: {message}"),
+                Ok(ReplyEnd::Lost) => {
+                    eprintln!(
+                        "[the reply to {line:?} was lost with the old session: send it again]"
+                    );
+                    outcome = ExitCode::from(exit::FAILED);
+                }
                 Err(e) => {
                     outcome = fail(&e, "CONNECTION_LOST");
                     break;

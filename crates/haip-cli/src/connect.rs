@@ -13,7 +13,8 @@ use haip_protocol::Payload;
 
 #[derive(clap::Args, Clone)]
 pub struct ConnectArgs {
-    /// Server URL; a bare host:port gets the transport's default path
+    /// Server URL; without a scheme http:// is assumed, and a bare host:port gets the
+    /// transport's default path
     #[arg(long, env = "HAIP_URL", default_value = "http://127.0.0.1:8080")]
     pub url: String,
     /// JWT for the server (`haip serve` prints one; `haip token` mints one)
@@ -32,12 +33,18 @@ fn parse_transport(s: &str) -> Result<Transport, String> {
 }
 
 impl ConnectArgs {
-    /// The URL with the transport's default path when the user gave only a host.
+    /// The URL with `http://` when the user gave no scheme, and the transport's default
+    /// path when they gave only a host.
     pub fn full_url(&self) -> String {
-        let url = self.url.trim_end_matches('/');
+        let given = self.url.trim().trim_end_matches('/');
+        let url = if given.contains("://") {
+            given.to_string()
+        } else {
+            format!("http://{given}")
+        };
         let after_scheme = url.find("://").map_or(0, |i| i + 3);
         if url[after_scheme..].contains('/') {
-            return url.to_string();
+            return url;
         }
         let path = match self.transport {
             Transport::WebSocket => "/haip/websocket",
@@ -74,15 +81,67 @@ pub fn block_on(command: impl std::future::Future<Output = ExitCode>) -> ExitCod
         Ok(runtime) => runtime.block_on(command),
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
-            ExitCode::from(2)
+            ExitCode::from(exit::USAGE)
         }
     }
 }
 
-/// Prints `error CODE: message` (`fallback` when the server gave no code); exit status 1.
+/// Exit statuses of the client commands, so that scripts can tell failures apart.
+pub mod exit {
+    /// The run or the request failed (the server said so).
+    pub const FAILED: u8 = 1;
+    /// The command line is wrong.
+    pub const USAGE: u8 = 2;
+    /// The server refused the token.
+    pub const AUTH: u8 = 3;
+    /// Nothing HAIP at that URL (a bad URL, a wrong path).
+    pub const NOT_FOUND: u8 = 4;
+    /// The server could not be reached, or stopped answering, after retrying.
+    pub const UNREACHABLE: u8 = 5;
+}
+
+/// Says what went wrong in plain words, with what to do about it, and returns the exit
+/// status for it (see [`exit`]). `fallback` names the failure when the server gave no code.
 pub fn fail(e: &ClientError, fallback: &str) -> ExitCode {
-    eprintln!("error {}: {e}", e.code().unwrap_or(fallback));
-    ExitCode::from(1)
+    let (status, advice) = if e.is_auth_failure() {
+        (
+            exit::AUTH,
+            "check --token or HAIP_TOKEN: `haip serve` prints a token, `haip token` mints one",
+        )
+    } else if matches!(e, ClientError::Url(_))
+        || matches!(root(e), ClientError::Http { status: 404, .. })
+    {
+        (
+            exit::NOT_FOUND,
+            "check --url: it should name a haip server, e.g. http://127.0.0.1:8080",
+        )
+    } else if matches!(
+        root(e),
+        ClientError::Transport(_) | ClientError::Timeout(_) | ClientError::Closed(..)
+    ) || matches!(e, ClientError::NotConnected { .. })
+    {
+        (
+            exit::UNREACHABLE,
+            "is the server running, and is --url right?",
+        )
+    } else {
+        (exit::FAILED, "")
+    };
+    let code = e.code().unwrap_or(fallback);
+    if advice.is_empty() {
+        eprintln!("error {code}: {e}");
+    } else {
+        eprintln!("error {code}: {e}\n  ({advice})");
+    }
+    ExitCode::from(status)
+}
+
+/// The failure behind "not connected within ...".
+fn root(e: &ClientError) -> &ClientError {
+    match e {
+        ClientError::NotConnected { last, .. } => root(last),
+        other => other,
+    }
 }
 
 /// Connects and subscribes to `pattern`, or says why not.
@@ -97,7 +156,7 @@ pub async fn open(
         .map_err(|e| fail(&e, "CONNECT_FAILED"))?;
     let sub = conn.subscribe(pattern).map_err(|e| {
         eprintln!("error: {e}");
-        ExitCode::from(2)
+        ExitCode::from(exit::USAGE)
     })?;
     Ok((conn, sub))
 }
@@ -130,8 +189,44 @@ pub fn show_reconnects(conn: &Connection) {
 
 /// What a finished reply ended with.
 pub enum ReplyEnd {
-    Finished { ok: bool, status: String },
-    Error { code: String, message: String },
+    Finished {
+        ok: bool,
+        status: String,
+    },
+    Error {
+        code: String,
+        message: String,
+    },
+    /// The server could not resume the session (it restarted, or kept it too long
+    /// detached) while the reply was awaited, and no reply came in the new session.
+    Lost,
+}
+
+/// How long a reply may take to start in a new session after a failed resume before it
+/// counts as lost (a message the old session never acknowledged is sent again, and then
+/// answered).
+const REPLY_AFTER_RESUME_FAILED: Duration = Duration::from_secs(3);
+
+/// Whether `item` is the connect-time RESUME_FAILED (outside the session's numbering).
+fn is_resume_failed(item: &Received) -> bool {
+    item.message.seq == 0
+        && matches!(&item.message.payload, Payload::Error(e) if e.code == "RESUME_FAILED")
+}
+
+fn notice_session_lost() {
+    eprintln!(
+        "[the server could not resume the session (did it restart?); continuing in a new one]"
+    );
+}
+
+/// Takes what arrived while no reply was awaited: a failed resume then only needs a
+/// notice, and must not be taken as the reply to the next message.
+pub fn drain_between_replies(sub: &mut haip_client::Subscription) {
+    while let Some(item) = sub.try_recv() {
+        if is_resume_failed(&item) {
+            notice_session_lost();
+        }
+    }
 }
 
 /// Prints the agent's reply to the last message as it streams (or the raw envelopes with
@@ -142,10 +237,28 @@ pub async fn stream_reply(
 ) -> Result<ReplyEnd, ClientError> {
     let mut out = std::io::stdout();
     let mut shown = false;
+    // Set when the session was lost mid-wait: the reply must start before it.
+    let mut lost_at: Option<tokio::time::Instant> = None;
     loop {
-        let Some(item) = sub.recv().await else {
+        let next = match lost_at {
+            None => sub.recv().await,
+            Some(deadline) => match tokio::time::timeout_at(deadline, sub.recv()).await {
+                Ok(item) => item,
+                Err(_) => return Ok(ReplyEnd::Lost),
+            },
+        };
+        let Some(item) = next else {
             return Err(ClientError::Stopped);
         };
+        if is_resume_failed(&item) {
+            notice_session_lost();
+            if !json {
+                lost_at = Some(tokio::time::Instant::now() + REPLY_AFTER_RESUME_FAILED);
+                continue;
+            }
+        } else if item.message.channel == haip_protocol::channel::AGENT {
+            lost_at = None; // the reply is coming in the new session
+        }
         // The reply is what the agent sends, and errors; SYSTEM housekeeping (TOOL_LIST,
         // FLOW_UPDATE, PING) is not part of it.
         let housekeeping = item.message.channel == haip_protocol::channel::SYSTEM

@@ -35,6 +35,10 @@ pub fn run(args: &SendArgs) -> ExitCode {
                 eprintln!("error {code}: {message}");
                 ExitCode::from(1)
             }
+            Ok(ReplyEnd::Lost) => {
+                eprintln!("error RESUME_FAILED: the reply was lost with the old session; send the message again");
+                ExitCode::from(1)
+            }
             Err(e) => fail(&e, "CONNECTION_LOST"),
         };
         conn.close();

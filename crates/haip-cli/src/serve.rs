@@ -534,11 +534,12 @@ async fn serve(mut config: ServerConfig, agent: Arc<dyn Agent>) -> anyhow::Resul
                 random_secret()
             });
             config.jwt_secret = Some(secret.clone());
-            Authenticator::with_secret(
-                secret.as_bytes(),
-                config.jwt_issuer.clone(),
-                config.jwt_audience.clone(),
-            )
+            let (iss, aud) = (config.jwt_issuer.clone(), config.jwt_audience.clone());
+            if generated_secret {
+                Authenticator::with_generated_secret(secret.as_bytes(), iss, aud)
+            } else {
+                Authenticator::with_secret(secret.as_bytes(), iss, aud)
+            }
         }
     };
     let listener = tokio::net::TcpListener::bind((config.host.as_str(), config.port))
@@ -570,6 +571,10 @@ async fn serve(mut config: ServerConfig, agent: Arc<dyn Agent>) -> anyhow::Resul
                 config.jwt_secret.as_deref().unwrap_or("")
             );
             let _ = writeln!(banner, "token (sub=demo, valid 24 h): {token}");
+            let _ = writeln!(
+                banner,
+                "  for haip chat/send/monitor: export HAIP_TOKEN={token}"
+            );
         }
         None if config.jwt_public_key_pem.is_some() => {
             let _ = writeln!(

@@ -112,29 +112,123 @@ fn send_json_prints_the_raw_envelopes_of_the_run() {
 }
 
 #[test]
-fn a_refused_token_exits_non_zero_with_the_error_code() {
+fn permanent_failures_fail_at_once_in_plain_words_with_their_own_exit_code() {
     let served = common::serve(&[]);
-    for transport in ["sse", "stream"] {
-        let out = haip(
-            &[
-                "send",
-                "x",
-                "--url",
-                &served.url(),
-                "--token",
-                "not-a-token",
-                "--transport",
-                transport,
+    let url = served.url();
+    // (what, args, exit status, words the message must contain)
+    let cases: Vec<(&str, Vec<String>, i32, &str)> = vec![
+        (
+            "bad token over ws",
+            vec![
+                "--url".into(),
+                url.clone(),
+                "--token".into(),
+                "not-a-token".into(),
             ],
-            None,
-        );
-        assert_eq!(out.status.code(), Some(1), "{transport}");
+            3,
+            "token",
+        ),
+        (
+            "bad token over sse",
+            vec![
+                "--url".into(),
+                url.clone(),
+                "--token".into(),
+                "not-a-token".into(),
+                "--transport".into(),
+                "sse".into(),
+            ],
+            3,
+            "AUTHENTICATION_FAILED",
+        ),
+        (
+            "bad token over stream",
+            vec![
+                "--url".into(),
+                url.clone(),
+                "--token".into(),
+                "not-a-token".into(),
+                "--transport".into(),
+                "stream".into(),
+            ],
+            3,
+            "AUTHENTICATION_FAILED",
+        ),
+        ("no token", vec!["--url".into(), url.clone()], 3, "token"),
+        (
+            "a path with nothing there",
+            vec![
+                "--url".into(),
+                format!("{url}/nothing/here"),
+                "--token".into(),
+                served.token.clone(),
+            ],
+            4,
+            "404",
+        ),
+        (
+            "an unknown scheme",
+            vec![
+                "--url".into(),
+                format!("ftp://127.0.0.1:{}", served.port),
+                "--token".into(),
+                served.token.clone(),
+            ],
+            4,
+            "scheme",
+        ),
+    ];
+    for (what, args, status, words) in cases {
+        let started = std::time::Instant::now();
+        let mut all = vec![
+            "send".to_string(),
+            "x".to_string(),
+            "--timeout".into(),
+            "30".into(),
+        ];
+        all.extend(args);
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        let out = haip(&all, None);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(status), "{what}: {err}");
+        assert!(err.contains(words), "{what}: {err}");
+        assert!(!err.contains("Some("), "{what}: a Rust Debug string: {err}");
+        // Not retried until the 30 s timeout: refused at once.
         assert!(
-            text(&out.stderr).contains("AUTHENTICATION_FAILED"),
-            "{transport}: {}",
-            text(&out.stderr)
+            started.elapsed() < std::time::Duration::from_secs(8),
+            "{what}: took {:?}",
+            started.elapsed()
         );
     }
+}
+
+#[test]
+fn a_bare_host_and_port_is_a_url_and_an_unreachable_server_has_its_own_exit_code() {
+    let served = common::serve(&["--echo-word-delay", "1"]);
+    let bare = format!("127.0.0.1:{}", served.port);
+    let out = haip(
+        &["send", "hi there", "--url", &bare, "--token", &served.token],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "hi there\n");
+    let nobody = format!("http://127.0.0.1:{}", common::free_port());
+    let out = haip(
+        &[
+            "send",
+            "x",
+            "--url",
+            &nobody,
+            "--token",
+            &served.token,
+            "--timeout",
+            "2",
+        ],
+        None,
+    );
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(err.contains("is the server running"), "{err}");
 }
 
 #[test]
@@ -186,4 +280,95 @@ fn health_reports_and_fails_when_unreachable() {
     let out = haip(&["health", "--url", &closed], None);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("unreachable"));
+}
+
+#[test]
+fn a_token_from_before_a_restart_is_refused_saying_why_and_how_to_keep_one() {
+    let before = common::serve(&[]);
+    let after = common::serve(&[]); // another made-up secret, as after a restart
+    let out = haip(
+        &["send", "x", "--url", &after.url(), "--token", &before.token],
+        None,
+    );
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("made up a new secret"), "{err}");
+    assert!(err.contains("JWT_SECRET"), "{err}");
+}
+
+/// `haip serve` on `port` with a fixed secret (so tokens outlive a restart); returns it
+/// once it listens.
+fn serve_on(port: u16) -> std::process::Child {
+    let child = Command::new(env!("CARGO_BIN_EXE_haip"))
+        .args(["serve", "--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--echo-word-delay", "1", "--enable-logging", "false"])
+        .env("JWT_SECRET", "chat-restart-secret")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("haip serve starts");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "haip serve did not listen"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child
+}
+
+#[test]
+fn chat_across_a_server_restart_keeps_replies_in_step() {
+    use std::io::{BufRead, BufReader};
+    let port = common::free_port();
+    let mut server = serve_on(port);
+    let token = text(
+        &haip(
+            &["token", "--secret", "chat-restart-secret", "--sub", "ada"],
+            None,
+        )
+        .stdout,
+    )
+    .trim()
+    .to_string();
+    let mut chat = Command::new(env!("CARGO_BIN_EXE_haip"))
+        .args([
+            "chat",
+            "--url",
+            &format!("127.0.0.1:{port}"),
+            "--token",
+            &token,
+        ])
+        .env_remove("HAIP_URL")
+        .env_remove("HAIP_TOKEN")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("haip chat runs");
+    let mut stdin = chat.stdin.take().expect("stdin");
+    let mut replies = BufReader::new(chat.stdout.take().expect("stdout")).lines();
+    writeln!(stdin, "before the restart").expect("write");
+    assert_eq!(
+        replies.next().expect("a reply").expect("utf-8"),
+        "before the restart"
+    );
+    // The server goes away and comes back with none of its sessions.
+    let _ = server.kill();
+    let _ = server.wait();
+    let mut server = serve_on(port);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    for line in ["after the restart", "and once more"] {
+        writeln!(stdin, "{line}").expect("write");
+    }
+    drop(stdin);
+    let rest: Vec<String> = replies.map_while(Result::ok).collect();
+    let out = chat.wait_with_output().expect("chat ends");
+    let _ = server.kill();
+    let _ = server.wait();
+    let err = text(&out.stderr);
+    assert_eq!(rest, ["after the restart", "and once more"], "{err}");
+    assert!(err.contains("could not resume the session"), "{err}");
+    assert_eq!(out.status.code(), Some(0), "{err}");
 }

@@ -114,13 +114,24 @@ impl Subscription {
     /// The next matching message; `None` when the client is gone.
     pub async fn recv(&mut self) -> Option<Received> {
         let item = self.rx.recv().await?;
+        Some(self.taken(item))
+    }
+
+    /// A matching message that has already arrived, without waiting.
+    pub fn try_recv(&mut self) -> Option<Received> {
+        let item = self.rx.try_recv().ok()?;
+        Some(self.taken(item))
+    }
+
+    /// The application took `item`: its credit goes back to the server.
+    fn taken(&self, item: Received) -> Received {
         if !item.credit.returned.swap(true, Ordering::AcqRel) {
             let _ = self.commands.send(Command::Consumed {
                 channel: item.credit.channel.clone(),
                 cost: item.credit.cost,
             });
         }
-        Some(item)
+        item
     }
 }
 
@@ -416,7 +427,9 @@ struct Driver {
 
 /// Why a connection's loop ended.
 enum LoopEnd {
-    Lost(String),
+    Lost(ClientError),
+    /// The server refused us for good (a token it will not take): retrying cannot help.
+    Refused(ClientError),
     Closed,
     /// The token is about to expire: reconnect at once with a fresh one and resume.
     RefreshToken,
@@ -445,17 +458,23 @@ impl Driver {
                             self.session.disconnected();
                             continue;
                         }
-                        LoopEnd::Lost(reason) => {
-                            tracing::debug!(server = %self.id, %reason, "connection lost");
-                            last_error = Some(ClientError::Closed(None, reason));
+                        LoopEnd::Lost(e) => {
+                            tracing::debug!(server = %self.id, error = %e, "connection lost");
+                            last_error = Some(e);
                             let _ = self.last_failure.send(last_error.clone());
+                        }
+                        LoopEnd::Refused(e) => {
+                            let _ = self.last_failure.send(Some(e.clone()));
+                            break Status::Error(e);
                         }
                     }
                 }
                 Err(e) => {
                     tracing::debug!(server = %self.id, error = %e, "connect failed");
-                    if matches!(&e, ClientError::Http { status: 401, .. }) {
-                        break Status::Error(e); // a refused token does not get better
+                    if e.is_permanent() {
+                        // A refused token, a wrong path, a bad URL: trying again cannot help.
+                        let _ = self.last_failure.send(Some(e.clone()));
+                        break Status::Error(e);
                     }
                     last_error = Some(e);
                     let _ = self.last_failure.send(last_error.clone());
@@ -575,7 +594,7 @@ impl Driver {
                             Ok(Wire::Text(raw)) => outputs.extend(self.on_text(raw, transport, &mut pending_binary, now)),
                             Ok(Wire::Binary(data)) => outputs.extend(self.on_binary(data, transport, &mut pending_binary, now)),
                             Err(ended) => {
-                                lost = Some(format!("{:?} {}", ended.code, ended.reason));
+                                lost = Some(ended);
                                 break;
                             }
                         }
@@ -621,10 +640,16 @@ impl Driver {
                 }
             };
             if let Err(e) = self.handle(outputs, &mut link, transport).await {
-                return LoopEnd::Lost(e.to_string());
+                return LoopEnd::Lost(e);
             }
-            if let Some(why) = lost.take() {
-                return LoopEnd::Lost(why);
+            if let Some(ended) = lost.take() {
+                let e = ClientError::Closed(ended.code, ended.reason);
+                // A token the server refused stays refused, unless a provider can give a
+                // fresh one.
+                if e.is_permanent() && self.config.token_provider.is_none() {
+                    return LoopEnd::Refused(e);
+                }
+                return LoopEnd::Lost(e);
             }
             if closing {
                 link.close().await;

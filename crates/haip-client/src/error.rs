@@ -24,14 +24,14 @@ pub enum ClientError {
     #[error("transport error: {0}")]
     Transport(String),
     /// The server answered an HTTP request with an error (401 AUTHENTICATION_FAILED, 503...).
-    #[error("HTTP {status} {code}: {message}")]
+    #[error("HTTP {status}: {message}")]
     Http {
         status: u16,
         code: String,
         message: String,
     },
     /// The connection closed (WebSocket close code, when there was one).
-    #[error("connection closed ({0:?}): {1}")]
+    #[error("the server closed the connection{}: {}", close_code(*.0), .1)]
     Closed(Option<u16>, String),
     /// The server sent ERROR about what we asked.
     #[error("server error {code}: {message}")]
@@ -50,6 +50,10 @@ pub enum ClientError {
     Stopped,
 }
 
+fn close_code(code: Option<u16>) -> String {
+    code.map(|c| format!(" with code {c}")).unwrap_or_default()
+}
+
 impl ClientError {
     /// A transport error with its chain of causes ("error sending request: connection
     /// refused"), which is where the useful part usually is.
@@ -64,11 +68,41 @@ impl ClientError {
         ClientError::Transport(text)
     }
 
+    /// Whether trying again cannot help: a bad URL, a token the server refuses, a path with
+    /// nothing HAIP behind it, a request the server says is wrong. Connection failures,
+    /// timeouts, 408, 429 and 5xx are transient.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            ClientError::Url(_) | ClientError::Pattern(_) => true,
+            ClientError::Http { status, .. } => {
+                (400..500).contains(status) && !matches!(status, 408 | 429)
+            }
+            ClientError::Closed(Some(1008), reason) => reason.contains("authentication"),
+            ClientError::Server { code, .. } => code == "AUTHENTICATION_FAILED",
+            ClientError::NotConnected { last, .. } => last.is_permanent(),
+            _ => false,
+        }
+    }
+
+    /// Whether the server refused the token.
+    pub fn is_auth_failure(&self) -> bool {
+        match self {
+            ClientError::Http { status: 401, .. } => true,
+            ClientError::Http { code, .. } | ClientError::Server { code, .. } => {
+                code == "AUTHENTICATION_FAILED"
+            }
+            ClientError::Closed(Some(1008), reason) => reason.contains("authentication"),
+            ClientError::NotConnected { last, .. } => last.is_auth_failure(),
+            _ => false,
+        }
+    }
+
     /// The HAIP error code, when the server gave one.
     pub fn code(&self) -> Option<&str> {
         match self {
             ClientError::Http { code, .. } | ClientError::Server { code, .. } => Some(code),
             ClientError::NotConnected { last, .. } => last.code(),
+            e @ ClientError::Closed(..) if e.is_auth_failure() => Some("AUTHENTICATION_FAILED"),
             _ => None,
         }
     }

@@ -212,7 +212,16 @@ async fn open_ws(dial: &Dial) -> Result<Ws, ClientError> {
         .with_options(websocket_options())
         .with_request(request)
         .await
-        .map_err(ClientError::transport)
+        .map_err(|e| match e {
+            // The server answered the upgrade with an HTTP error: a wrong path (404) or a
+            // full server (503) say more as a status than as a transport failure.
+            yawc::WebSocketError::InvalidStatusCode(status) => ClientError::Http {
+                status,
+                code: "HTTP_ERROR".into(),
+                message: "the server answered the WebSocket upgrade with an error".into(),
+            },
+            other => ClientError::transport(other),
+        })
 }
 
 fn parse_url(url: &str) -> Result<url::Url, ClientError> {

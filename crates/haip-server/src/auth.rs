@@ -60,6 +60,9 @@ pub struct Authenticator {
     encoding: Option<EncodingKey>,
     issuer: Option<String>,
     audience: Option<String>,
+    /// The secret was made up at start: a token signed with another one most likely
+    /// predates a restart, and the refusal says so.
+    generated_secret: bool,
 }
 
 impl Authenticator {
@@ -76,6 +79,17 @@ impl Authenticator {
             issuer,
             audience,
         )
+    }
+
+    /// HS256 with a secret the server made up at start (no JWT_SECRET).
+    pub fn with_generated_secret(
+        secret: &[u8],
+        issuer: Option<String>,
+        audience: Option<String>,
+    ) -> Authenticator {
+        let mut auth = Authenticator::with_secret(secret, issuer, audience);
+        auth.generated_secret = true;
+        auth
     }
 
     /// RS256 or ES256 with a PEM public key (the algorithm follows the key type).
@@ -128,13 +142,24 @@ impl Authenticator {
             encoding,
             issuer,
             audience,
+            generated_secret: false,
         }
     }
 
     /// Checks a token and returns whom it speaks for.
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
-        let data = decode::<Claims>(token, &self.decoding, &self.validation)
-            .map_err(|e| AuthError(format!("invalid token: {}", refusal(e.kind()))))?;
+        let data = decode::<Claims>(token, &self.decoding, &self.validation).map_err(|e| {
+            if self.generated_secret && *e.kind() == ErrorKind::InvalidSignature {
+                return AuthError(
+                    "invalid token: bad signature. This server made up a new secret when it \
+                     started (JWT_SECRET is not set), so tokens from before a restart no \
+                     longer work: use the token it printed, and set JWT_SECRET to keep tokens \
+                     valid across restarts"
+                        .into(),
+                );
+            }
+            AuthError(format!("invalid token: {}", refusal(e.kind())))
+        })?;
         let claims = data.claims;
         let now_s = now_ms() / 1000;
         if claims.iat.is_some_and(|iat| iat > now_s + LEEWAY_SECS) {

@@ -285,8 +285,13 @@ fn haip(state: SharedState, params: ConnectParams, headers: &HeaderMap, hs: Hand
                 Box::pin(async move {
                     let error = sessionless_error(ErrorCode::AuthenticationFailed, &reason);
                     let _ = conn.send([Frame::text(error)]).await;
-                    conn.send_close(CloseCode::Policy, "authentication failed")
-                        .await;
+                    // The reason travels in the close frame too (at most 123 bytes), for
+                    // clients that only look there.
+                    let mut close_reason = format!("authentication failed: {reason}");
+                    while close_reason.len() > 123 {
+                        close_reason.pop();
+                    }
+                    conn.send_close(CloseCode::Policy, &close_reason).await;
                 })
             }
         };

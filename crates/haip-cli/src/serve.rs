@@ -470,8 +470,10 @@ fn init_logging(config: &ServerConfig) {
     }
     let filter = tracing_subscriber::EnvFilter::try_from_env("HAIP_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only on a terminal: a log file or a journal gets plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match config.log_format {
         LogFormat::Json => builder.json().init(),
@@ -601,7 +603,10 @@ async fn serve(mut config: ServerConfig, agent: Arc<dyn Agent>) -> anyhow::Resul
         "  SSE:            http://{base}{}?token={token}",
         config.sse_path
     );
-    let _ = writeln!(banner,"  HTTP streaming: curl -N -H 'Authorization: Bearer {token}' --data-binary @- http://{base}{}", config.http_stream_path);
+    // `-T .` streams what you type as a chunked body, reading it without blocking: the
+    // server answers at once and each line entered is a message (`--data-binary @-`, and
+    // even `-T -`, wait for the end of input).
+    let _ = writeln!(banner, "  HTTP streaming: curl -sN --no-progress-meter -X POST -T . -H 'Authorization: Bearer {token}' -H 'Content-Type: application/x-ndjson' http://{base}{}", config.http_stream_path);
     let _ = writeln!(banner, "  health:         http://{base}/health");
     if config.autobahn_echo {
         let _ = writeln!(

@@ -279,3 +279,114 @@ fn token_mints_a_token_the_server_accepts() {
         .unwrap();
     assert_ne!(bad.status.code(), Some(0));
 }
+
+#[test]
+fn logs_name_connections_in_plain_text_and_never_show_a_token() {
+    let port = free_port();
+    let mut child = haip()
+        .args(["serve", "--port", &port.to_string(), "--host", "127.0.0.1"])
+        .env("HAIP_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("haip serve starts");
+    let stderr = child.stderr.take().expect("stderr");
+    let log = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = BufReader::new(stderr).read_to_string(&mut text);
+        text
+    });
+    let stdout = child.stdout.take().expect("stdout");
+    let mut token = String::new();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.expect("utf-8");
+        if let Some(t) = line.strip_prefix("token (sub=demo, valid 24 h): ") {
+            token = t.to_string();
+        }
+        if line.trim_start().starts_with("health:") {
+            break;
+        }
+    }
+    // An SSE stream opened with the token in the URL, read a little, then dropped.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    write!(
+        s,
+        "GET /haip/sse?token={token} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"
+    )
+    .expect("request");
+    let mut first = [0u8; 2048];
+    let n = s.read(&mut first).expect("answer");
+    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
+    drop(s);
+    std::thread::sleep(Duration::from_millis(300));
+    stop(child);
+    let log = log.join().expect("log");
+    assert!(log.contains("connection opened: new session"), "{log}");
+    assert!(
+        log.contains("transport=\"sse\"") || log.contains("transport=sse"),
+        "{log}"
+    );
+    assert!(!log.contains(&token), "the token reached the log: {log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a log that is not a terminal"
+    );
+}
+
+#[test]
+fn the_printed_curl_line_for_http_streaming_is_interactive() {
+    let port = free_port();
+    let mut cmd = haip();
+    cmd.args(["serve", "--port", &port.to_string(), "--host", "127.0.0.1"]);
+    let (child, lines) = start(cmd);
+    let curl = lines
+        .iter()
+        .find_map(|l| l.trim_start().strip_prefix("HTTP streaming: "))
+        .expect("a curl line")
+        .to_string();
+    assert!(curl.starts_with("curl "), "{curl}");
+    let mut shell = Command::new("sh")
+        .args(["-c", &curl])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("curl runs");
+    let mut stdin = shell.stdin.take().expect("stdin");
+    let stdout = shell.stdout.take().expect("stdout");
+    let (tx, replies) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next = || {
+        replies
+            .recv_timeout(Duration::from_secs(10))
+            .expect("curl printed nothing within 10 s")
+    };
+    // Nothing typed yet, and the server has spoken.
+    let hai = next();
+    assert!(hai.contains("\"type\":\"HAI\""), "{hai}");
+    // A line typed is a message, answered while input stays open.
+    writeln!(
+        stdin,
+        r#"{{"id":"p1","session":"-","seq":"1","ts":"0","channel":"SYSTEM","type":"PING","payload":{{"nonce":"typed"}}}}"#
+    )
+    .expect("type");
+    let pong = loop {
+        let line = next();
+        if line.contains("\"PONG\"") {
+            break line;
+        }
+    };
+    assert!(pong.contains("typed"), "{pong}");
+    drop(stdin);
+    let _ = shell.kill();
+    let _ = shell.wait();
+    stop(child);
+}

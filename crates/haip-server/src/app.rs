@@ -255,7 +255,13 @@ pub fn router(state: SharedState) -> Router {
         app = app.layer(cors_layer(&c.cors_origins));
     }
     if c.enable_logging {
-        app = app.layer(TraceLayer::new_for_http());
+        // The span names the path only: a query may carry a token (`?token=`), and no
+        // credential goes to a log.
+        app = app.layer(TraceLayer::new_for_http().make_span_with(
+            |req: &axum::http::Request<axum::body::Body>| {
+                tracing::info_span!("request", method = %req.method(), path = %req.uri().path())
+            },
+        ));
     }
     app.with_state(state)
 }

@@ -138,7 +138,16 @@ impl Connection {
             None => None,
             Some(Ok((id, last))) => {
                 match engine.resume(subject, &id, last, queue.clone(), binary) {
-                    Ok(session) => return Connection::new(engine, session, queue, options),
+                    Ok(session) => {
+                        tracing::info!(
+                            transport = options.transport.as_str(),
+                            session = %session.id,
+                            subject = %session.subject,
+                            last_rx_seq = last,
+                            "connection opened: session resumed"
+                        );
+                        return Connection::new(engine, session, queue, options);
+                    }
                     Err(e) => Some((id, e.to_string())),
                 }
             }
@@ -154,6 +163,12 @@ impl Connection {
             ))));
         }
         let session = engine.open_session(subject, queue.clone(), binary);
+        tracing::info!(
+            transport = options.transport.as_str(),
+            session = %session.id,
+            subject = %session.subject,
+            "connection opened: new session"
+        );
         Connection::new(engine, session, queue, options)
     }
 
@@ -275,6 +290,11 @@ impl Connection {
 
     /// Leaves the session resumable and updates the counters.
     pub fn finish(&self) {
+        tracing::info!(
+            transport = self.options.transport.as_str(),
+            session = %self.session.id,
+            "connection closed: session kept for resume"
+        );
         self.session.lock().detach(&self.queue, now_ms());
         self.engine
             .metrics

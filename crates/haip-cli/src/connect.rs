@@ -26,6 +26,10 @@ pub struct ConnectArgs {
     /// Seconds to wait for connect + handshake
     #[arg(long, default_value_t = 10)]
     pub timeout: u64,
+    /// PEM file of CA certificates to trust besides the platform's (or SSL_CERT_FILE's),
+    /// for an https/wss server with a private CA
+    #[arg(long, env = "HAIP_CA_CERT")]
+    pub ca_cert: Option<std::path::PathBuf>,
 }
 
 fn parse_transport(s: &str) -> Result<Transport, String> {
@@ -63,6 +67,7 @@ impl ConnectArgs {
                 max_attempts: 5,
                 ..ReconnectPolicy::default()
             },
+            ca_cert: self.ca_cert.clone(),
             ..ConnectionConfig::new(self.full_url())
         }
     }
@@ -98,12 +103,20 @@ pub mod exit {
     pub const NOT_FOUND: u8 = 4;
     /// The server could not be reached, or stopped answering, after retrying.
     pub const UNREACHABLE: u8 = 5;
+    /// The server's TLS certificate is not trusted (or the TLS settings are unusable).
+    pub const TLS: u8 = 6;
 }
 
 /// Says what went wrong in plain words, with what to do about it, and returns the exit
 /// status for it (see [`exit`]). `fallback` names the failure when the server gave no code.
 pub fn fail(e: &ClientError, fallback: &str) -> ExitCode {
-    let (status, advice) = if e.is_auth_failure() {
+    let (status, advice) = if e.is_certificate_failure() {
+        (
+            exit::TLS,
+            "the server's certificate is not trusted: pass its CA with --ca-cert FILE (or \
+             HAIP_CA_CERT, or SSL_CERT_FILE)",
+        )
+    } else if e.is_auth_failure() {
         (
             exit::AUTH,
             "check --token or HAIP_TOKEN: `haip serve` prints a token, `haip token` mints one",

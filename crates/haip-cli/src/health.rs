@@ -11,12 +11,20 @@ pub struct HealthArgs {
     /// Server URL (only scheme, host and port are used)
     #[arg(long, env = "HAIP_URL", default_value = "http://127.0.0.1:8080")]
     url: String,
-    /// Print the raw JSON of /health and /stats
+    /// Print {"health": ..., "stats": ...} as one JSON document
     #[arg(long)]
     json: bool,
+    /// PEM file of CA certificates to trust besides the platform's (or SSL_CERT_FILE's)
+    #[arg(long, env = "HAIP_CA_CERT")]
+    ca_cert: Option<std::path::PathBuf>,
 }
 
 fn base(url: &str) -> String {
+    let url = if url.contains("://") {
+        url.to_string()
+    } else {
+        format!("http://{url}")
+    };
     let url = url
         .replacen("ws://", "http://", 1)
         .replacen("wss://", "https://", 1);
@@ -28,7 +36,17 @@ fn base(url: &str) -> String {
 }
 
 async fn get(http: &reqwest::Client, url: &str) -> Result<Value, String> {
-    let response = http.get(url).send().await.map_err(|e| e.to_string())?;
+    let response = http.get(url).send().await.map_err(|e| {
+        // The causes say what happened ("connection refused", "invalid peer certificate").
+        let mut text = e.to_string();
+        let mut cause = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            text.push_str(": ");
+            text.push_str(&c.to_string());
+            cause = c.source();
+        }
+        text
+    })?;
     let status = response.status();
     let body: Value = response.json().await.map_err(|e| e.to_string())?;
     if !status.is_success() {
@@ -39,7 +57,14 @@ async fn get(http: &reqwest::Client, url: &str) -> Result<Value, String> {
 
 pub fn run(args: &HealthArgs) -> ExitCode {
     crate::connect::block_on(async {
-        let http = match haip_client::tls::http_client_builder()
+        let tls = match haip_client::tls::client_config(args.ca_cert.as_deref()) {
+            Ok(tls) => tls,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let http = match haip_client::tls::http_client_builder_with(&tls)
             .timeout(Duration::from_secs(5))
             .build()
         {
@@ -59,10 +84,7 @@ pub fn run(args: &HealthArgs) -> ExitCode {
         };
         let stats = get(&http, &format!("{base}/stats")).await.ok();
         if args.json {
-            println!("{health}");
-            if let Some(s) = &stats {
-                println!("{s}");
-            }
+            println!("{}", serde_json::json!({"health": health, "stats": stats}));
         } else {
             println!(
                 "{base}: {} (up {} s), {} active / {} total connections",

@@ -164,6 +164,12 @@ pub struct Settings {
     /// Tool rounds one answer may take before the run fails [default: 8]
     #[arg(long, env = "AGENT_MAX_TOOL_ROUNDS")]
     agent_max_tool_rounds: Option<u32>,
+    /// PEM certificate chain: with --tls-key, serve https and wss (SIGHUP reloads both)
+    #[arg(long, env = "TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert
+    #[arg(long, env = "TLS_KEY")]
+    tls_key: Option<PathBuf>,
     /// What everything clients make the server hold may add up to: bytes, or with a unit
     /// (256MiB, 2GiB). Past three quarters, the largest replay windows are trimmed; past
     /// it, new connections get 503 and the largest sessions are ended [default: half of
@@ -322,6 +328,8 @@ pub fn resolve(args: &ServeArgs) -> anyhow::Result<Resolved> {
         agent_timeout,
         agent_max_tool_rounds,
         memory_limit,
+        tls_cert,
+        tls_key,
         autobahn_echo
     );
     let d = ServerConfig::default();
@@ -460,7 +468,12 @@ pub fn resolve(args: &ServeArgs) -> anyhow::Result<Resolved> {
             Some(ByteSize(n)) => n,
             None => d.memory_limit,
         },
+        tls_cert: s.tls_cert,
+        tls_key: s.tls_key,
     };
+    if server.tls_cert.is_some() != server.tls_key.is_some() {
+        bail!("TLS needs both TLS_CERT and TLS_KEY (or neither)");
+    }
     Ok(Resolved { server, agent })
 }
 
@@ -548,12 +561,22 @@ async fn serve(mut config: ServerConfig, agent: Arc<dyn Agent>) -> anyhow::Resul
         .await
         .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
     let addr = listener.local_addr()?;
-    let shown_host = if addr.ip().is_unspecified() {
-        "127.0.0.1".to_string()
-    } else {
-        addr.ip().to_string()
+    if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
+        // Checked before anything is printed: a wrong file stops start-up, naming it.
+        haip_server::tls::ServerTls::load(cert, key).map_err(anyhow::Error::msg)?;
+    }
+    let shown_host = match addr.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv6() => "[::1]".to_string(),
+        ip if ip.is_unspecified() => "127.0.0.1".to_string(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
     };
     let base = format!("{}:{}", shown_host, addr.port());
+    let (http, ws) = if config.tls_cert.is_some() {
+        ("https", "wss")
+    } else {
+        ("http", "ws")
+    };
     let mut banner = String::new();
     let _ = writeln!(banner, "haip-rs listening on {addr}");
     let _ = writeln!(banner, "agent: {}", agent.describe());
@@ -592,26 +615,32 @@ async fn serve(mut config: ServerConfig, agent: Arc<dyn Agent>) -> anyhow::Resul
         }
     }
     let token = token.as_deref().unwrap_or("TOKEN");
-    let _ = writeln!(banner, "  browser:        http://{base}/?token={token}");
-    let _ = writeln!(
-        banner,
-        "  WebSocket:      ws://{base}{}?token={token}",
-        config.websocket_path
-    );
-    let _ = writeln!(
-        banner,
-        "  SSE:            http://{base}{}?token={token}",
-        config.sse_path
-    );
+    let _ = writeln!(banner, "  browser:        {http}://{base}/?token={token}");
+    if config.enable_websocket {
+        let _ = writeln!(
+            banner,
+            "  WebSocket:      {ws}://{base}{}?token={token}",
+            config.websocket_path
+        );
+    }
+    if config.enable_sse {
+        let _ = writeln!(
+            banner,
+            "  SSE:            {http}://{base}{}?token={token}",
+            config.sse_path
+        );
+    }
     // `-T .` streams what you type as a chunked body, reading it without blocking: the
     // server answers at once and each line entered is a message (`--data-binary @-`, and
     // even `-T -`, wait for the end of input).
-    let _ = writeln!(banner, "  HTTP streaming: curl -sN --no-progress-meter -X POST -T . -H 'Authorization: Bearer {token}' -H 'Content-Type: application/x-ndjson' http://{base}{}", config.http_stream_path);
-    let _ = writeln!(banner, "  health:         http://{base}/health");
+    if config.enable_http_stream {
+        let _ = writeln!(banner, "  HTTP streaming: curl -sN --no-progress-meter -X POST -T . -H 'Authorization: Bearer {token}' -H 'Content-Type: application/x-ndjson' {http}://{base}{}", config.http_stream_path);
+    }
+    let _ = writeln!(banner, "  health:         {http}://{base}/health");
     if config.autobahn_echo {
         let _ = writeln!(
             banner,
-            "  Autobahn echo:  ws://{base}/autobahn (unauthenticated, for testing only)"
+            "  Autobahn echo:  {ws}://{base}/autobahn (unauthenticated, for testing only)"
         );
     }
     // Nobody may be reading stdout (a closed pipe): the server runs on regardless.

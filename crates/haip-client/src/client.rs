@@ -43,6 +43,9 @@ pub struct ConnectionConfig {
     pub session: SessionConfig,
     /// How often to PING the server to measure latency (None: never).
     pub ping_interval: Option<Duration>,
+    /// A PEM file of CA certificates trusted besides the platform's (or `SSL_CERT_FILE`'s),
+    /// for a server whose certificate comes from a private CA.
+    pub ca_cert: Option<std::path::PathBuf>,
 }
 
 impl ConnectionConfig {
@@ -58,6 +61,7 @@ impl ConnectionConfig {
             headers: Vec::new(),
             session: SessionConfig::default(),
             ping_interval: Some(Duration::from_secs(15)),
+            ca_cert: None,
         }
     }
 }
@@ -183,7 +187,8 @@ impl Connection {
             status: status_tx,
             latency: latency_tx,
             session_id: session_tx,
-            http: crate::tls::http_client(),
+            http: None,
+            tls: None,
             commands: commands.clone(),
         };
         tokio::spawn(driver.run(rx));
@@ -421,7 +426,9 @@ struct Driver {
     status: watch::Sender<Status>,
     latency: watch::Sender<Option<u64>>,
     session_id: watch::Sender<Option<String>>,
-    http: reqwest::Client,
+    /// Made on the first connect from `config.ca_cert`, then kept.
+    http: Option<reqwest::Client>,
+    tls: Option<Arc<rustls::ClientConfig>>,
     commands: mpsc::UnboundedSender<Command>,
 }
 
@@ -513,6 +520,23 @@ impl Driver {
         }
     }
 
+    /// The TLS settings and HTTP client of this connection, made once.
+    fn tls_and_http(
+        &mut self,
+    ) -> Result<(Arc<rustls::ClientConfig>, reqwest::Client), ClientError> {
+        if let (Some(tls), Some(http)) = (&self.tls, &self.http) {
+            return Ok((tls.clone(), http.clone()));
+        }
+        let tls =
+            crate::tls::client_config(self.config.ca_cert.as_deref()).map_err(ClientError::Tls)?;
+        let http = crate::tls::http_client_builder_with(&tls)
+            .build()
+            .map_err(ClientError::transport)?;
+        self.tls = Some(tls.clone());
+        self.http = Some(http.clone());
+        Ok((tls, http))
+    }
+
     async fn connect(&mut self) -> Result<Link, ClientError> {
         let token = match &self.config.token_provider {
             Some(provider) => Some(provider().await?),
@@ -533,6 +557,7 @@ impl Driver {
             .session
             .session_id()
             .map(|s| (s.to_string(), self.session.last_rx_seq().unwrap_or(0)));
+        let (tls, http) = self.tls_and_http()?;
         let dial = Dial {
             url: self.config.url.clone(),
             token,
@@ -540,11 +565,12 @@ impl Driver {
             headers: self.config.headers.clone(),
             resume,
             timeout: self.config.timeout,
+            tls,
         };
         let mut last = ClientError::Transport("no transport configured".into());
         for transport in self.config.transports.clone() {
             let hai = self.session.connected(now_ms());
-            match Link::open(transport, &dial, &self.http, &hai).await {
+            match Link::open(transport, &dial, &http, &hai).await {
                 Ok(link) => return Ok(link),
                 Err(e) => {
                     tracing::debug!(server = %self.id, transport = transport.as_str(), error = %e, "transport failed");

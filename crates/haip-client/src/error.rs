@@ -45,6 +45,9 @@ pub enum ClientError {
         field: Option<String>,
         reason: String,
     },
+    /// The TLS settings cannot be used (an unreadable `--ca-cert` file...).
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The client was shut down or gave up reconnecting.
     #[error("the client is stopped")]
     Stopped,
@@ -73,13 +76,25 @@ impl ClientError {
     /// timeouts, 408, 429 and 5xx are transient.
     pub fn is_permanent(&self) -> bool {
         match self {
-            ClientError::Url(_) | ClientError::Pattern(_) => true,
+            ClientError::Url(_) | ClientError::Pattern(_) | ClientError::Tls(_) => true,
             ClientError::Http { status, .. } => {
                 (400..500).contains(status) && !matches!(status, 408 | 429)
             }
             ClientError::Closed(Some(1008), reason) => reason.contains("authentication"),
             ClientError::Server { code, .. } => code == "AUTHENTICATION_FAILED",
+            // A certificate the client does not trust stays untrusted.
+            ClientError::Transport(text) => text.contains("invalid peer certificate"),
             ClientError::NotConnected { last, .. } => last.is_permanent(),
+            _ => false,
+        }
+    }
+
+    /// Whether the server's certificate was not trusted.
+    pub fn is_certificate_failure(&self) -> bool {
+        match self {
+            ClientError::Transport(text) => text.contains("invalid peer certificate"),
+            ClientError::Tls(_) => true,
+            ClientError::NotConnected { last, .. } => last.is_certificate_failure(),
             _ => false,
         }
     }

@@ -22,6 +22,8 @@ pub struct Dial {
     /// The session to resume and the last seq received from it.
     pub resume: Option<(String, u64)>,
     pub timeout: Duration,
+    /// Used for `wss://` (the HTTP transports get it through their client).
+    pub tls: std::sync::Arc<rustls::ClientConfig>,
 }
 
 impl Dial {
@@ -211,6 +213,7 @@ async fn open_ws(dial: &Dial) -> Result<Ws, ClientError> {
     yawc::WebSocket::connect(parsed)
         .with_options(websocket_options())
         .with_request(request)
+        .with_connector(tokio_rustls::TlsConnector::from(dial.tls.clone()))
         .await
         .map_err(|e| match e {
             // The server answered the upgrade with an HTTP error: a wrong path (404) or a

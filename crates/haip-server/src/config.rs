@@ -56,6 +56,10 @@ pub struct ServerConfig {
     /// What everything clients can make the server hold may add up to, in bytes (see
     /// `engine::budget`). Per-session bounds are capped by it too.
     pub memory_limit: u64,
+    /// PEM certificate chain and private key: with both, every transport is served over
+    /// TLS (https, wss), and SIGHUP reloads them.
+    pub tls_cert: Option<std::path::PathBuf>,
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 /// The default memory limit: half of the memory the process may use (the cgroup's limit
@@ -129,6 +133,8 @@ impl Default for ServerConfig {
             echo_word_delay: Duration::from_millis(20),
             autobahn_echo: false,
             memory_limit: default_memory_limit(),
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Binding, serving and graceful shutdown.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -11,6 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::app::{router, SharedState};
 use crate::engine::budget::SAMPLE_INTERVAL;
+use crate::tls::ServerTls;
 
 /// How long a connection may take to send a request head, from when it opens or from its
 /// previous response.
@@ -42,6 +44,19 @@ pub async fn serve(listener: TcpListener, state: SharedState) -> std::io::Result
     };
     let shutdown = state.shutdown.clone();
     let dead_after = state.config.heartbeat_interval + state.config.heartbeat_timeout;
+    let tls = match (&state.config.tls_cert, &state.config.tls_key) {
+        (Some(cert), Some(key)) => {
+            let tls = Arc::new(ServerTls::load(cert, key).map_err(std::io::Error::other)?);
+            reload_on_sighup(tls.clone());
+            Some(tls)
+        }
+        (None, None) => None,
+        _ => {
+            return Err(std::io::Error::other(
+                "TLS needs both TLS_CERT and TLS_KEY (or neither)",
+            ))
+        }
+    };
     let app = router(state);
     let mut builder = Builder::new(TokioExecutor::new());
     // A connection must send a whole request head within REQUEST_HEAD_TIMEOUT of being
@@ -77,6 +92,7 @@ pub async fn serve(listener: TcpListener, state: SharedState) -> std::io::Result
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let shutdown = shutdown.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             // hyper tells HTTP/1 from HTTP/2 by the first bytes before its own head
             // timeout starts: a connection that sends nothing is closed here.
@@ -88,11 +104,36 @@ pub async fn serve(listener: TcpListener, state: SharedState) -> std::io::Result
             if !matches!(first_byte, Ok(Ok(1))) {
                 return;
             }
-            let connection = builder
-                .serve_connection_with_upgrades(TokioIo::new(tcp), service)
-                .into_owned();
             // A client that goes away mid-request is its own business.
-            let _ = watcher.watch(connection).await;
+            match tls {
+                None => {
+                    let connection = builder
+                        .serve_connection_with_upgrades(TokioIo::new(tcp), service)
+                        .into_owned();
+                    let _ = watcher.watch(connection).await;
+                }
+                Some(tls) => {
+                    // The handshake is part of the request head's time.
+                    let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
+                    let stream = match tokio::time::timeout(
+                        REQUEST_HEAD_TIMEOUT,
+                        acceptor.accept(tcp),
+                    )
+                    .await
+                    {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => return,
+                    };
+                    let connection = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .into_owned();
+                    let _ = watcher.watch(connection).await;
+                }
+            }
         });
     }
     drop(listener);
@@ -101,6 +142,31 @@ pub async fn serve(listener: TcpListener, state: SharedState) -> std::io::Result
     graceful.shutdown().await;
     reaper.abort();
     Ok(())
+}
+
+/// Reloads the certificate and key on SIGHUP (a renewed certificate is then used for new
+/// connections without a restart); a file that cannot be read leaves the old one in use.
+fn reload_on_sighup(tls: Arc<ServerTls>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP: TLS certificates will not be reloaded");
+            return;
+        };
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                match tls.reload() {
+                    Ok(()) => tracing::info!("SIGHUP: TLS certificate and key reloaded"),
+                    Err(e) => {
+                        tracing::error!("SIGHUP: {e}; the previous certificate stays in use")
+                    }
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = tls;
 }
 
 /// Makes a vanished peer visible to the kernel: a half-open connection (the client's

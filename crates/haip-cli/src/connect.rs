@@ -71,13 +71,6 @@ impl ConnectArgs {
             ..ConnectionConfig::new(self.full_url())
         }
     }
-
-    /// Connects, or explains why not.
-    pub async fn connect(&self, name: &str) -> Result<Connection, ClientError> {
-        let conn = Connection::start(name, self.config());
-        conn.connected(Duration::from_secs(self.timeout)).await?;
-        Ok(conn)
-    }
 }
 
 /// Runs a client command to its exit code on a fresh async runtime.
@@ -163,14 +156,15 @@ pub async fn open(
     name: &str,
     pattern: &str,
 ) -> Result<(Connection, Subscription), ExitCode> {
-    let conn = args
-        .connect(name)
-        .await
-        .map_err(|e| fail(&e, "CONNECT_FAILED"))?;
+    // Subscribed before connecting, so that the session's first messages are seen too.
+    let conn = Connection::start(name, args.config());
     let sub = conn.subscribe(pattern).map_err(|e| {
         eprintln!("error: {e}");
         ExitCode::from(exit::USAGE)
     })?;
+    conn.connected(Duration::from_secs(args.timeout))
+        .await
+        .map_err(|e| fail(&e, "CONNECT_FAILED"))?;
     Ok((conn, sub))
 }
 

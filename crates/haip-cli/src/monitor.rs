@@ -46,6 +46,9 @@ pub fn run(args: &MonitorArgs) -> ExitCode {
         };
         let mut printed = 0;
         loop {
+            if args.count.is_some_and(|n| printed >= n) {
+                break;
+            }
             let item = tokio::select! {
                 item = sub.recv() => item,
                 _ = tokio::signal::ctrl_c() => None,
@@ -69,9 +72,6 @@ pub fn run(args: &MonitorArgs) -> ExitCode {
                 );
             }
             printed += 1;
-            if args.count.is_some_and(|n| printed >= n) {
-                break;
-            }
         }
         conn.close();
         ExitCode::SUCCESS

@@ -59,10 +59,13 @@ fn every_scenario_completes_with_non_zero_figures() {
             &pid,
         ],
     );
-    assert_eq!(figure(&idle, "sessions held"), 300.0);
-    assert!(figure(&idle, "handshake p99") > 0.0, "{idle}");
-    assert!(figure(&idle, "server memory per session") > 0.0, "{idle}");
-    check_ceiling(&idle, "server memory per connection");
+    assert_eq!(figure(&idle, "sessions_held"), 300.0);
+    assert!(figure(&idle, "handshake_p99_ms") > 0.0, "{idle}");
+    assert!(
+        figure(&idle, "server_memory_per_session_bytes") > 0.0,
+        "{idle}"
+    );
+    check_ceiling(&idle, "server_memory_per_connection_bytes");
     // The other transports hold idle sessions too (their memory is not checked: the
     // server may reuse what the previous run freed).
     for transport in ["sse", "stream"] {
@@ -80,8 +83,8 @@ fn every_scenario_completes_with_non_zero_figures() {
             ],
         );
         assert_eq!(held["transport"], transport);
-        assert_eq!(figure(&held, "sessions held"), 20.0, "{held}");
-        assert!(figure(&held, "handshake p99") > 0.0, "{held}");
+        assert_eq!(figure(&held, "sessions_held"), 20.0, "{held}");
+        assert!(figure(&held, "handshake_p99_ms") > 0.0, "{held}");
     }
     for transport in ["ws", "sse", "stream"] {
         let echo = bench(
@@ -97,11 +100,14 @@ fn every_scenario_completes_with_non_zero_figures() {
             ],
         );
         assert_eq!(echo["transport"], transport);
-        assert!(figure(&echo, "round trips") >= 1.0, "{echo}");
-        assert!(figure(&echo, "messages delivered/s") > 0.0, "{echo}");
-        let p50 = figure(&echo, "latency p50");
-        assert!(p50 > 0.0 && p50 <= figure(&echo, "latency max"), "{echo}");
-        check_ceiling(&echo, "messages delivered/s");
+        assert!(figure(&echo, "round_trips") >= 1.0, "{echo}");
+        assert!(figure(&echo, "messages_delivered_per_s") > 0.0, "{echo}");
+        let p50 = figure(&echo, "latency_p50_ms");
+        assert!(
+            p50 > 0.0 && p50 <= figure(&echo, "latency_max_ms"),
+            "{echo}"
+        );
+        check_ceiling(&echo, "messages_delivered_per_s");
 
         let stream = bench(
             &served,
@@ -115,9 +121,12 @@ fn every_scenario_completes_with_non_zero_figures() {
                 "50",
             ],
         );
-        assert!(figure(&stream, "messages delivered/s") > 0.0, "{stream}");
-        assert!(figure(&stream, "bytes delivered/s") > 0.0, "{stream}");
-        check_ceiling(&stream, "messages delivered/s");
+        assert!(
+            figure(&stream, "messages_delivered_per_s") > 0.0,
+            "{stream}"
+        );
+        assert!(figure(&stream, "bytes_delivered_per_s") > 0.0, "{stream}");
+        check_ceiling(&stream, "messages_delivered_per_s");
 
         let fanout = bench(
             &served,
@@ -138,10 +147,13 @@ fn every_scenario_completes_with_non_zero_figures() {
         // Every follower got every round whole: 20 parts and 4 framing messages (run and
         // message start and end), plus at most its session's TOOL_LIST and HAI.
         let whole = rounds * 3.0 * 24.0;
-        let delivered = figure(&fanout, "messages delivered");
+        let delivered = figure(&fanout, "messages_delivered");
         assert!(delivered >= whole && delivered <= whole + 6.0, "{fanout}");
-        assert!(figure(&fanout, "messages delivered/s") > 0.0, "{fanout}");
-        check_ceiling(&fanout, "messages delivered/s");
+        assert!(
+            figure(&fanout, "messages_delivered_per_s") > 0.0,
+            "{fanout}"
+        );
+        check_ceiling(&fanout, "messages_delivered_per_s");
     }
 }
 
@@ -149,7 +161,7 @@ fn every_scenario_completes_with_non_zero_figures() {
 fn a_missing_ceiling_is_reported_and_the_run_still_completes() {
     let served = common::serve(&["--echo-word-delay", "0"]);
     let echo = bench(&served, &["echo", "--sessions", "1", "--duration", "1"]);
-    assert!(figure(&echo, "messages delivered/s") > 0.0, "{echo}");
+    assert!(figure(&echo, "messages_delivered_per_s") > 0.0, "{echo}");
     let why = echo["ceilings"]["not_measured"]
         .as_str()
         .unwrap_or_default();

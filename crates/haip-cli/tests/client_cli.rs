@@ -372,3 +372,45 @@ fn chat_across_a_server_restart_keeps_replies_in_step() {
     assert!(err.contains("could not resume the session"), "{err}");
     assert_eq!(out.status.code(), Some(0), "{err}");
 }
+
+#[test]
+fn monitor_shows_the_first_messages_of_the_session_and_count_zero_prints_none() {
+    let served = common::serve(&[]);
+    let out = haip(
+        &[
+            "monitor",
+            "--url",
+            &served.url(),
+            "--token",
+            &served.token,
+            "--count",
+            "2",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let lines: Vec<String> = text(&out.stdout).lines().map(str::to_string).collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(
+        lines[0].trim_start().starts_with("1 SYSTEM  HAI"),
+        "{lines:?}"
+    );
+    assert!(
+        lines[1].trim_start().starts_with("2 SYSTEM  TOOL_LIST"),
+        "{lines:?}"
+    );
+    let out = haip(
+        &[
+            "monitor",
+            "--url",
+            &served.url(),
+            "--token",
+            &served.token,
+            "--count",
+            "0",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "");
+}

@@ -445,6 +445,19 @@ enum LoopEnd {
 impl Driver {
     async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
         self.session = ClientSession::new(self.config.session.clone());
+        // Subscriptions made right after `start` are in place before anything arrives, so
+        // that they see the session's first messages (its HAI and TOOL_LIST) too.
+        while let Ok(cmd) = commands.try_recv() {
+            match cmd {
+                Command::Close => {
+                    let _ = self.status.send(Status::Disconnected);
+                    return;
+                }
+                cmd => {
+                    let _ = self.apply(cmd, now_ms()).await;
+                }
+            }
+        }
         let mut attempt: u32 = 0;
         let mut last_error: Option<ClientError>;
         let outcome = loop {

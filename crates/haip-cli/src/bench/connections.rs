@@ -62,10 +62,19 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     ];
     let mut per_session = None;
     if let (Some(b), Some(a)) = (before, after) {
-        let per = (a.saturating_sub(b) as f64 * 1024.0) / held.len().max(1) as f64;
         rows.push(("server RSS growth", a.saturating_sub(b) as f64, "KiB"));
-        rows.push(("server memory per session", per, "bytes"));
-        per_session = Some(per);
+        if a > b {
+            let per = ((a - b) as f64 * 1024.0) / held.len().max(1) as f64;
+            rows.push(("server memory per session", per, "bytes"));
+            per_session = Some(per);
+        } else {
+            // The allocator handed out memory it already had: nothing to divide.
+            eprintln!(
+                "server memory per session: the server's RSS did not grow with {} sessions; \
+                 hold more (--sessions 1000) to measure it",
+                held.len()
+            );
+        }
     }
     for c in &held {
         c.close();
@@ -83,7 +92,10 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
         }
         (Ok(idle), None) => {
             idle.close().await;
-            Err("the server's memory could not be read".into())
+            Err(match (before, after) {
+                (Some(_), Some(_)) => "the server's memory did not grow measurably".into(),
+                _ => "the server's memory could not be read (give --server-pid)".into(),
+            })
         }
         (Err(why), _) => Err(why),
     };

@@ -55,8 +55,8 @@ impl Report {
     pub fn to_json(&self) -> serde_json::Value {
         let figures = |rows: &[Row]| {
             let mut map = serde_json::Map::new();
-            for (name, value, _) in rows {
-                map.insert((*name).to_string(), json!(value));
+            for (name, value, unit) in rows {
+                map.insert(json_key(name, unit), json_number(*value));
             }
             map
         };
@@ -72,6 +72,40 @@ impl Report {
         };
         json!({"scenario": self.scenario, "transport": self.transport,
             "results": figures(&self.rows), "ceilings": ceilings})
+    }
+}
+
+/// A figure's name and unit as a JSON key a program can use: `round (to last follower)
+/// max` in ms becomes `round_to_last_follower_max_ms`, `messages delivered/s` becomes
+/// `messages_delivered_per_s`.
+pub fn json_key(name: &str, unit: &str) -> String {
+    // A rate already named per second needs no unit after it.
+    let unit = match unit {
+        u if u.ends_with("/s") && name.ends_with("/s") => "",
+        u => u,
+    };
+    let text = format!("{name} {unit}")
+        .replace('/', " per ")
+        .to_ascii_lowercase();
+    let mut key = String::new();
+    for word in text
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|w| !w.is_empty())
+    {
+        if !key.is_empty() {
+            key.push('_');
+        }
+        key.push_str(word);
+    }
+    key
+}
+
+/// Whole numbers (counts) as integers, the rest as they are.
+fn json_number(value: f64) -> serde_json::Value {
+    if value.fract() == 0.0 && value.abs() < 9.0e15 {
+        json!(value as i64)
+    } else {
+        json!(value)
     }
 }
 
@@ -125,4 +159,32 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     }
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{json_key, json_number};
+
+    #[test]
+    fn figures_get_keys_a_program_can_use_and_counts_stay_integers() {
+        assert_eq!(
+            json_key("round (to last follower) max", "ms"),
+            "round_to_last_follower_max_ms"
+        );
+        assert_eq!(
+            json_key("messages delivered/s", ""),
+            "messages_delivered_per_s"
+        );
+        assert_eq!(
+            json_key("bytes delivered/s", "B/s"),
+            "bytes_delivered_per_s"
+        );
+        assert_eq!(
+            json_key("connect rate", "sessions/s"),
+            "connect_rate_sessions_per_s"
+        );
+        assert_eq!(json_key("sessions held", ""), "sessions_held");
+        assert_eq!(json_number(10.0).to_string(), "10");
+        assert_eq!(json_number(2.5).to_string(), "2.5");
+    }
 }

@@ -65,6 +65,7 @@ export type ErrorCode =
   | 'RESUME_FAILED' | 'AUTHENTICATION_FAILED' | 'SESSION_NOT_FOUND' | 'TOOL_NOT_FOUND'
   | 'TOOL_EXECUTION_ERROR' | 'BINARY_FRAME_ERROR' | 'RATE_LIMITED' | 'INTERNAL_ERROR'
   | 'AGENT_ERROR'
+  | 'UNSUPPORTED'
   | 'CONNECTION_LOST' | 'CONNECT_FAILED' | 'TIMEOUT' | 'HTTP_ERROR' | 'QUEUE_FULL'
   | 'INVALID_PATTERN' | 'INVALID_URL' | 'INVALID_ARGUMENT' | 'CANCELLED' | 'CLOSED';
 
@@ -181,6 +182,10 @@ export interface HaipClientOptions {
   pingInterval?: number;
   /** Take AUDIO_CHUNK as two frames on WebSocket (true). */
   binaryFrames?: boolean;
+  /** The WebSocket constructor where the runtime has none (Node 20: the `ws` package's). */
+  WebSocket?: new (url: string) => WebSocket;
+  /** The EventSource constructor where the runtime has none (the `eventsource` package's). */
+  EventSource?: new (url: string) => EventSource;
 }
 
 export interface Meta {

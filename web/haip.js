@@ -1,4 +1,6 @@
-// haip.js: a dependency-free HAIP 1.1.2 client for browsers (and bundlers, and Node 20+).
+// haip.js: a dependency-free HAIP 1.1.2 client for browsers, bundlers and Node 20+ (where
+// Node has no WebSocket or EventSource of its own, pass them in the options, or install the
+// `ws` / `eventsource` packages; HTTP streaming needs nothing).
 //
 // One ES module, no build step. It speaks the wire contract of haip-rs (HAIP-WIRE.md) over
 // WebSocket, Server-Sent Events (+ POST /haip/messages upstream) and HTTP streaming (fetch +
@@ -933,12 +935,31 @@ class BaseLink {
   }
 }
 
+/**
+ * The WebSocket or EventSource constructor to use: the one passed in the options, else the
+ * runtime's own (browsers, Deno, Node 22+), else the `ws` / `eventsource` package when it
+ * is installed (Node 20). None: a fatal UNSUPPORTED error saying what to do.
+ */
+async function resolveImpl(given, globalName, packageName, what) {
+  if (given) return given;
+  if (typeof globalThis[globalName] === 'function') return globalThis[globalName];
+  try {
+    const mod = await import(packageName);
+    const impl = mod.default && typeof mod.default === 'function' ? mod.default : mod[globalName];
+    if (typeof impl === 'function') return impl;
+  } catch (_) {
+    // Not installed: say so below.
+  }
+  throw new HaipError('UNSUPPORTED', `${what} is not available in this runtime: pass { ${globalName} } in the options (e.g. from the '${packageName}' package) or use the 'stream' transport`, { fatal: true });
+}
+
 class WebSocketLink extends BaseLink {
-  static open(url, first, timeoutMs) {
+  static async open(url, first, timeoutMs, WebSocketImpl) {
+    const Impl = await resolveImpl(WebSocketImpl, 'WebSocket', 'ws', 'WebSocket');
     return new Promise((resolve, reject) => {
       let ws;
       try {
-        ws = new WebSocket(url);
+        ws = new Impl(url);
       } catch (e) {
         reject(new HaipError('CONNECT_FAILED', `WebSocket: ${e.message}`));
         return;
@@ -1068,11 +1089,12 @@ class Upstream {
 }
 
 class SseLink extends BaseLink {
-  static open(url, postUrl, token, first, timeoutMs, onAck) {
+  static async open(url, postUrl, token, first, timeoutMs, onAck, EventSourceImpl) {
+    const Impl = await resolveImpl(EventSourceImpl, 'EventSource', 'eventsource', 'EventSource');
     return new Promise((resolve, reject) => {
       let es;
       try {
-        es = new EventSource(url);
+        es = new Impl(url);
       } catch (e) {
         reject(new HaipError('CONNECT_FAILED', `SSE: ${e.message}`));
         return;
@@ -1240,6 +1262,9 @@ function withTimeout(promise, ms, what) {
  *   maxPending     messages waiting to be sent or acknowledged before send refuses (1000)
  *   pingInterval   ms between our PINGs (latency, and keeps idle streams alive) (15000)
  *   binaryFrames   take AUDIO_CHUNK as two frames on WebSocket (true)
+ *   WebSocket      the WebSocket constructor, where the runtime has none (Node 20: the
+ *                  `ws` package's, picked up on its own when installed)
+ *   EventSource    the EventSource constructor, likewise (the `eventsource` package)
  */
 export class HaipClient {
   constructor(options = {}) {
@@ -1252,6 +1277,8 @@ export class HaipClient {
       paths: { ...DEFAULT_PATHS, ...(options.paths || {}) },
       timeout: options.timeout ?? 10000,
       pingInterval: options.pingInterval ?? 15000,
+      WebSocket: options.WebSocket ?? null,
+      EventSource: options.EventSource ?? null,
     };
     for (const t of this.options.transports) {
       if (!TRANSPORTS.includes(t)) throw new HaipError('INVALID_ARGUMENT', `unknown transport ${JSON.stringify(t)}`);
@@ -1497,7 +1524,7 @@ export class HaipClient {
         if (transport === Transport.WEBSOCKET) {
           // Browsers cannot set headers on a WebSocket: the token goes in the URL.
           const q = token ? [['token', token], ...query] : query;
-          const link = await WebSocketLink.open(urlFor(url, transport, q, paths), hai, timeout);
+          const link = await WebSocketLink.open(urlFor(url, transport, q, paths), hai, timeout, this.options.WebSocket);
           this._trace('out', hai.env);
           return link;
         }
@@ -1509,7 +1536,7 @@ export class HaipClient {
           ? siblingUrl(streamUrl, 'messages')
           : urlFor(url, Transport.SSE, [], { ...paths, sse: paths.messages });
         const link = transport === Transport.SSE
-          ? await SseLink.open(streamUrl, postUrl, token, hai, timeout, onAck)
+          ? await SseLink.open(streamUrl, postUrl, token, hai, timeout, onAck, this.options.EventSource)
           : await StreamLink.open(streamUrl, postUrl, token, hai, timeout, onAck);
         this._trace('out', hai.env);
         return link;

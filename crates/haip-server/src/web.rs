@@ -7,11 +7,11 @@ use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 
 /// The browser client: one dependency-free ES module.
-pub const HAIP_JS: &str = include_str!("../../../web/haip.js");
+pub const HAIP_JS: &str = include_str!("../web/haip.js");
 /// TypeScript declarations of [`HAIP_JS`].
-pub const HAIP_D_TS: &str = include_str!("../../../web/haip.d.ts");
+pub const HAIP_D_TS: &str = include_str!("../web/haip.d.ts");
 /// The demo page (chat, transport picker, tools, message log); it imports `/haip.js`.
-pub const INDEX_HTML: &str = include_str!("../../../web/index.html");
+pub const INDEX_HTML: &str = include_str!("../web/index.html");
 
 fn asset(body: &'static str, content_type: &'static str) -> Response {
     let mut r = body.into_response();

@@ -53,7 +53,10 @@ pub fn run(args: &ChatArgs) -> ExitCode {
                 continue;
             }
             drain_between_replies(&mut sub);
-            if let Err(e) = conn.send_text(&line).await {
+            if let Err(e) = conn
+                .send_text_in_thread(&line, args.connect.thread.as_deref())
+                .await
+            {
                 outcome = fail(&e, "SEND_FAILED");
                 break;
             }

@@ -30,6 +30,10 @@ pub struct ConnectArgs {
     /// for an https/wss server with a private CA
     #[arg(long, env = "HAIP_CA_CERT")]
     pub ca_cert: Option<std::path::PathBuf>,
+    /// A shared thread: messages are sent in it, and everything the server sends in it for
+    /// your other sessions is received too
+    #[arg(long)]
+    pub thread: Option<String>,
 }
 
 fn parse_transport(s: &str) -> Result<Transport, String> {
@@ -68,6 +72,11 @@ impl ConnectArgs {
                 ..ReconnectPolicy::default()
             },
             ca_cert: self.ca_cert.clone(),
+            query_params: self
+                .thread
+                .iter()
+                .map(|t| ("thread".to_string(), t.clone()))
+                .collect(),
             ..ConnectionConfig::new(self.full_url())
         }
     }

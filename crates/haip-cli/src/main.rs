@@ -8,6 +8,7 @@ mod monitor;
 mod send;
 mod serve;
 mod token;
+mod tool;
 mod validate;
 
 /// mimalloc instead of the system allocator: a server and a client both allocate small
@@ -41,6 +42,7 @@ enum Command {
     Send(send::SendArgs),
     Monitor(monitor::MonitorArgs),
     Health(health::HealthArgs),
+    Tool(tool::ToolArgs),
     Bench(bench::BenchArgs),
 }
 
@@ -54,6 +56,7 @@ fn main() -> ExitCode {
         Command::Send(args) => send::run(&args),
         Command::Monitor(args) => monitor::run(&args),
         Command::Health(args) => health::run(&args),
+        Command::Tool(args) => tool::run(&args),
         Command::Bench(args) => bench::run(&args),
     }
 }

@@ -22,7 +22,10 @@ pub fn run(args: &SendArgs) -> ExitCode {
             Ok(opened) => opened,
             Err(code) => return code,
         };
-        if let Err(e) = conn.send_text(&args.text).await {
+        if let Err(e) = conn
+            .send_text_in_thread(&args.text, args.connect.thread.as_deref())
+            .await
+        {
             return fail(&e, "SEND_FAILED");
         }
         let code = match stream_reply(&mut sub, args.json).await {

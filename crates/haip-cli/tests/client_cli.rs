@@ -414,3 +414,102 @@ fn monitor_shows_the_first_messages_of_the_session_and_count_zero_prints_none() 
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "");
 }
+
+#[test]
+fn tool_calls_a_server_tool_from_the_shell() {
+    let served = common::serve(&[]);
+    let url = served.url();
+    let out = haip(
+        &[
+            "tool",
+            "add",
+            "--params",
+            r#"{"a": 2, "b": 40}"#,
+            "--url",
+            &url,
+            "--token",
+            &served.token,
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "{\"result\":42}\n");
+    let out = haip(
+        &["tool", "nope", "--url", &url, "--token", &served.token],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("TOOL_NOT_FOUND"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = haip(
+        &[
+            "tool",
+            "add",
+            "--params",
+            "[1]",
+            "--url",
+            &url,
+            "--token",
+            &served.token,
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("JSON object"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn thread_lets_one_session_watch_what_another_says_in_it() {
+    let served = common::serve(&["--echo-word-delay", "1"]);
+    let url = served.url();
+    let watcher = Command::new(env!("CARGO_BIN_EXE_haip"))
+        .args([
+            "monitor",
+            "--url",
+            &url,
+            "--token",
+            &served.token,
+            "--thread",
+            "t-42",
+        ])
+        .args(["--type", "MESSAGE_PART", "--count", "2", "--json"])
+        .env_remove("HAIP_URL")
+        .env_remove("HAIP_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("monitor runs");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let out = haip(
+        &[
+            "send",
+            "in thread",
+            "--url",
+            &url,
+            "--token",
+            &served.token,
+            "--thread",
+            "t-42",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let watched = watcher.wait_with_output().expect("monitor ends");
+    assert_eq!(watched.status.code(), Some(0), "{}", text(&watched.stderr));
+    let parts: String = text(&watched.stdout)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("JSON");
+            assert_eq!(v["thread_id"], "t-42", "{v}");
+            v["payload"]["text"].as_str().unwrap_or("").to_string()
+        })
+        .collect();
+    assert_eq!(parts, "in thread");
+}

@@ -44,6 +44,11 @@ enum Command {
     Health(health::HealthArgs),
     Tool(tool::ToolArgs),
     Bench(bench::BenchArgs),
+    /// Print a shell completion script: `haip completions bash > /etc/bash_completion.d/haip`
+    Completions {
+        /// bash, zsh, fish, elvish or powershell
+        shell: clap_complete::Shell,
+    },
 }
 
 fn main() -> ExitCode {
@@ -57,6 +62,11 @@ fn main() -> ExitCode {
         Command::Monitor(args) => monitor::run(&args),
         Command::Health(args) => health::run(&args),
         Command::Tool(args) => tool::run(&args),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "haip", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
         Command::Bench(args) => bench::run(&args),
     }
 }

@@ -126,7 +126,7 @@ fn completions_are_printed_for_the_usual_shells() {
             &script[..script.len().min(200)]
         );
         assert!(
-            script.contains("serve") && script.contains("--memory-limit"),
+            script.contains("serve") && script.contains("memory-limit"),
             "{shell}"
         );
     }

@@ -20,6 +20,9 @@ pub struct TokenArgs {
     #[arg(long, env = "JWT_ISSUER")]
     issuer: Option<String>,
     /// `aud` claim, when the server checks it
+    /// A `role` claim: `admin` may watch every session (`haip monitor --all`)
+    #[arg(long)]
+    role: Option<String>,
     #[arg(long, env = "JWT_AUDIENCE")]
     audience: Option<String>,
 }
@@ -53,7 +56,7 @@ pub fn run(args: &TokenArgs) -> ExitCode {
         args.issuer.clone(),
         args.audience.clone(),
     );
-    match auth.mint(&args.sub, args.ttl) {
+    match auth.mint_with_role(&args.sub, args.ttl, args.role.as_deref()) {
         Some(token) => {
             println!("{token}");
             ExitCode::SUCCESS

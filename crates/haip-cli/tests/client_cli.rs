@@ -513,3 +513,79 @@ fn thread_lets_one_session_watch_what_another_says_in_it() {
         .collect();
     assert_eq!(parts, "in thread");
 }
+
+#[test]
+fn an_admin_watches_every_session_live_and_a_user_may_not() {
+    let port = common::free_port();
+    let mut server = serve_on(port);
+    let url = format!("http://127.0.0.1:{port}");
+    let mint = |sub: &str, role: Option<&str>| {
+        let mut args = vec!["token", "--secret", "chat-restart-secret", "--sub", sub];
+        if let Some(r) = role {
+            args.extend(["--role", r]);
+        }
+        text(&haip(&args, None).stdout).trim().to_string()
+    };
+    let admin = mint("root", Some("admin"));
+    let (ada, bob) = (mint("ada", None), mint("bob", None));
+    // A user token is refused.
+    let out = haip(
+        &[
+            "monitor", "--all", "--url", &url, "--token", &ada, "--count", "1",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("role is admin"),
+        "{}",
+        text(&out.stderr)
+    );
+    // The admin sees what ada says and what she gets back, and nothing of bob's.
+    let watcher = Command::new(env!("CARGO_BIN_EXE_haip"))
+        .args([
+            "monitor",
+            "--all",
+            "--subject",
+            "ada",
+            "--type",
+            "MESSAGE_START",
+        ])
+        .args(["--url", &url, "--token", &admin, "--count", "2", "--json"])
+        .env_remove("HAIP_URL")
+        .env_remove("HAIP_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("monitor --all");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    for (who, token) in [("bob", &bob), ("ada", &ada)] {
+        let out = haip(
+            &[
+                "send",
+                &format!("{who} here"),
+                "--url",
+                &url,
+                "--token",
+                token,
+            ],
+            None,
+        );
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    }
+    let watched = watcher.wait_with_output().expect("monitor ends");
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(watched.status.code(), Some(0), "{}", text(&watched.stderr));
+    let lines: Vec<serde_json::Value> = text(&watched.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    for l in &lines {
+        assert_eq!(l["subject"], "ada", "{l}");
+        assert_eq!(l["envelope"]["type"], "MESSAGE_START", "{l}");
+    }
+    assert_eq!(lines[0]["direction"], "in", "ada's own message first");
+    assert_eq!(lines[1]["direction"], "out", "then the agent's answer");
+}

@@ -215,6 +215,7 @@ pub fn router(state: SharedState) -> Router {
     let mut app = Router::new()
         .route("/health", get(health))
         .route("/stats", get(stats))
+        .route("/haip/admin/monitor", get(transport::admin::monitor))
         .route("/metrics", get(metrics))
         // The browser client and its demo page (`/` serves the page too, through ws::root).
         .route("/haip.js", get(crate::web::haip_js))

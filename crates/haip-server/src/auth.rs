@@ -26,6 +26,14 @@ pub struct Identity {
     pub subject: String,
     /// `exp` in ms since the epoch.
     pub expires_ms: u64,
+    /// The `role` claim: `admin` may watch every session (`/haip/admin/monitor`).
+    pub role: Option<String>,
+}
+
+impl Identity {
+    pub fn is_admin(&self) -> bool {
+        self.role.as_deref() == Some("admin")
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -43,6 +51,8 @@ struct Claims {
     iss: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     aud: Option<Audience>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    role: Option<String>,
 }
 
 /// `aud`: one audience or several (RFC 7519 section 4.1.3).
@@ -173,11 +183,22 @@ impl Authenticator {
         Ok(Identity {
             subject,
             expires_ms: claims.exp.unwrap_or(0).saturating_mul(1000),
+            role: claims.role.filter(|r| !r.is_empty()),
         })
     }
 
     /// Mints an HS256 token for `subject`, valid for `ttl_secs` (secret mode only).
     pub fn mint(&self, subject: &str, ttl_secs: u64) -> Option<String> {
+        self.mint_with_role(subject, ttl_secs, None)
+    }
+
+    /// [`mint`](Self::mint) with a `role` claim (`admin`).
+    pub fn mint_with_role(
+        &self,
+        subject: &str,
+        ttl_secs: u64,
+        role: Option<&str>,
+    ) -> Option<String> {
         let now_s = now_ms() / 1000;
         let claims = Claims {
             sub: Some(subject.to_string()),
@@ -186,6 +207,7 @@ impl Authenticator {
             iat: Some(now_s),
             iss: self.issuer.clone(),
             aud: self.audience.clone().map(Audience::One),
+            role: role.map(str::to_string),
         };
         encode(
             &Header::new(Algorithm::HS256),

@@ -248,6 +248,9 @@ pub struct SessionCore {
     /// Set once any session follows a thread (see [`SessionCore::share_threads`]); until
     /// then messages in threads are not copied at all.
     threads_followed: Option<Arc<AtomicBool>>,
+    /// Where admins watching get a copy of what is sent (see `engine::tap`).
+    tap: Option<Arc<super::tap::Tap>>,
+    shared_subject: Arc<str>,
 }
 
 impl SessionCore {
@@ -258,6 +261,7 @@ impl SessionCore {
         binary_frames: bool,
         now_ms: u64,
     ) -> SessionCore {
+        let shared_subject: Arc<str> = Arc::from(subject.as_str());
         SessionCore {
             shared_id: Arc::from(id.as_str()),
             id,
@@ -285,6 +289,8 @@ impl SessionCore {
             ended: false,
             thread_output: Vec::new(),
             threads_followed: None,
+            tap: None,
+            shared_subject,
             last_client_activity_ms: now_ms,
             detached_since_ms: Some(now_ms),
             limits,
@@ -523,6 +529,11 @@ impl SessionCore {
     /// another session of the same subject sent in a thread this one follows, or the
     /// greeting. It becomes this session's own message: its seq, its credit, its replay
     /// window.
+    /// Copies what the session sends to `tap` while someone watches it.
+    pub fn set_tap(&mut self, tap: Arc<super::tap::Tap>) {
+        self.tap = Some(tap);
+    }
+
     pub fn emit_shared(&mut self, message: &Arc<SharedMessage>, now_ms: u64) {
         if self.ended {
             return;
@@ -748,6 +759,16 @@ impl SessionCore {
         };
         let bytes = out.json_len() as u64;
         let out = Arc::new(out);
+        if let Some(tap) = self.tap.as_ref().filter(|t| t.active()) {
+            let mut json = bytes::BytesMut::new();
+            out.put_json(&mut json);
+            tap.send(super::tap::Tapped {
+                direction: super::tap::Direction::Out,
+                session: self.shared_id.clone(),
+                subject: self.shared_subject.clone(),
+                json: String::from_utf8_lossy(&json).into_owned(),
+            });
+        }
         // Seqs are consecutive by construction, so the push cannot be refused.
         let _ = self.replay.push(seq, now_ms, bytes, out.clone());
         let Some(q) = &self.attached else {

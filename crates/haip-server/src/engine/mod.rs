@@ -10,6 +10,7 @@ pub mod connection;
 pub mod core;
 pub mod metrics;
 pub mod outbound;
+pub mod tap;
 pub mod threads;
 
 use std::collections::HashMap;
@@ -129,6 +130,8 @@ pub struct Engine {
     pub metrics: Metrics,
     /// The server-wide memory budget (see [`budget`]).
     pub budget: MemoryBudget,
+    /// A copy of every message, for admins watching (see [`tap`]).
+    pub tap: Arc<tap::Tap>,
     session_ttl_ms: u64,
     /// The HAI and TOOL_LIST that open every session, the same for all but their heads
     /// (the HAI depends only on the configuration and whether the transport takes binary
@@ -146,6 +149,7 @@ impl Engine {
     ) -> Arc<Engine> {
         Arc::new(Engine {
             budget: MemoryBudget::new(memory_limit),
+            tap: Arc::new(tap::Tap::default()),
             limits: Arc::new(limits),
             sessions: Mutex::new(HashMap::new()),
             threads: Arc::new(Threads::default()),
@@ -187,6 +191,7 @@ impl Engine {
             now,
         );
         core.share_threads(self.threads.in_use());
+        core.set_tap(self.tap.clone());
         let _ = core.attach(queue, None, binary_frames, now);
         let [hai, tool_list] = self.greetings[usize::from(binary_frames)].get_or_init(|| {
             let hai = core.envelope(channel::SYSTEM, Payload::Hai(core.server_hai(None)));
@@ -432,6 +437,14 @@ impl Engine {
     /// close when one is due, go to the session's attached connection.
     pub fn handle(self: &Arc<Self>, session: &Arc<Session>, env: Envelope, cost: u64) {
         self.metrics.messages_in.fetch_add(1, Ordering::Relaxed);
+        if self.tap.active() {
+            self.tap.send(tap::Tapped {
+                direction: tap::Direction::In,
+                session: Arc::from(session.id.as_str()),
+                subject: Arc::from(session.subject.as_str()),
+                json: env.to_json(),
+            });
+        }
         let actions = session
             .lock()
             .receive(env, cost, self.tools.as_ref(), now_ms());

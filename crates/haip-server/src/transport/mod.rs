@@ -2,6 +2,7 @@
 //! transport's bytes into [`Inbound`](crate::engine::connection::Inbound) items and writes
 //! frames through a [`FrameSink`](crate::engine::connection::FrameSink).
 
+pub mod admin;
 pub mod lines;
 pub mod post;
 pub mod sse;

@@ -220,7 +220,8 @@ pub fn router(state: SharedState) -> Router {
         // The browser client and its demo page (`/` serves the page too, through ws::root).
         .route("/haip.js", get(crate::web::haip_js))
         .route("/haip.d.ts", get(crate::web::haip_d_ts))
-        .route("/demo", get(crate::web::demo));
+        .route("/demo", get(crate::web::demo))
+        .route("/admin", get(crate::web::admin));
     if !c.enable_websocket {
         app = app.route("/", get(crate::web::demo));
     }

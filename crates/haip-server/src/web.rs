@@ -12,6 +12,9 @@ pub const HAIP_JS: &str = include_str!("../web/haip.js");
 pub const HAIP_D_TS: &str = include_str!("../web/haip.d.ts");
 /// The demo page (chat, transport picker, tools, message log); it imports `/haip.js`.
 pub const INDEX_HTML: &str = include_str!("../web/index.html");
+/// The admin page: the server's figures with a chart of the last minutes, and every
+/// session's messages live for an admin token.
+pub const ADMIN_HTML: &str = include_str!("../web/admin.html");
 
 fn asset(body: &'static str, content_type: &'static str) -> Response {
     let mut r = body.into_response();
@@ -38,6 +41,14 @@ pub fn index() -> Response {
 /// `GET /demo`.
 pub async fn demo() -> Response {
     index()
+}
+
+/// `GET /admin`.
+pub async fn admin() -> Response {
+    let mut r = asset(ADMIN_HTML, "text/html; charset=utf-8");
+    r.headers_mut()
+        .insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    r
 }
 
 /// `GET /haip.js`.

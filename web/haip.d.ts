@@ -186,6 +186,15 @@ export interface HaipClientOptions {
   WebSocket?: new (url: string) => WebSocket;
   /** The EventSource constructor where the runtime has none (the `eventsource` package's). */
   EventSource?: new (url: string) => EventSource;
+  /** Continue the session of an earlier client (see `HaipClient.resumeState()`). */
+  resume?: ResumeState;
+}
+
+/** Where a client stands in its session, to resume it from another client object. */
+export interface ResumeState {
+  session: string;
+  lastRxSeq: number;
+  lastSentSeq: number;
 }
 
 export interface Meta {
@@ -244,6 +253,8 @@ export declare class HaipClient {
   readonly status: Status;
   /** The server's session id, once known. */
   readonly sessionId: string | null;
+  /** Where this client stands in its session, for `resume` after a page reload. */
+  resumeState(): ResumeState | null;
   /** The open connection's transport, or null. */
   readonly transport: TransportName | null;
   /** Runs started and not finished. */

@@ -580,6 +580,24 @@ export class ClientSession {
     return this.inbound.lastDelivered;
   }
 
+  /**
+   * Continues a session another client object had (after a page reload): its id, the last
+   * seq it received in order and the last seq it sent. The next connect resumes it.
+   */
+  restore({ session, lastRxSeq, lastSentSeq }) {
+    this.session = session;
+    this.lastSeq = Number(lastSentSeq) || 0;
+    const rx = Number(lastRxSeq) || 0;
+    this.inbound.lastDelivered = rx;
+    this.inbound.next = rx + 1;
+  }
+
+  /** What `restore` needs, or null before a session exists. */
+  snapshot() {
+    if (this.session === null) return null;
+    return { session: this.session, lastRxSeq: this.lastRxSeq() ?? 0, lastSentSeq: this.lastSeq };
+  }
+
   pending() {
     return this.unacked.length + this.outbox.length + this.gate.heldMessages;
   }
@@ -1265,6 +1283,8 @@ function withTimeout(promise, ms, what) {
  *   WebSocket      the WebSocket constructor, where the runtime has none (Node 20: the
  *                  `ws` package's, picked up on its own when installed)
  *   EventSource    the EventSource constructor, likewise (the `eventsource` package)
+ *   resume         {session, lastRxSeq, lastSentSeq} from resumeState() of an earlier
+ *                  client (a page before its reload): continue that session
  */
 export class HaipClient {
   constructor(options = {}) {
@@ -1289,6 +1309,7 @@ export class HaipClient {
       maxPending: options.maxPending ?? 1000,
       binaryFrames: options.binaryFrames ?? true,
     });
+    if (options.resume && options.resume.session) this.session.restore(options.resume);
     this._status = { state: 'disconnected' };
     this._statusListeners = new Set();
     this._errorListeners = new Set();
@@ -1322,6 +1343,15 @@ export class HaipClient {
   /** The server's session id, once known. */
   get sessionId() {
     return this.session.session;
+  }
+
+  /**
+   * Where this client stands in its session ({session, lastRxSeq, lastSentSeq}), to keep
+   * (e.g. in localStorage) and pass back as the `resume` option after a page reload: the
+   * new client then resumes the session and gets what it missed. Null before connecting.
+   */
+  resumeState() {
+    return this.session.snapshot();
   }
 
   /** The transport of the open connection, or null. */

@@ -164,3 +164,51 @@ test('the demo page shows the model, its tool calls and its failures', { timeout
   });
   assert.deepEqual(errors, []);
 });
+
+test('a complete answer in Markdown is rendered, and nothing in it runs as HTML', { timeout: 60000 }, async () => {
+  const page = await context.newPage();
+  await page.goto(`http://127.0.0.1:${haip.port}/demo?token=${haip.token}`);
+  await page.waitForFunction(() => document.querySelector('#status').dataset.state === 'connected');
+  const markdown = [
+    'Here is **bold**, `x < y` and a list:',
+    '- one',
+    '- two',
+    '```js',
+    'const a = 1 < 2;',
+    '```',
+    '<img src=x onerror="window.__pwned = 1"> [docs](https://example.com/docs) [bad](javascript:alert(1))',
+  ].join('\n');
+  // Streamed in small pieces, as a model does.
+  const pieces = markdown.match(/[\s\S]{1,7}/g);
+  answers.push({ stream: textRound(...pieces) });
+  await send(page, 'Show me some Markdown');
+  await page.waitForFunction(() => {
+    const li = [...document.querySelectorAll('#chat li.agent')].at(-1);
+    return li && li.dataset.state === 'done' && li.querySelector('pre');
+  });
+  const shown = await page.evaluate(() => {
+    const body = [...document.querySelectorAll('#chat li.agent')].at(-1).querySelector('.text');
+    return {
+      strong: [...body.querySelectorAll('strong')].map((e) => e.textContent),
+      code: [...body.querySelectorAll(':not(pre) > code')].map((e) => e.textContent),
+      items: [...body.querySelectorAll('ul > li')].map((e) => e.textContent),
+      block: body.querySelector('pre > code').textContent,
+      lang: body.querySelector('pre > code').dataset.lang,
+      links: [...body.querySelectorAll('a')].map((a) => a.href),
+      images: body.querySelectorAll('img').length,
+      text: body.textContent,
+      pwned: window.__pwned,
+    };
+  });
+  assert.deepEqual(shown.strong, ['bold']);
+  assert.deepEqual(shown.code, ['x < y']);
+  assert.deepEqual(shown.items, ['one', 'two']);
+  assert.equal(shown.block, 'const a = 1 < 2;');
+  assert.equal(shown.lang, 'js');
+  assert.deepEqual(shown.links, ['https://example.com/docs']);
+  assert.equal(shown.images, 0, 'HTML from the model is text, not elements');
+  assert.ok(shown.text.includes('<img src=x'), shown.text);
+  assert.ok(shown.text.includes('[bad](javascript:alert(1))'), 'only http(s) links are links');
+  assert.equal(shown.pwned, undefined);
+  await page.screenshot({ path: path.join(ARTIFACTS, 'agent-markdown.png') });
+});

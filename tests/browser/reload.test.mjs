@@ -55,3 +55,27 @@ test('a reload mid-answer shows the conversation and the answer goes on whole', 
   const replaced = await page.evaluate(() => document.querySelector('#log').textContent.includes('RESUME_FAILED'));
   assert.equal(replaced, false);
 });
+
+test('a log entry opens to the whole envelope and copies it', async () => {
+  const page = await context.newPage();
+  await page.goto(`http://127.0.0.1:${PORT}/demo?token=${TOKEN}&transport=websocket`);
+  await connected(page);
+  await page.evaluate(() => {
+    window.__copied = [];
+    Object.defineProperty(navigator, 'clipboard', { value: { writeText: async (t) => { window.__copied.push(t); } } });
+  });
+  const entry = page.locator('#log li.in', { hasText: 'HAI' }).first();
+  await entry.click();
+  const whole = await entry.locator('.detail pre').textContent();
+  const env = JSON.parse(whole);
+  assert.equal(env.type, 'HAI');
+  assert.equal(env.payload.haip_version, '1.1.2');
+  assert.equal(await entry.getAttribute('aria-expanded'), 'true');
+  await entry.locator('.detail .copy').click();
+  await page.waitForFunction(() => window.__copied.length === 1);
+  assert.deepEqual(JSON.parse(await page.evaluate(() => window.__copied[0])), env);
+  // Enter closes it again, from the keyboard.
+  await entry.focus();
+  await page.keyboard.press('Enter');
+  assert.equal(await entry.locator('.detail').count(), 0);
+});

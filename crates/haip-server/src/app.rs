@@ -1,214 +1,24 @@
-//! The HTTP application: shared state, routes, authentication and connection limits.
+//! The HTTP application: the routes, over the shared state of [`crate::state`].
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderName, HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use haip_protocol::flow::Credit;
-use haip_protocol::replay::ReplayConfig;
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 use tower_http::compression::predicate::{DefaultPredicate, NotForContentType, Predicate};
 use tower_http::compression::CompressionLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 
-use crate::agent::Agent;
-use crate::auth::{Authenticator, Identity};
-use crate::config::ServerConfig;
-use crate::engine::connection::{ConnectionOptions, Transport};
-use crate::engine::core::SessionLimits;
+use crate::engine::connection::Transport;
 use crate::engine::metrics::{Metrics, TransportCounts};
-use crate::engine::Engine;
-use crate::tools::ToolRegistry;
+pub use crate::state::{
+    authenticate, bearer, unauthorized, AppState, ConnectionSlot, SharedState,
+    HTTP_KEEPALIVE_INTERVAL,
+};
 use crate::transport;
-
-/// How often SSE and NDJSON streams get a keepalive (contract section 4: every 15 s).
-pub const HTTP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
-
-pub struct AppState {
-    pub config: ServerConfig,
-    pub engine: Arc<Engine>,
-    pub auth: Authenticator,
-    pub shutdown: CancellationToken,
-    pub started: Instant,
-    live_connections: AtomicUsize,
-    live_sse: AtomicUsize,
-}
-
-pub type SharedState = Arc<AppState>;
-
-impl AppState {
-    pub fn new(
-        config: ServerConfig,
-        auth: Authenticator,
-        agent: Arc<dyn Agent>,
-        tools: ToolRegistry,
-    ) -> SharedState {
-        // No one session may take more than a sixteenth of the memory budget in output.
-        let held_bytes = config
-            .flow_control_max_held_bytes
-            .min(config.memory_limit / 16);
-        let limits = SessionLimits {
-            replay: ReplayConfig {
-                keep_newest: config.replay_window_size,
-                keep_for_ms: config.replay_window_time.as_millis() as u64,
-                // The replay window shares its frames with the connection's backlog, so this
-                // one number bounds the output memory of a session.
-                max_bytes: held_bytes,
-                ..ReplayConfig::default()
-            },
-            max_concurrent_runs: config.max_concurrent_runs,
-            inbound_credit: if config.flow_control_enabled {
-                Credit::new(
-                    Some(config.flow_control_initial_credit_messages),
-                    Some(config.flow_control_initial_credit_bytes),
-                )
-            } else {
-                Credit::UNLIMITED
-            },
-            max_held_inbound: config.replay_window_size.max(1),
-            // Four messages' worth of credit, never less than the largest message a
-            // transport takes (so that one held message always fits).
-            max_pending_input_bytes: config
-                .flow_control_initial_credit_bytes
-                .saturating_mul(4)
-                .min(config.memory_limit / 64)
-                .max(config.websocket_max_payload as u64),
-            max_running_tool_calls: 100,
-            max_held_messages: config.flow_control_max_held_messages,
-            max_held_bytes: held_bytes,
-        };
-        let engine = Engine::new(
-            limits,
-            agent,
-            tools,
-            config.session_ttl.as_millis() as u64,
-            config.memory_limit,
-        );
-        Arc::new(AppState {
-            config,
-            engine,
-            auth,
-            shutdown: CancellationToken::new(),
-            started: Instant::now(),
-            live_connections: AtomicUsize::new(0),
-            live_sse: AtomicUsize::new(0),
-        })
-    }
-
-    pub fn options(&self, transport: Transport, identity: &Identity) -> ConnectionOptions {
-        ConnectionOptions {
-            transport,
-            bidirectional: transport != Transport::Sse,
-            heartbeat_interval: self.config.heartbeat_interval,
-            heartbeat_timeout: self.config.heartbeat_timeout,
-            token_expires_ms: Some(identity.expires_ms),
-            idle_timeout: (transport == Transport::HttpStream)
-                .then_some(self.config.http_stream_timeout),
-            keepalive_interval: match transport {
-                // The contract's SSE keepalive; NDJSON gets the same, so that a dead
-                // client of either frees its slot as soon.
-                Transport::Sse | Transport::HttpStream => HTTP_KEEPALIVE_INTERVAL,
-                Transport::WebSocket => self.config.heartbeat_interval,
-            },
-        }
-    }
-
-    /// Reserves a connection slot, or answers 503 (contract section 4.5).
-    #[allow(clippy::result_large_err)] // the error is the HTTP answer itself, built once
-    pub fn admit(self: &Arc<Self>, transport: Transport) -> Result<ConnectionSlot, Response> {
-        let sse = transport == Transport::Sse;
-        let live = self.live_connections.fetch_add(1, Ordering::AcqRel);
-        let live_sse = if sse {
-            self.live_sse.fetch_add(1, Ordering::AcqRel)
-        } else {
-            0
-        };
-        // The slot is built first so that its drop gives the counts back on refusal too.
-        let slot = ConnectionSlot {
-            state: self.clone(),
-            sse,
-        };
-        if live >= self.config.max_connections {
-            return Err(unavailable("too many connections"));
-        }
-        if !self.engine.budget.admits_connections() {
-            return Err(unavailable(
-                "the server is over its memory budget; try again shortly",
-            ));
-        }
-        if sse && live_sse >= self.config.sse_max_connections {
-            return Err(unavailable("too many SSE connections"));
-        }
-        Ok(slot)
-    }
-
-    pub fn live_connections(&self) -> usize {
-        self.live_connections.load(Ordering::Acquire)
-    }
-}
-
-/// A held connection slot; dropping it frees the slot.
-pub struct ConnectionSlot {
-    state: SharedState,
-    sse: bool,
-}
-
-impl Drop for ConnectionSlot {
-    fn drop(&mut self) {
-        self.state.live_connections.fetch_sub(1, Ordering::AcqRel);
-        if self.sse {
-            self.state.live_sse.fetch_sub(1, Ordering::AcqRel);
-        }
-    }
-}
-
-fn unavailable(message: &str) -> Response {
-    let mut r = (
-        StatusCode::SERVICE_UNAVAILABLE,
-        Json(json!({"error": {"code": "RATE_LIMITED", "message": message}})),
-    )
-        .into_response();
-    r.headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    r
-}
-
-/// The 401 answer of the HTTP transports (contract section 4.5).
-pub fn unauthorized(message: &str) -> Response {
-    let mut r = (
-        StatusCode::UNAUTHORIZED,
-        Json(json!({"error": {"code": "AUTHENTICATION_FAILED", "message": message}})),
-    )
-        .into_response();
-    r.headers_mut()
-        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    r
-}
-
-/// The token of an `Authorization: Bearer` header.
-pub fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then_some(token.trim())
-}
-
-/// Checks a token, answering 401 when it is missing or bad.
-#[allow(clippy::result_large_err)] // the error is the HTTP answer itself, built once
-pub fn authenticate(state: &AppState, token: Option<&str>) -> Result<Identity, Response> {
-    let token = token.ok_or_else(|| unauthorized("missing token"))?;
-    state
-        .auth
-        .verify(token)
-        .map_err(|e| unauthorized(&e.to_string()))
-}
 
 pub fn router(state: SharedState) -> Router {
     let c = &state.config;

@@ -15,6 +15,7 @@ pub mod auth;
 pub mod config;
 pub mod engine;
 pub mod server;
+pub mod state;
 pub mod tls;
 pub mod tools;
 pub mod transport;

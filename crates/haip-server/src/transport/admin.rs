@@ -13,8 +13,8 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 use tokio::sync::{broadcast, mpsc};
 
-use crate::app::{authenticate, bearer, SharedState, HTTP_KEEPALIVE_INTERVAL};
 use crate::engine::tap::Tapped;
+use crate::state::{authenticate, bearer, SharedState, HTTP_KEEPALIVE_INTERVAL};
 use crate::transport::ChunkBody;
 
 #[derive(Debug, Default, serde::Deserialize)]

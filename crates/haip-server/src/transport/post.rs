@@ -11,8 +11,8 @@ use haip_protocol::{Envelope, Payload};
 use serde_json::json;
 use serde_json::value::RawValue;
 
-use crate::app::{authenticate, bearer, SharedState};
 use crate::engine::now_ms;
+use crate::state::{authenticate, bearer, SharedState};
 
 fn error(status: StatusCode, code: &str, message: &str) -> Response {
     (

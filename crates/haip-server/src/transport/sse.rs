@@ -11,9 +11,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 use haip_protocol::parse_dec_u64;
 use tokio::sync::mpsc;
 
-use crate::app::{authenticate, bearer, SharedState};
 use crate::engine::connection::{BadResume, Connection, FrameSink, ResumeRequest, Transport};
 use crate::engine::outbound::{Close, Outgoing};
+use crate::state::{authenticate, bearer, SharedState};
 use crate::transport::{clip, ChunkBody, ConnectParams};
 
 /// Writes SSE events into the response body.

@@ -13,9 +13,9 @@ use futures_util::StreamExt;
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use crate::app::{authenticate, bearer, SharedState};
 use crate::engine::connection::{Connection, FrameSink, Inbound, Transport};
 use crate::engine::outbound::{Close, Outgoing};
+use crate::state::{authenticate, bearer, SharedState};
 use crate::transport::lines::{Line, LineSplitter};
 use crate::transport::{ChunkBody, ConnectParams};
 

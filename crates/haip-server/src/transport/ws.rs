@@ -30,10 +30,10 @@ use yawc::{
     WebSocketError,
 };
 
-use crate::app::{bearer, SharedState};
 use crate::config::ServerConfig;
 use crate::engine::connection::{sessionless_error, Connection, FrameSink, Inbound, Transport};
 use crate::engine::outbound::{Close, Outgoing, MAX_BATCH_FRAMES};
+use crate::state::{bearer, SharedState};
 use crate::transport::ConnectParams;
 
 /// Initial size of each connection's read and write buffers; they grow for larger frames

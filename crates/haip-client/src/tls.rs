@@ -28,10 +28,18 @@ pub fn install_crypto_provider() {
 /// certificates of `extra_ca` (a PEM file) when given.
 pub fn client_config(extra_ca: Option<&Path>) -> Result<Arc<ClientConfig>, String> {
     install_crypto_provider();
-    let mut roots = RootCertStore::empty();
-    // Certificates the platform store cannot parse are skipped, as browsers do.
-    let native = rustls_native_certs::load_native_certs();
-    let _ = roots.add_parsable_certificates(native.certs);
+    if extra_ca.is_none() {
+        // The common case, made once per process: reading the platform's store parses
+        // every certificate in it, which costs milliseconds per connection otherwise.
+        static DEFAULT: std::sync::OnceLock<Result<Arc<ClientConfig>, String>> =
+            std::sync::OnceLock::new();
+        return DEFAULT.get_or_init(|| build_config(None)).clone();
+    }
+    build_config(extra_ca)
+}
+
+fn build_config(extra_ca: Option<&Path>) -> Result<Arc<ClientConfig>, String> {
+    let mut roots = platform_roots().clone();
     if let Some(path) = extra_ca {
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
             .map_err(|e| {
@@ -58,6 +66,18 @@ pub fn client_config(extra_ca: Option<&Path>) -> Result<Arc<ClientConfig>, Strin
             .with_root_certificates(roots)
             .with_no_client_auth();
     Ok(Arc::new(config))
+}
+
+/// The platform's roots (or `SSL_CERT_FILE`'s), read once per process.
+fn platform_roots() -> &'static RootCertStore {
+    static ROOTS: std::sync::OnceLock<RootCertStore> = std::sync::OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let mut roots = RootCertStore::empty();
+        // Certificates the platform store cannot parse are skipped, as browsers do.
+        let native = rustls_native_certs::load_native_certs();
+        let _ = roots.add_parsable_certificates(native.certs);
+        roots
+    })
 }
 
 /// A builder for an HTTP client that reaches `https` servers with `tls`.

@@ -296,6 +296,7 @@ impl Connection {
             "connection closed: session kept for resume"
         );
         self.session.lock().detach(&self.queue, now_ms());
+        self.engine.note_detached(&self.session);
         self.engine
             .metrics
             .connection_closed(self.options.transport);

@@ -225,7 +225,8 @@ pub struct SessionCore {
     texts_bytes: u64,
     /// User messages dropped for their size: their later parts and end are ignored (the
     /// most recent [`MAX_OPEN_MESSAGES`]).
-    dropped_texts: std::collections::VecDeque<String>,
+    /// Boxed and made only when needed: most sessions never drop a message.
+    dropped_texts: Option<Box<std::collections::VecDeque<String>>>,
     /// Cancellation of the agent work of each open run and each running tool call.
     cancels: HashMap<String, CancellationToken>,
     /// Runs cancelled while tool calls of theirs were still running: their RUN_FINISHED
@@ -250,7 +251,6 @@ pub struct SessionCore {
     threads_followed: Option<Arc<AtomicBool>>,
     /// Where admins watching get a copy of what is sent (see `engine::tap`).
     tap: Option<Arc<super::tap::Tap>>,
-    shared_subject: Arc<str>,
 }
 
 impl SessionCore {
@@ -261,7 +261,6 @@ impl SessionCore {
         binary_frames: bool,
         now_ms: u64,
     ) -> SessionCore {
-        let shared_subject: Arc<str> = Arc::from(subject.as_str());
         SessionCore {
             shared_id: Arc::from(id.as_str()),
             id,
@@ -280,7 +279,7 @@ impl SessionCore {
             attached: None,
             texts: HashMap::new(),
             texts_bytes: 0,
-            dropped_texts: std::collections::VecDeque::new(),
+            dropped_texts: None,
             cancels: HashMap::new(),
             finish_after_tools: HashMap::new(),
             ping_in_flight: None,
@@ -290,7 +289,6 @@ impl SessionCore {
             thread_output: Vec::new(),
             threads_followed: None,
             tap: None,
-            shared_subject,
             last_client_activity_ms: now_ms,
             detached_since_ms: Some(now_ms),
             limits,
@@ -765,7 +763,7 @@ impl SessionCore {
             tap.send(super::tap::Tapped {
                 direction: super::tap::Direction::Out,
                 session: self.shared_id.clone(),
-                subject: self.shared_subject.clone(),
+                subject: Arc::from(self.subject.as_str()),
                 json: String::from_utf8_lossy(&json).into_owned(),
             });
         }
@@ -927,10 +925,11 @@ impl SessionCore {
             if let Some((old, _)) = self.texts.remove(&message_id) {
                 self.texts_bytes -= old.len() as u64;
             }
-            if self.dropped_texts.len() >= MAX_OPEN_MESSAGES {
-                self.dropped_texts.pop_front();
+            let dropped = self.dropped_texts.get_or_insert_with(Default::default);
+            if dropped.len() >= MAX_OPEN_MESSAGES {
+                dropped.pop_front();
             }
-            self.dropped_texts.push_back(message_id.clone());
+            dropped.push_back(message_id.clone());
             let why = if too_many {
                 format!("more than {MAX_OPEN_MESSAGES} user messages are open at once")
             } else {
@@ -1076,22 +1075,30 @@ impl SessionCore {
             }
             Payload::MessageStart(m) if env.channel == channel::USER => {
                 let text = m.text.unwrap_or_default();
-                self.dropped_texts.retain(|d| *d != m.message_id);
+                if let Some(dropped) = &mut self.dropped_texts {
+                    dropped.retain(|d| *d != m.message_id);
+                }
                 if let Some((old, _)) = self.texts.remove(&m.message_id) {
                     self.texts_bytes -= old.len() as u64;
                 }
                 return self.add_text(m.message_id, &text, env.thread_id, related, now_ms);
             }
             Payload::MessagePart(m) if env.channel == channel::USER => {
-                if self.dropped_texts.contains(&m.message_id) {
+                if self
+                    .dropped_texts
+                    .as_ref()
+                    .is_some_and(|d| d.contains(&m.message_id))
+                {
                     return None;
                 }
                 return self.add_text(m.message_id, &m.text, env.thread_id, related, now_ms);
             }
             Payload::MessageEnd(m) if env.channel == channel::USER => {
-                if let Some(i) = self.dropped_texts.iter().position(|d| *d == m.message_id) {
-                    self.dropped_texts.remove(i);
-                    return None;
+                if let Some(dropped) = &mut self.dropped_texts {
+                    if let Some(i) = dropped.iter().position(|d| *d == m.message_id) {
+                        dropped.remove(i);
+                        return None;
+                    }
                 }
                 let (text, thread_id) = match self.texts.remove(&m.message_id) {
                     Some(entry) => {

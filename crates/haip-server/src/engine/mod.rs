@@ -121,9 +121,19 @@ pub enum ResumeError {
     Replay(#[from] ReplayError),
 }
 
+/// A user's sessions, for the bound on how many are kept.
+#[derive(Default)]
+struct SubjectSessions {
+    count: usize,
+    /// Sessions in the order they lost their connection (some resumed since).
+    detached: std::collections::VecDeque<String>,
+}
+
 pub struct Engine {
     limits: Arc<SessionLimits>,
     sessions: Mutex<HashMap<String, Arc<Session>>>,
+    /// Per user: how many sessions, and which lost their connection first.
+    subjects: Mutex<HashMap<String, SubjectSessions>>,
     pub threads: Arc<Threads>,
     agent: Arc<dyn Agent>,
     tools: Arc<ToolRegistry>,
@@ -152,6 +162,7 @@ impl Engine {
             tap: Arc::new(tap::Tap::default()),
             limits: Arc::new(limits),
             sessions: Mutex::new(HashMap::new()),
+            subjects: Mutex::new(HashMap::new()),
             threads: Arc::new(Threads::default()),
             agent,
             tools: Arc::new(tools),
@@ -282,6 +293,13 @@ impl Engine {
         if let Some(s) = removed {
             s.lock().cancel_all();
             self.threads.forget(&s);
+            let mut subjects = self.subjects();
+            if let Some(mine) = subjects.get_mut(&s.subject) {
+                mine.count = mine.count.saturating_sub(1);
+                if mine.count == 0 {
+                    subjects.remove(&s.subject);
+                }
+            }
         }
     }
 
@@ -318,27 +336,49 @@ impl Engine {
     /// resuming would otherwise pile up sessions for `session_ttl`). Sessions with a
     /// connection are bounded by the connection limit.
     fn make_room_for(&self, subject: &str) {
-        let (count, oldest_detached) = {
-            let sessions = self.registry();
-            let mine = sessions.values().filter(|s| s.subject == subject);
-            let mut count = 0;
-            let mut oldest: Option<(u64, String)> = None;
-            for session in mine {
-                count += 1;
-                if let Some(since) = session.lock().detached_since_ms() {
-                    if oldest.as_ref().is_none_or(|(t, _)| since < *t) {
-                        oldest = Some((since, session.id.clone()));
+        let evict = {
+            let mut subjects = self.subjects();
+            let mine = subjects.entry(subject.to_string()).or_default();
+            mine.count += 1;
+            if mine.count <= MAX_SESSIONS_PER_SUBJECT {
+                None
+            } else {
+                // The oldest detachment still true (a session may have been resumed, or
+                // dropped, since it was noted).
+                let registry = self.registry();
+                let mut found = None;
+                while let Some(id) = mine.detached.pop_front() {
+                    let detached = registry
+                        .get(&id)
+                        .is_some_and(|s| s.lock().detached_since_ms().is_some());
+                    if detached {
+                        found = Some(id);
+                        break;
                     }
                 }
+                found
             }
-            (count, oldest)
         };
-        if count >= MAX_SESSIONS_PER_SUBJECT {
-            if let Some((_, id)) = oldest_detached {
-                tracing::info!(session = %id, subject, "dropping the user's oldest detached session: {MAX_SESSIONS_PER_SUBJECT} sessions kept");
-                self.remove(&id);
-            }
+        if let Some(id) = evict {
+            tracing::info!(session = %id, subject, "dropping the user's oldest detached session: {MAX_SESSIONS_PER_SUBJECT} sessions kept");
+            self.remove(&id);
         }
+    }
+
+    /// A session lost its connection: the first to go when its user has too many.
+    pub fn note_detached(&self, session: &Session) {
+        let mut subjects = self.subjects();
+        let mine = subjects.entry(session.subject.clone()).or_default();
+        mine.detached.push_back(session.id.clone());
+        // Notes of sessions resumed since are dropped as they come up; the queue stays
+        // within a few times the cap.
+        while mine.detached.len() > 4 * MAX_SESSIONS_PER_SUBJECT {
+            mine.detached.pop_front();
+        }
+    }
+
+    fn subjects(&self) -> MutexGuard<'_, HashMap<String, SubjectSessions>> {
+        self.subjects.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Adds up what every session holds and enforces the memory budget (see [`budget`]):

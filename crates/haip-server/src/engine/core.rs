@@ -225,7 +225,9 @@ pub struct SessionCore {
     texts_bytes: u64,
     /// User messages dropped for their size: their later parts and end are ignored (the
     /// most recent [`MAX_OPEN_MESSAGES`]).
-    /// Boxed and made only when needed: most sessions never drop a message.
+    /// Boxed and made only when needed: most sessions never drop a message, and an idle
+    /// session then carries one pointer instead of an empty queue's four words.
+    #[allow(clippy::box_collection)]
     dropped_texts: Option<Box<std::collections::VecDeque<String>>>,
     /// Cancellation of the agent work of each open run and each running tool call.
     cancels: HashMap<String, CancellationToken>,

@@ -36,17 +36,12 @@ fn base(url: &str) -> String {
 }
 
 async fn get(http: &reqwest::Client, url: &str) -> Result<Value, String> {
-    let response = http.get(url).send().await.map_err(|e| {
-        // The causes say what happened ("connection refused", "invalid peer certificate").
-        let mut text = e.to_string();
-        let mut cause = std::error::Error::source(&e);
-        while let Some(c) = cause {
-            text.push_str(": ");
-            text.push_str(&c.to_string());
-            cause = c.source();
-        }
-        text
-    })?;
+    // The causes say what happened ("connection refused", "invalid peer certificate").
+    let response = http
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| haip_client::error::with_causes(&e))?;
     let status = response.status();
     let body: Value = response.json().await.map_err(|e| e.to_string())?;
     if !status.is_success() {

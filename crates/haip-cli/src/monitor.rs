@@ -131,7 +131,7 @@ async fn watch_all(args: &MonitorArgs) -> ExitCode {
     let response = match request.send().await {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error CONNECT_FAILED: cannot reach {url}: {e}\n  (is the server running, and is --url right?)");
+            eprintln!("error CONNECT_FAILED: cannot reach {url}: {}\n  (is the server running, and is --url right?)", haip_client::error::with_causes(&e));
             return ExitCode::from(exit::UNREACHABLE);
         }
     };

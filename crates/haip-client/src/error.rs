@@ -53,6 +53,18 @@ pub enum ClientError {
     Stopped,
 }
 
+/// An error with its chain of causes ("error sending request: connection refused").
+pub fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
 fn close_code(code: Option<u16>) -> String {
     code.map(|c| format!(" with code {c}")).unwrap_or_default()
 }
@@ -61,14 +73,7 @@ impl ClientError {
     /// A transport error with its chain of causes ("error sending request: connection
     /// refused"), which is where the useful part usually is.
     pub(crate) fn transport(e: impl std::error::Error) -> ClientError {
-        let mut text = e.to_string();
-        let mut cause = e.source();
-        while let Some(c) = cause {
-            text.push_str(": ");
-            text.push_str(&c.to_string());
-            cause = c.source();
-        }
-        ClientError::Transport(text)
+        ClientError::Transport(with_causes(&e))
     }
 
     /// Whether trying again cannot help: a bad URL, a token the server refuses, a path with

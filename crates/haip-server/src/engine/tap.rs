@@ -3,6 +3,7 @@
 //! message while nobody watches; a watcher that reads too slowly misses messages (and is
 //! told how many) rather than holding memory.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::broadcast;
@@ -40,26 +41,49 @@ pub struct Tapped {
 
 pub struct Tap {
     tx: broadcast::Sender<Arc<Tapped>>,
+    /// How many watch: read for every message sent, so an atomic rather than the
+    /// channel's own count (which takes a lock).
+    watchers: Arc<AtomicUsize>,
 }
 
 impl Default for Tap {
     fn default() -> Self {
         let (tx, _) = broadcast::channel(CAPACITY);
-        Tap { tx }
+        Tap {
+            tx,
+            watchers: Arc::new(AtomicUsize::new(0)),
+        }
     }
 }
 
 impl Tap {
     /// Whether anyone watches: only then is a message copied.
     pub fn active(&self) -> bool {
-        self.tx.receiver_count() > 0
+        self.watchers.load(Ordering::Relaxed) > 0
     }
 
     pub fn send(&self, tapped: Tapped) {
         let _ = self.tx.send(Arc::new(tapped));
     }
 
-    pub fn watch(&self) -> broadcast::Receiver<Arc<Tapped>> {
-        self.tx.subscribe()
+    /// Starts watching; the copies stop when every [`Watch`] is dropped.
+    pub fn watch(&self) -> Watch {
+        self.watchers.fetch_add(1, Ordering::Relaxed);
+        Watch {
+            rx: self.tx.subscribe(),
+            watchers: self.watchers.clone(),
+        }
+    }
+}
+
+/// One watcher of the tap.
+pub struct Watch {
+    pub rx: broadcast::Receiver<Arc<Tapped>>,
+    watchers: Arc<AtomicUsize>,
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.watchers.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -4,9 +4,8 @@
 //! Each line: `{"direction":"in"|"out","session":...,"subject":...,"envelope":{...}}`;
 //! a watcher too slow to keep up gets `{"missed":N}` and goes on from the newest.
 
-use axum::body::Body;
 use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
@@ -15,7 +14,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use crate::engine::tap::Tapped;
 use crate::state::{authenticate, bearer, SharedState, HTTP_KEEPALIVE_INTERVAL};
-use crate::transport::ChunkBody;
+use crate::transport::ndjson_response;
 
 #[derive(Debug, Default, serde::Deserialize)]
 pub struct MonitorParams {
@@ -115,7 +114,7 @@ pub async fn monitor(
         keepalive.tick().await;
         loop {
             let out = tokio::select! {
-                tapped = taps.recv() => match tapped {
+                tapped = taps.rx.recv() => match tapped {
                     Ok(t) if filter.wants(&t) => line(&t),
                     Ok(_) => continue,
                     Err(broadcast::error::RecvError::Lagged(n)) => {
@@ -132,12 +131,5 @@ pub async fn monitor(
             }
         }
     });
-    let mut r = Body::from_stream(ChunkBody(rx)).into_response();
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/x-ndjson"),
-    );
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    r
+    ndjson_response(rx)
 }

@@ -77,6 +77,21 @@ impl ConnectParams {
     }
 }
 
+/// A streamed `application/x-ndjson` response fed by `rx`, one chunk as it comes (HTTP
+/// streaming, the admin monitor).
+pub fn ndjson_response(rx: mpsc::Receiver<Bytes>) -> Response {
+    let mut r = axum::body::Body::from_stream(ChunkBody(rx)).into_response();
+    r.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/x-ndjson"),
+    );
+    r.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-cache"),
+    );
+    r
+}
+
 /// A response body fed chunk by chunk by a connection's writer.
 pub struct ChunkBody(pub mpsc::Receiver<Bytes>);
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::{BufMut, Bytes, BytesMut};
@@ -17,7 +17,7 @@ use crate::engine::connection::{Connection, FrameSink, Inbound, Transport};
 use crate::engine::outbound::{Close, Outgoing};
 use crate::state::{authenticate, bearer, SharedState};
 use crate::transport::lines::{Line, LineSplitter};
-use crate::transport::{ChunkBody, ConnectParams};
+use crate::transport::{ndjson_response, ConnectParams};
 
 struct NdjsonSink {
     tx: mpsc::Sender<Bytes>,
@@ -158,14 +158,7 @@ pub async fn open(
         conn.run(Box::pin(inbound), NdjsonSink { tx }, shutdown)
             .await;
     });
-    let mut r = Body::from_stream(ChunkBody(rx)).into_response();
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/x-ndjson"),
-    );
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    r
+    ndjson_response(rx)
 }
 
 fn first_line_timeout() -> Response {

@@ -4,8 +4,11 @@
 //! parameters of the wrong shape, fed to one session as its connection would. The engine
 //! must never panic, and whatever the session holds must stay within its bounds.
 
+mod common;
+
 use std::sync::Arc;
 
+use common::ALL_EVENTS;
 use haip_protocol::flow::Credit;
 use haip_protocol::replay::ReplayConfig;
 use haip_protocol::Envelope;
@@ -23,31 +26,6 @@ fn config() -> ProptestConfig {
         ..ProptestConfig::with_cases(300)
     }
 }
-
-const TYPES: [&str; 22] = [
-    "HAI",
-    "RUN_STARTED",
-    "RUN_FINISHED",
-    "RUN_CANCEL",
-    "RUN_ERROR",
-    "PING",
-    "PONG",
-    "REPLAY_REQUEST",
-    "MESSAGE_START",
-    "MESSAGE_PART",
-    "MESSAGE_END",
-    "AUDIO_CHUNK",
-    "TOOL_CALL",
-    "TOOL_UPDATE",
-    "TOOL_DONE",
-    "TOOL_CANCEL",
-    "TOOL_LIST",
-    "TOOL_SCHEMA",
-    "ERROR",
-    "FLOW_UPDATE",
-    "PAUSE_CHANNEL",
-    "RESUME_CHANNEL",
-];
 
 fn limits() -> SessionLimits {
     SessionLimits {
@@ -100,7 +78,7 @@ fn payload(ty: &'static str) -> impl Strategy<Value = Value> {
         .prop_map(move |(id, text, seq, tool, channel, wrong, break_it)| {
             let mut p = match ty {
                 "HAI" => {
-                    json!({"haip_version": "1.1.2", "accept_major": [1], "accept_events": TYPES,
+                    json!({"haip_version": "1.1.2", "accept_major": [1], "accept_events": ALL_EVENTS,
                                 "capabilities": {"flow_control": {"initial_credit_messages": 3}}})
                 }
                 "RUN_STARTED" | "RUN_FINISHED" | "RUN_CANCEL" => {
@@ -140,7 +118,7 @@ struct Step {
 }
 
 fn step() -> impl Strategy<Value = Step> {
-    prop::sample::select(TYPES.to_vec()).prop_flat_map(|ty| {
+    prop::sample::select(ALL_EVENTS.to_vec()).prop_flat_map(|ty| {
         let channel = prop_oneof![
             4 => prop::sample::select(vec!["USER", "SYSTEM", "AGENT", "AUDIO_IN"]).prop_map(str::to_string),
             1 => "[a-z]{1,3}",

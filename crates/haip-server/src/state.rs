@@ -111,6 +111,7 @@ impl AppState {
                 Transport::Sse | Transport::HttpStream => HTTP_KEEPALIVE_INTERVAL,
                 Transport::WebSocket => self.config.heartbeat_interval,
             },
+            end_when_answered: false,
         }
     }
 

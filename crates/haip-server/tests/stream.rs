@@ -203,3 +203,141 @@ async fn a_talking_stream_is_not_idle() {
     c.send_msg("SYSTEM", "PING", json!({"nonce": "last"})).await;
     assert_eq!(c.recv_type("PONG").await["payload"]["nonce"], "last");
 }
+
+/// Sends `lines` as a whole body (with a Content-Length) and reads the response until it
+/// ends; `None` if it did not end within the test's bound.
+async fn whole_body_until_end(srv: &Server, query: &str, lines: &[Value]) -> Option<Vec<Value>> {
+    use futures_util::StreamExt;
+    let body: String = lines.iter().map(|v| format!("{v}\n")).collect();
+    let resp = bounded(
+        http()
+            .post(srv.url(&format!("/haip/stream{query}")))
+            .header("Authorization", format!("Bearer {}", srv.token()))
+            .body(body)
+            .send(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let mut stream = resp.bytes_stream();
+    let mut buf = Vec::new();
+    loop {
+        match tokio::time::timeout(ms(3000), stream.next()).await {
+            Err(_) => return None,
+            Ok(None) => break,
+            Ok(Some(chunk)) => buf.extend_from_slice(&chunk.expect("a clean end")),
+        }
+    }
+    Some(
+        String::from_utf8(buf)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_str(l).expect("one JSON envelope per line"))
+            .collect(),
+    )
+}
+
+fn say_lines(text: &str) -> Vec<Value> {
+    vec![
+        envelope("h1", "s", 1, "SYSTEM", "HAI", hai_payload(&ALL_EVENTS)),
+        envelope(
+            "m2",
+            "s",
+            2,
+            "USER",
+            "MESSAGE_START",
+            json!({"message_id": "q", "text": text}),
+        ),
+        envelope(
+            "m3",
+            "s",
+            3,
+            "USER",
+            "MESSAGE_END",
+            json!({"message_id": "q"}),
+        ),
+    ]
+}
+
+/// `?end=answered` (for curl-style clients that send a whole body): the stream ends once
+/// the body has ended and the answer to it is written whole; the session stays resumable.
+#[tokio::test]
+async fn end_answered_ends_the_stream_with_the_answer() {
+    let srv = Server::start().await;
+    let msgs = whole_body_until_end(&srv, "?end=answered", &say_lines("one two three"))
+        .await
+        .expect("the stream ends by itself once answered");
+    assert_eq!(types(&msgs).last(), Some(&"RUN_FINISHED"), "{msgs:?}");
+    let text: String = msgs
+        .iter()
+        .filter(|v| ty(v) == "MESSAGE_PART")
+        .map(|v| v["payload"]["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(text, "one two three");
+    assert_contiguous(&msgs);
+    // The session is kept: a resume from the start replays the same messages.
+    let session = msgs[0]["session"].as_str().unwrap().to_string();
+    let mut again = srv
+        .connect_with(Kind::Stream, Opts::resume(&session, 0))
+        .await;
+    again
+        .send_msg("SYSTEM", "HAI", hai_payload(&ALL_EVENTS))
+        .await;
+    let replay = again.collect_until(|v| ty(v) == "RUN_FINISHED").await;
+    let ids = |m: &[Value]| -> Vec<String> {
+        m.iter()
+            .filter(|v| ty(v) != "HAI")
+            .map(|v| v["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(ids(&replay), ids(&msgs));
+}
+
+/// A tool call still running when the body ends holds the stream open until its
+/// TOOL_DONE is written.
+#[tokio::test]
+async fn end_answered_waits_for_a_running_tool() {
+    let srv = Server::start().await;
+    let lines = vec![
+        envelope("h1", "s", 1, "SYSTEM", "HAI", hai_payload(&ALL_EVENTS)),
+        envelope(
+            "t2",
+            "s",
+            2,
+            "AGENT",
+            "TOOL_CALL",
+            json!({"call_id": "c1", "tool": "sleep", "params": {"ms": 300}}),
+        ),
+    ];
+    let msgs = whole_body_until_end(&srv, "?end=answered", &lines)
+        .await
+        .expect("the stream ends once the tool is done");
+    let done = msgs.last().expect("messages");
+    assert_eq!(ty(done), "TOOL_DONE", "{msgs:?}");
+    assert_eq!(done["payload"]["status"], "OK");
+}
+
+/// Without `?end=answered` a whole body leaves the stream open (browsers post later
+/// messages), and an unknown `end` value is refused before anything opens.
+#[tokio::test]
+async fn end_is_opt_in_and_checked() {
+    let srv = Server::start().await;
+    assert!(
+        whole_body_until_end(&srv, "", &say_lines("still open"))
+            .await
+            .is_none(),
+        "the stream stays open after the body without end=answered"
+    );
+    let resp = bounded(
+        http()
+            .post(srv.url("/haip/stream?end=soon"))
+            .header("Authorization", format!("Bearer {}", srv.token()))
+            .body(format!("{}\n", say_lines("x")[0]))
+            .send(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+    assert!(resp.text().await.unwrap().contains("end=answered"));
+}

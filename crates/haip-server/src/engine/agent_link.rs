@@ -8,44 +8,52 @@ use std::time::Duration;
 use crate::agent::{AgentMessage, HandleFuture, RunEnding, SessionHandle};
 use crate::tools::{ToolCatalog, ToolOutcome, ToolRegistry, ToolSpec};
 
-use super::{now_ms, run_tool, Session};
+use super::{now_ms, run_tool, InFlight, Session};
 
 /// How long an agent waiting for the client to take its output sleeps between looks when
 /// nothing wakes it (the connection went away, or credit came back without a write).
 const WRITABLE_RECHECK: Duration = Duration::from_millis(50);
 
-/// One session as an agent sees it.
+/// One session as an agent sees it, for the work of one user message: the work counts
+/// as in flight in the session until the agent drops its last handle.
 pub struct AgentLink {
-    session: Arc<Session>,
+    session: InFlight,
     tools: Arc<ToolRegistry>,
 }
 
 impl AgentLink {
     pub fn new(session: Arc<Session>, tools: Arc<ToolRegistry>) -> AgentLink {
-        AgentLink { session, tools }
+        AgentLink {
+            session: InFlight::new(session),
+            tools,
+        }
+    }
+
+    fn session(&self) -> &Arc<Session> {
+        self.session.session()
     }
 }
 
 impl SessionHandle for AgentLink {
     fn session_id(&self) -> &str {
-        &self.session.id
+        &self.session().id
     }
 
     fn subject(&self) -> &str {
-        &self.session.subject
+        &self.session().subject
     }
 
     fn open_run(
         &self,
         thread_id: Option<&str>,
     ) -> Option<(String, tokio_util::sync::CancellationToken)> {
-        self.session
+        self.session()
             .lock()
             .open_run(thread_id.map(str::to_string), now_ms())
     }
 
     fn send(&self, message: AgentMessage<'_>) {
-        let mut core = self.session.lock();
+        let mut core = self.session().lock();
         let mut env = core.envelope(message.channel, message.payload);
         env.run_id = message.run_id.map(str::to_string);
         env.thread_id = message.thread_id.map(str::to_string);
@@ -56,7 +64,7 @@ impl SessionHandle for AgentLink {
         Box::pin(async move {
             loop {
                 let queue = {
-                    let core = self.session.lock();
+                    let core = self.session().lock();
                     if !core.over_agent_high_water() {
                         return;
                     }
@@ -68,7 +76,7 @@ impl SessionHandle for AgentLink {
                         let written = queue.written();
                         tokio::pin!(written);
                         written.as_mut().enable();
-                        if !self.session.lock().over_agent_high_water() {
+                        if !self.session().lock().over_agent_high_water() {
                             return;
                         }
                         let _ = tokio::time::timeout(WRITABLE_RECHECK, written).await;
@@ -80,15 +88,15 @@ impl SessionHandle for AgentLink {
     }
 
     fn close_run(&self, run_id: &str, ending: RunEnding) {
-        self.session.lock().close_run(run_id, ending, now_ms());
+        self.session().lock().close_run(run_id, ending, now_ms());
     }
 
     fn pause_channel(&self, channel: &str) {
-        self.session.lock().pause_inbound(channel, now_ms());
+        self.session().lock().pause_inbound(channel, now_ms());
     }
 
     fn resume_channel(&self, channel: &str) {
-        self.session.lock().resume_inbound(channel, now_ms());
+        self.session().lock().resume_inbound(channel, now_ms());
     }
 
     fn tools(&self) -> Vec<ToolSpec> {
@@ -98,7 +106,7 @@ impl SessionHandle for AgentLink {
     fn call_tool(&self, call: crate::agent::AgentToolCall) -> HandleFuture<'_, ToolOutcome> {
         Box::pin(async move {
             let known = self.tools.has(&call.tool);
-            let started = self.session.lock().start_agent_tool_call(
+            let started = self.session().lock().start_agent_tool_call(
                 &call.run_id,
                 &call.call_id,
                 &call.tool,
@@ -112,7 +120,7 @@ impl SessionHandle for AgentLink {
             };
             run_tool(
                 self.tools.clone(),
-                self.session.clone(),
+                self.session().clone(),
                 call.call_id,
                 call.tool,
                 params,

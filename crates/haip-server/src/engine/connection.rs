@@ -78,6 +78,11 @@ pub struct ConnectionOptions {
     /// line, a WebSocket ping frame): a client that went away is noticed by the write
     /// that fails, within this interval.
     pub keepalive_interval: Duration,
+    /// HTTP streaming with `?end=answered`: once the request body has ended, the stream
+    /// ends as soon as everything the body asked for is answered and written (no agent or
+    /// tool at work, no run open, nothing queued). Without it the stream stays open for
+    /// later messages posted to `POST /haip/messages`, as browsers need.
+    pub end_when_answered: bool,
 }
 
 pub struct Connection {
@@ -322,6 +327,15 @@ impl Connection {
         let mut frames: Vec<Arc<Outgoing>> = Vec::new();
         let mut inbound_open = true;
         'conn: loop {
+            if !inbound_open && self.options.end_when_answered && self.is_done() {
+                tracing::info!(session = %self.session.id, "request body answered: ending the stream, session kept");
+                Box::pin(sink.close(&Close {
+                    code: 1000,
+                    reason: "answered".into(),
+                }))
+                .await;
+                break 'conn;
+            }
             let timer = self
                 .next_timer(next_ping, ping_sent, expiry)
                 .min(next_keepalive);
@@ -439,6 +453,11 @@ impl Connection {
             }
         }
         self.finish();
+    }
+
+    /// Everything asked for is answered and every frame queued so far is written.
+    fn is_done(&self) -> bool {
+        self.queue.is_empty() && self.session.is_answered()
     }
 
     fn next_timer(

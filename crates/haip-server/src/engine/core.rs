@@ -341,6 +341,10 @@ impl SessionCore {
         self.last_client_activity_ms = now_ms;
     }
 
+    pub fn open_run_count(&self) -> usize {
+        self.runs.open_count()
+    }
+
     pub fn is_ended(&self) -> bool {
         self.ended
     }

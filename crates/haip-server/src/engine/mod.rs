@@ -14,7 +14,7 @@ pub mod tap;
 pub mod threads;
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -47,6 +47,9 @@ pub struct Session {
     core: Mutex<SessionCore>,
     /// Where copies of what it sends in followed threads go.
     threads: Arc<Threads>,
+    /// Work its messages started that has not ended yet: agents answering, tools running
+    /// (see [`InFlight`]).
+    in_flight: AtomicU32,
 }
 
 impl std::fmt::Debug for Session {
@@ -56,6 +59,12 @@ impl std::fmt::Debug for Session {
 }
 
 impl Session {
+    /// Whether everything the client asked for has been answered: no agent or tool is
+    /// still working on its messages and no run is open.
+    pub fn is_answered(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0 && self.lock().open_run_count() == 0
+    }
+
     pub fn lock(&self) -> SessionGuard<'_> {
         // A panic while holding the lock would be a bug; the state is still usable.
         let core = self.core.lock().unwrap_or_else(|p| p.into_inner());
@@ -216,6 +225,7 @@ impl Engine {
             subject: subject.to_string(),
             core: Mutex::new(core),
             threads: self.threads.clone(),
+            in_flight: AtomicU32::new(0),
         });
         self.registry().insert(id, session.clone());
         session
@@ -506,6 +516,7 @@ impl Engine {
                     run_id,
                     cancel,
                 } => {
+                    let in_flight = InFlight::new(session.clone());
                     let task = run_tool(
                         self.tools.clone(),
                         session.clone(),
@@ -515,7 +526,10 @@ impl Engine {
                         run_id,
                         cancel,
                     );
-                    tokio::spawn(task);
+                    tokio::spawn(async move {
+                        let _in_flight = in_flight;
+                        task.await
+                    });
                 }
             }
         }
@@ -523,6 +537,32 @@ impl Engine {
 
     fn agent_link(&self, session: &Arc<Session>) -> Arc<AgentLink> {
         Arc::new(AgentLink::new(session.clone(), self.tools.clone()))
+    }
+}
+
+/// One piece of work a session's messages started (an agent answering, a tool running),
+/// counted in the session while it lasts. When the last one ends the connection is woken,
+/// so that a stream asked to end once everything is answered can end.
+struct InFlight(Arc<Session>);
+
+impl InFlight {
+    fn new(session: Arc<Session>) -> InFlight {
+        session.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(session)
+    }
+
+    fn session(&self) -> &Arc<Session> {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            if let Some(queue) = self.0.lock().attached_queue() {
+                queue.wake_timers();
+            }
+        }
     }
 }
 

@@ -17,7 +17,7 @@ use crate::engine::connection::{Connection, FrameSink, Inbound, Transport};
 use crate::engine::outbound::{Close, Outgoing};
 use crate::state::{authenticate, bearer, SharedState};
 use crate::transport::lines::{Line, LineSplitter};
-use crate::transport::{ndjson_response, ConnectParams};
+use crate::transport::{clip, ndjson_response, ConnectParams};
 
 struct NdjsonSink {
     tx: mpsc::Sender<Bytes>,
@@ -61,6 +61,21 @@ pub async fn open(
     let follow = match params.follow() {
         Ok(f) => f,
         Err(r) => return r,
+    };
+    let end_when_answered = match params.other.get("end").map(String::as_str) {
+        None => false,
+        Some("answered") => true,
+        Some(other) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "end={:?} is not known; end=answered ends the stream once the request \
+                     body has ended and everything it asked for is answered",
+                    clip(other)
+                ),
+            )
+                .into_response()
+        }
     };
     let limit = state.config.http_stream_max_payload;
     let mut splitter = LineSplitter::new(limit);
@@ -143,7 +158,8 @@ pub async fn open(
         )
         .flat_map(futures_util::stream::iter),
     );
-    let options = state.options(Transport::HttpStream, &identity);
+    let mut options = state.options(Transport::HttpStream, &identity);
+    options.end_when_answered = end_when_answered;
     let conn = Connection::open(
         state.engine.clone(),
         &identity.subject,

@@ -70,6 +70,10 @@ pub struct Settings {
     /// [default: /haip/stream]
     #[arg(long, env = "HTTP_STREAM_PATH")]
     http_stream_path: Option<String>,
+    /// Path of the AI SDK `useChat` endpoints (POST, WebSocket, {id}/stream)
+    /// [default: /api/chat]
+    #[arg(long, env = "AISDK_PATH")]
+    aisdk_path: Option<String>,
     /// Largest WebSocket message in bytes; larger closes with 1009 [default: 1048576]
     #[arg(long, env = "WEBSOCKET_MAX_PAYLOAD")]
     websocket_max_payload: Option<usize>,
@@ -298,6 +302,7 @@ pub fn resolve(args: &ServeArgs) -> anyhow::Result<Resolved> {
         websocket_path,
         sse_path,
         http_stream_path,
+        aisdk_path,
         websocket_max_payload,
         websocket_per_message_deflate,
         websocket_compression_threshold,
@@ -407,6 +412,7 @@ pub fn resolve(args: &ServeArgs) -> anyhow::Result<Resolved> {
         websocket_path: path("WEBSOCKET_PATH", s.websocket_path, d.websocket_path)?,
         sse_path: path("SSE_PATH", s.sse_path, d.sse_path)?,
         http_stream_path: path("HTTP_STREAM_PATH", s.http_stream_path, d.http_stream_path)?,
+        aisdk_path: path("AISDK_PATH", s.aisdk_path, d.aisdk_path)?,
         websocket_max_payload: positive("WEBSOCKET_MAX_PAYLOAD", s.websocket_max_payload)?
             .unwrap_or(d.websocket_max_payload),
         websocket_per_message_deflate: s
@@ -636,6 +642,11 @@ async fn serve(mut config: ServerConfig, agent: Arc<dyn Agent>) -> anyhow::Resul
     if config.enable_http_stream {
         let _ = writeln!(banner, "  HTTP streaming: curl -sN --no-progress-meter -X POST -T . -H 'Authorization: Bearer {token}' -H 'Content-Type: application/x-ndjson' {http}://{base}{}", config.http_stream_path);
     }
+    let _ = writeln!(
+        banner,
+        "  AI SDK useChat: {http}://{base}{} (DefaultChatTransport, or WebSocketChatTransport on {ws}://{base}{})",
+        config.aisdk_path, config.aisdk_path
+    );
     let _ = writeln!(banner, "  health:         {http}://{base}/health");
     if config.autobahn_echo {
         let _ = writeln!(

@@ -57,6 +57,16 @@ pub fn router(state: SharedState) -> Router {
             app = app.route("/haip/messages", post(transport::post::messages));
         }
     }
+    // The AI SDK's chat endpoints (contract section 14): POST and WebSocket on one path.
+    app = app
+        .route(
+            &c.aisdk_path,
+            post(crate::aisdk::http::send).get(crate::aisdk::ws::upgrade),
+        )
+        .route(
+            &format!("{}/{{id}}/stream", c.aisdk_path.trim_end_matches('/')),
+            get(crate::aisdk::http::resume).delete(crate::aisdk::http::cancel),
+        );
     if c.enable_compression {
         // Streams must reach the client message by message, so they are never compressed.
         app = app.layer(CompressionLayer::new().compress_when(
@@ -86,7 +96,7 @@ fn cors_layer(origins: &[String]) -> CorsLayer {
     };
     CorsLayer::new()
         .allow_origin(allow_origin)
-        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS])
         .allow_headers([
             header::AUTHORIZATION,
             header::CONTENT_TYPE,
@@ -110,7 +120,7 @@ async fn health(axum::extract::State(state): axum::extract::State<SharedState>) 
 /// Per-transport counts, as a JSON object keyed by transport name.
 fn transport_counts(m: &Metrics) -> serde_json::Value {
     let mut out = serde_json::Map::new();
-    for t in [Transport::WebSocket, Transport::Sse, Transport::HttpStream] {
+    for t in Transport::ALL {
         let c = m.transport(t);
         out.insert(
             t.as_str().to_string(),
@@ -154,7 +164,7 @@ async fn metrics(axum::extract::State(state): axum::extract::State<SharedState>)
     };
     let one = |v: &AtomicU64| vec![(String::new(), v.load(Ordering::Relaxed).to_string())];
     let per_transport = |pick: fn(&TransportCounts) -> &AtomicU64| {
-        [Transport::WebSocket, Transport::Sse, Transport::HttpStream]
+        Transport::ALL
             .iter()
             .map(|t| {
                 (

@@ -22,6 +22,8 @@ pub struct ServerConfig {
     pub websocket_path: String,
     pub sse_path: String,
     pub http_stream_path: String,
+    /// Where the AI SDK `useChat` endpoints live (contract section 14).
+    pub aisdk_path: String,
     pub websocket_max_payload: usize,
     pub websocket_per_message_deflate: bool,
     /// WebSocket messages smaller than this many bytes are sent uncompressed. Without
@@ -110,6 +112,7 @@ impl Default for ServerConfig {
             websocket_path: "/haip/websocket".into(),
             sse_path: "/haip/sse".into(),
             http_stream_path: "/haip/stream".into(),
+            aisdk_path: "/api/chat".into(),
             websocket_max_payload: 1024 * 1024,
             websocket_per_message_deflate: true,
             websocket_compression_threshold: 1024,

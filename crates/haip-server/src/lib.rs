@@ -10,6 +10,7 @@
 //!   [`server`]: binding, serving and graceful shutdown.
 
 pub mod agent;
+pub mod aisdk;
 pub mod app;
 pub mod auth;
 pub mod config;

@@ -15,6 +15,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::Agent;
+use crate::aisdk::answer::Chats;
 use crate::auth::{Authenticator, Identity};
 use crate::config::ServerConfig;
 use crate::engine::connection::{ConnectionOptions, Transport};
@@ -31,6 +32,8 @@ pub struct AppState {
     pub auth: Authenticator,
     pub shutdown: CancellationToken,
     pub started: Instant,
+    /// The AI SDK answers in progress (contract section 14).
+    pub chats: Chats,
     live_connections: AtomicUsize,
     live_sse: AtomicUsize,
 }
@@ -91,24 +94,39 @@ impl AppState {
             auth,
             shutdown: CancellationToken::new(),
             started: Instant::now(),
+            chats: Chats::default(),
             live_connections: AtomicUsize::new(0),
             live_sse: AtomicUsize::new(0),
         })
     }
 
+    /// The options of a client's connection: those of the transport, ended when the
+    /// client's token expires.
     pub fn options(&self, transport: Transport, identity: &Identity) -> ConnectionOptions {
         ConnectionOptions {
+            token_expires_ms: Some(identity.expires_ms),
+            ..self.internal_options(transport)
+        }
+    }
+
+    /// The options of a transport's connections, without a token's expiry: what the
+    /// server's own connections use (an AI SDK answer outlives the request that asked).
+    pub fn internal_options(&self, transport: Transport) -> ConnectionOptions {
+        ConnectionOptions {
             transport,
-            bidirectional: transport != Transport::Sse,
+            // The AI SDK's internal connection never answers PINGs.
+            bidirectional: matches!(transport, Transport::WebSocket | Transport::HttpStream),
             heartbeat_interval: self.config.heartbeat_interval,
             heartbeat_timeout: self.config.heartbeat_timeout,
-            token_expires_ms: Some(identity.expires_ms),
+            token_expires_ms: None,
             idle_timeout: (transport == Transport::HttpStream)
                 .then_some(self.config.http_stream_timeout),
             keepalive_interval: match transport {
                 // The contract's SSE keepalive; NDJSON gets the same, so that a dead
                 // client of either frees its slot as soon.
-                Transport::Sse | Transport::HttpStream => HTTP_KEEPALIVE_INTERVAL,
+                Transport::Sse | Transport::HttpStream | Transport::AiSdk => {
+                    HTTP_KEEPALIVE_INTERVAL
+                }
                 Transport::WebSocket => self.config.heartbeat_interval,
             },
             end_when_answered: false,

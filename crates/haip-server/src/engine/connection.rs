@@ -27,6 +27,9 @@ pub enum Transport {
     WebSocket,
     Sse,
     HttpStream,
+    /// The AI SDK endpoints (contract section 14): their streams and the internal
+    /// connection each answer runs on.
+    AiSdk,
 }
 
 impl Transport {
@@ -35,8 +38,16 @@ impl Transport {
             Transport::WebSocket => "websocket",
             Transport::Sse => "sse",
             Transport::HttpStream => "stream",
+            Transport::AiSdk => "aisdk",
         }
     }
+
+    pub const ALL: [Transport; 4] = [
+        Transport::WebSocket,
+        Transport::Sse,
+        Transport::HttpStream,
+        Transport::AiSdk,
+    ];
 }
 
 /// What a transport read from the client.
@@ -390,9 +401,12 @@ impl Connection {
                         Some(Inbound::Binary(b)) => self.on_binary(&b),
                         Some(Inbound::TooLarge) => self.on_too_large(),
                         None => {
-                            if self.options.transport == Transport::HttpStream {
+                            if self.options.transport == Transport::HttpStream
+                                || self.options.end_when_answered
+                            {
                                 // The request body ended; the response goes on (browsers
-                                // send later messages with POST).
+                                // send later messages with POST), or until everything
+                                // is answered.
                                 inbound_open = false;
                                 continue 'conn;
                             }

@@ -26,7 +26,7 @@ pub struct Metrics {
     /// PING to PONG round trips measured on the server's heartbeat.
     pub round_trips: AtomicU64,
     pub round_trip_ms_sum: AtomicU64,
-    transports: [TransportCounts; 3],
+    transports: [TransportCounts; 4],
 }
 
 impl Metrics {

@@ -28,7 +28,7 @@ pub const MAX_POST_BODY: usize = 2 * 1024 * 1024;
 /// Reads the whole body, counted in the memory budget while it is read, within
 /// `MAX_POST_BODY` bytes and the HTTP stream timeout.
 #[allow(clippy::result_large_err)] // the error is the HTTP answer itself
-async fn read_body(state: &SharedState, body: Body) -> Result<Vec<u8>, Response> {
+pub async fn read_body(state: &SharedState, body: Body) -> Result<Vec<u8>, Response> {
     let mut guard = state.engine.budget.reading_body();
     let mut data = Vec::new();
     let mut stream = body.into_data_stream();

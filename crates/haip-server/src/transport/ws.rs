@@ -111,7 +111,7 @@ fn protocol_token(headers: &HeaderMap) -> Option<String> {
 }
 
 /// Whether `headers` ask for a WebSocket (`Upgrade: websocket`, `Connection: upgrade`).
-fn wants_websocket(headers: &HeaderMap) -> bool {
+pub(crate) fn wants_websocket(headers: &HeaderMap) -> bool {
     let has = |name, token: &str| {
         headers
             .get_all(name)
@@ -125,7 +125,7 @@ fn wants_websocket(headers: &HeaderMap) -> bool {
 
 /// An accepted WebSocket handshake: the 101 answer, and what opens the socket once the
 /// client has it.
-struct Handshake {
+pub(crate) struct Handshake {
     response: Response,
     on_upgrade: OnUpgrade,
     options: Options,
@@ -139,7 +139,7 @@ struct Handshake {
 /// yawc builds the answer, but the socket is opened here from hyper's upgrade rather than
 /// by yawc's upgrade future, so that it reads through [`Checked`].
 #[allow(clippy::result_large_err)] // the error is the HTTP answer itself
-fn handshake(req: &mut Request, config: &ServerConfig) -> Result<Handshake, Response> {
+pub(crate) fn handshake(req: &mut Request, config: &ServerConfig) -> Result<Handshake, Response> {
     let bad = |reason: &str| (StatusCode::BAD_REQUEST, reason.to_string()).into_response();
     if !wants_websocket(req.headers()) {
         return Err(bad("not a WebSocket upgrade request"));
@@ -171,12 +171,12 @@ fn handshake(req: &mut Request, config: &ServerConfig) -> Result<Handshake, Resp
 }
 
 /// A connection's whole life on its WebSocket, boxed: its size is only known once built.
-type ConnectionTask = Pin<Box<dyn Future<Output = ()> + Send>>;
+pub(crate) type ConnectionTask = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Sends the 101 answer and, once the client has it, runs the connection `open` makes of
 /// the WebSocket in a task of its own. The task that waited for the upgrade then ends, so
 /// an idle connection keeps only its own state, not that of its handshake.
-fn accept<F>(hs: Handshake, open: F) -> Response
+pub(crate) fn accept<F>(hs: Handshake, open: F) -> Response
 where
     F: FnOnce(WsConn) -> ConnectionTask + Send + 'static,
 {
@@ -369,7 +369,7 @@ async fn send_copies(conn: &WsConn, text: &bytes::Bytes, n: usize) -> io::Result
 /// task and never at the same moment, so the lock is never contended; it is only held
 /// within a poll.
 #[derive(Clone)]
-struct WsConn(Arc<Mutex<WsState>>);
+pub(crate) struct WsConn(Arc<Mutex<WsState>>);
 
 struct WsState {
     ws: WebSocket<Checked<TokioIo<Upgraded>>>,
@@ -412,7 +412,7 @@ impl WsConn {
     }
 
     /// Writes `frames` in order, then flushes once. Refuses once a close frame is out.
-    async fn send(&self, frames: impl IntoIterator<Item = Frame>) -> io::Result<()> {
+    pub(crate) async fn send(&self, frames: impl IntoIterator<Item = Frame>) -> io::Result<()> {
         for frame in frames {
             poll_fn(|cx| {
                 let mut s = self.lock();
@@ -436,7 +436,7 @@ impl WsConn {
     }
 
     /// Sends a close frame, unless one was already sent.
-    async fn send_close(&self, code: CloseCode, reason: &str) {
+    pub(crate) async fn send_close(&self, code: CloseCode, reason: &str) {
         if !self.lock().close_sent {
             let _ = self.send([Frame::close(code, reason)]).await;
         }
@@ -445,7 +445,7 @@ impl WsConn {
     /// Completes the closing handshake once the connection is done with the socket: sends
     /// the close still owed, ends the sending side, and waits a little for the client's
     /// close frame, so that the server closes the TCP connection first (RFC 6455 7.1.1).
-    async fn finish(&self) {
+    pub(crate) async fn finish(&self) {
         let owed = self.lock().owed_close.take();
         if let Some((code, reason)) = owed {
             self.send_close(code, reason).await;
@@ -480,7 +480,7 @@ impl WsConn {
 /// What the client sends, as [`Inbound`] items. Ping, pong and close frames are handled
 /// by yawc (pongs and the answering close are queued and written by the next read or
 /// write); the stream ends when the connection is closed.
-struct WsInbound(WsConn);
+pub(crate) struct WsInbound(pub(crate) WsConn);
 
 impl Stream for WsInbound {
     type Item = Inbound;

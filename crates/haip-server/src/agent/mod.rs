@@ -99,15 +99,47 @@ pub trait SessionHandle: Send + Sync + 'static {
     fn call_tool(&self, call: AgentToolCall) -> HandleFuture<'_, ToolOutcome>;
 }
 
+/// Who said one earlier message of a conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Speaker {
+    User,
+    Assistant,
+}
+
+/// One earlier message of a conversation, when the client keeps the conversation itself
+/// (the AI SDK's `useChat` sends it with every request).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Turn {
+    pub speaker: Speaker,
+    pub text: String,
+}
+
 /// The way back to the session a user message came from.
 pub struct Reply {
     handle: Arc<dyn SessionHandle>,
     thread_id: Option<String>,
+    history: Option<Vec<Turn>>,
 }
 
 impl Reply {
     pub fn new(handle: Arc<dyn SessionHandle>, thread_id: Option<String>) -> Reply {
-        Reply { handle, thread_id }
+        Reply {
+            handle,
+            thread_id,
+            history: None,
+        }
+    }
+
+    /// The conversation before this message, as the client gave it.
+    pub fn with_history(mut self, history: Option<Vec<Turn>>) -> Reply {
+        self.history = history;
+        self
+    }
+
+    /// The conversation before this message when the client gave it; an agent then
+    /// answers from it rather than from what it remembers.
+    pub fn history(&self) -> Option<&[Turn]> {
+        self.history.as_deref()
     }
 
     pub fn session_id(&self) -> &str {

@@ -86,7 +86,11 @@ impl Chats {
         slot: impl Send + 'static,
         shutdown: CancellationToken,
     ) -> Result<Arc<Answer>, StartError> {
-        let SendRequest { chat_id, text } = request;
+        let SendRequest {
+            chat_id,
+            text,
+            history,
+        } = request;
         let key = (subject.to_string(), chat_id.clone());
         let mut answers = self.lock();
         if answers.contains_key(&key) {
@@ -100,9 +104,11 @@ impl Chats {
         let answer = Arc::new(Answer::new(engine.clone(), connection.session.clone()));
         answers.insert(key.clone(), answer.clone());
         drop(answers);
+        engine.set_history(&connection.session.id, history);
         for line in user_message(&connection.session.id, &chat_id, text) {
             connection.on_text(&line);
         }
+        engine.take_history(&connection.session.id);
         let sink = AnswerSink {
             answer: answer.clone(),
             translator: Translator::new(),

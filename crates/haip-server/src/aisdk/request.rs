@@ -5,6 +5,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::agent::{Speaker, Turn};
 use crate::engine::threads::{valid_thread_id, MAX_THREAD_ID};
 
 /// The longest user message taken, in bytes (the same bound as an HTTP-streaming line).
@@ -17,12 +18,33 @@ struct SendBody {
     trigger: Option<String>,
 }
 
+/// Earlier messages taken as the conversation's history, at most (the newest kept).
+pub const MAX_HISTORY_TURNS: usize = 200;
+
 /// A request to answer a chat.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SendRequest {
     pub chat_id: String,
     /// The last user message's text parts, joined.
     pub text: String,
+    /// The messages before it with text, oldest first: the conversation's history.
+    pub history: Vec<Turn>,
+}
+
+/// A UI message's text parts, joined by newlines.
+fn text_of(message: &Value) -> String {
+    message
+        .get("parts")
+        .and_then(Value::as_array)
+        .map(|parts| {
+            parts
+                .iter()
+                .filter(|p| p.get("type").and_then(Value::as_str) == Some("text"))
+                .filter_map(|p| p.get("text").and_then(Value::as_str))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default()
 }
 
 /// Reads a send request; the error says in plain words what is wrong with it.
@@ -43,21 +65,12 @@ pub fn parse_send(body: &Value) -> Result<SendRequest, String> {
         }
     }
     let messages = body.messages.ok_or("messages is missing")?;
+    let role = |m: &Value| m.get("role").and_then(Value::as_str).map(str::to_string);
     let last_user = messages
         .iter()
-        .rev()
-        .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
+        .rposition(|m| role(m).as_deref() == Some("user"))
         .ok_or("messages holds no user message to answer")?;
-    let parts = last_user
-        .get("parts")
-        .and_then(Value::as_array)
-        .ok_or("the user message has no parts")?;
-    let text: String = parts
-        .iter()
-        .filter(|p| p.get("type").and_then(Value::as_str) == Some("text"))
-        .filter_map(|p| p.get("text").and_then(Value::as_str))
-        .collect::<Vec<_>>()
-        .join("\n");
+    let text = text_of(&messages[last_user]);
     if text.trim().is_empty() {
         return Err("the last user message has no text".into());
     }
@@ -66,7 +79,26 @@ pub fn parse_send(body: &Value) -> Result<SendRequest, String> {
             "the user message is longer than {MAX_TEXT_BYTES} bytes"
         ));
     }
-    Ok(SendRequest { chat_id, text })
+    let mut history: Vec<Turn> = messages[..last_user]
+        .iter()
+        .filter_map(|m| {
+            let speaker = match role(m).as_deref() {
+                Some("user") => Speaker::User,
+                Some("assistant") => Speaker::Assistant,
+                _ => return None,
+            };
+            let text = text_of(m);
+            (!text.trim().is_empty()).then_some(Turn { speaker, text })
+        })
+        .collect();
+    if history.len() > MAX_HISTORY_TURNS {
+        history.drain(..history.len() - MAX_HISTORY_TURNS);
+    }
+    Ok(SendRequest {
+        chat_id,
+        text,
+        history,
+    })
 }
 
 /// A chat id is the id of its conversation (a thread): what the contract allows there.
@@ -109,7 +141,17 @@ mod tests {
             parse_send(&body),
             Ok(SendRequest {
                 chat_id: "chat-1".into(),
-                text: "second\nline".into()
+                text: "second\nline".into(),
+                history: vec![
+                    Turn {
+                        speaker: Speaker::User,
+                        text: "first".into()
+                    },
+                    Turn {
+                        speaker: Speaker::Assistant,
+                        text: "answer".into()
+                    },
+                ],
             })
         );
         let regenerate = json!({"id": "c", "trigger": "regenerate-message",

@@ -5,6 +5,7 @@
 //! answer's chunks to the socket's writer.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::extract::{Query, Request, State};
@@ -58,15 +59,20 @@ pub async fn upgrade(
     })
 }
 
+/// A frame for the socket, from one request; dropped unsent once that request stopped.
+type Outbound = (Arc<AtomicBool>, Bytes);
+
 /// One running request: what `abort` stops.
 struct Running {
     task: JoinHandle<()>,
+    /// Set by `abort`: what the request had queued is not sent.
+    stopped: Arc<AtomicBool>,
     /// The answer a `send` started: `abort` cancels it. A `resume` only stops reading.
     started: Option<Arc<Answer>>,
 }
 
 async fn serve(state: SharedState, conn: WsConn, url_identity: Option<Result<Identity, String>>) {
-    let (out_tx, mut out_rx) = mpsc::channel::<Bytes>(64);
+    let (out_tx, mut out_rx) = mpsc::channel::<Outbound>(64);
     let mut inbound = WsInbound(conn.clone());
     let mut running: HashMap<String, Running> = HashMap::new();
     loop {
@@ -80,7 +86,10 @@ async fn serve(state: SharedState, conn: WsConn, url_identity: Option<Result<Ide
                 Some(Inbound::Binary(_)) | Some(Inbound::TooLarge) => {}
                 None => break,
             },
-            Some(frame) = out_rx.recv() => {
+            Some((stopped, frame)) = out_rx.recv() => {
+                if stopped.load(Ordering::Acquire) {
+                    continue;
+                }
                 if conn.send([Frame::text(frame)]).await.is_err() {
                     break;
                 }
@@ -98,7 +107,7 @@ fn handle(
     url_identity: &Option<Result<Identity, String>>,
     text: &[u8],
     running: &mut HashMap<String, Running>,
-    out: &mpsc::Sender<Bytes>,
+    out: &mpsc::Sender<Outbound>,
 ) {
     let Ok(frame) = serde_json::from_slice::<Value>(text) else {
         // Without a requestId nothing can be answered: the frame is dropped.
@@ -109,11 +118,12 @@ fn handle(
     };
     let request_id = request_id.to_string();
     let reply_error = |message: &str| {
-        let _ = out.try_send(error_frame(&request_id, message));
+        let _ = out.try_send((Arc::default(), error_frame(&request_id, message)));
     };
     let kind = frame.get("type").and_then(Value::as_str).unwrap_or("");
     if kind == "abort" {
         if let Some(r) = running.remove(&request_id) {
+            r.stopped.store(true, Ordering::Release);
             r.task.abort();
             if let Some(answer) = r.started {
                 answer.cancel();
@@ -143,11 +153,17 @@ fn handle(
                 Ok(answer) => answer,
                 Err((_, _, message)) => return reply_error(&message),
             };
-            let task = tokio::spawn(forward(answer.reader(), request_id.clone(), out.clone()));
+            let stopped = Arc::new(AtomicBool::new(false));
+            let task = tokio::spawn(forward(
+                answer.reader(),
+                request_id.clone(),
+                Sender(stopped.clone(), out.clone()),
+            ));
             running.insert(
                 request_id,
                 Running {
                     task,
+                    stopped,
                     started: Some(answer),
                 },
             );
@@ -166,18 +182,20 @@ fn handle(
                 },
             };
             let Some(answer) = state.chats.in_progress(&identity.subject, &chat_id) else {
-                let _ = out.try_send(plain_frame("no-active", &request_id));
+                let _ = out.try_send((Arc::default(), plain_frame("no-active", &request_id)));
                 return;
             };
+            let stopped = Arc::new(AtomicBool::new(false));
             let task = tokio::spawn(forward(
                 answer.reader_after(after),
                 request_id.clone(),
-                out.clone(),
+                Sender(stopped.clone(), out.clone()),
             ));
             running.insert(
                 request_id,
                 Running {
                     task,
+                    stopped,
                     started: None,
                 },
             );
@@ -221,8 +239,17 @@ fn frame_identity(
     }
 }
 
+/// One request's way to the socket.
+struct Sender(Arc<AtomicBool>, mpsc::Sender<Outbound>);
+
+impl Sender {
+    async fn send(&self, frame: Bytes) -> Result<(), ()> {
+        self.1.send((self.0.clone(), frame)).await.map_err(|_| ())
+    }
+}
+
 /// Sends one request's answer: `start`, every chunk with its index, `end`.
-async fn forward(mut reader: AnswerReader, request_id: String, out: mpsc::Sender<Bytes>) {
+async fn forward(mut reader: AnswerReader, request_id: String, out: Sender) {
     if out.send(plain_frame("start", &request_id)).await.is_err() {
         return;
     }

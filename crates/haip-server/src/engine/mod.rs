@@ -24,7 +24,7 @@ use haip_protocol::{channel, Envelope, Payload};
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::{Agent, Reply};
+use crate::agent::{Agent, Reply, Turn};
 use crate::tools::{ToolCatalog, ToolContext, ToolOutcome, ToolRegistry};
 use agent_link::AgentLink;
 use budget::{plan, Enforcement, MemoryBudget, Usage, CONNECTION_BYTES};
@@ -156,6 +156,9 @@ pub struct Engine {
     /// (the HAI depends only on the configuration and whether the transport takes binary
     /// frames, the index here). Shared so that each session keeps only its heads for replay.
     greetings: [OnceLock<[Arc<SharedMessage>; 2]>; 2],
+    /// The conversation before a session's next user message, given by a client that
+    /// keeps it itself (the AI SDK endpoints), by session id; taken by that message.
+    histories: Mutex<HashMap<String, Vec<Turn>>>,
 }
 
 impl Engine {
@@ -178,6 +181,7 @@ impl Engine {
             metrics: Metrics::default(),
             session_ttl_ms,
             greetings: Default::default(),
+            histories: Mutex::default(),
         })
     }
 
@@ -502,7 +506,8 @@ impl Engine {
             match action {
                 Action::RoundTrip(ms) => self.metrics.round_trip(ms),
                 Action::Text { text, thread_id } => {
-                    let reply = Reply::new(self.agent_link(session), thread_id);
+                    let reply = Reply::new(self.agent_link(session), thread_id)
+                        .with_history(self.take_history(&session.id));
                     tokio::spawn(self.agent.on_text(reply, text));
                 }
                 Action::Audio(chunk) => {
@@ -533,6 +538,24 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Gives the agent the conversation before the session's next user message.
+    pub fn set_history(&self, session_id: &str, history: Vec<Turn>) {
+        self.histories
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(session_id.to_string(), history);
+    }
+
+    /// Takes what [`Engine::set_history`] left for the session (a giver calls it after its
+    /// message, so that nothing stays behind when the message was refused).
+    pub fn take_history(&self, session_id: &str) -> Option<Vec<Turn>> {
+        let mut histories = self.histories.lock().unwrap_or_else(|p| p.into_inner());
+        if histories.is_empty() {
+            return None;
+        }
+        histories.remove(session_id)
     }
 
     fn agent_link(&self, session: &Arc<Session>) -> Arc<AgentLink> {

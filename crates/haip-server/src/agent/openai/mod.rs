@@ -14,7 +14,7 @@ use haip_protocol::payload::RunStatus;
 use haip_protocol::ErrorCode;
 use serde_json::{json, Map, Value};
 
-use super::{Agent, BoxFuture, Reply, Run};
+use super::{Agent, BoxFuture, Reply, Run, Speaker};
 use crate::tools::{ToolOutcome, ToolSpec};
 pub use memory::Conversations;
 use stream::{clip, error_message, Round, SseEvents, ToolCallDraft};
@@ -171,7 +171,21 @@ impl Inner {
     async fn answer(self: Arc<Self>, reply: Reply, text: String) {
         let Some(run) = reply.start_run() else { return };
         let key = conversation_key(&reply);
-        let past = self.memory.history(&key);
+        // A client that keeps the conversation (the AI SDK) gives it with each message;
+        // otherwise the conversation is what this agent remembers of it.
+        let past = match reply.history() {
+            Some(turns) => turns
+                .iter()
+                .map(|t| {
+                    let role = match t.speaker {
+                        Speaker::User => "user",
+                        Speaker::Assistant => "assistant",
+                    };
+                    json!({"role": role, "content": t.text})
+                })
+                .collect(),
+            None => self.memory.history(&key),
+        };
         let tools = reply.tools();
         let mut turn = vec![json!({"role": "user", "content": text})];
         let mut rounds = 0;

@@ -628,3 +628,32 @@ async fn preflight_allows_a_front_end_on_another_origin() {
         assert!(headers.contains("authorization"), "{headers}");
     }
 }
+
+/// What an answer keeps for its readers counts in the server's memory budget, and is given
+/// back once the answer ended and its readers are gone.
+#[tokio::test]
+async fn kept_answers_count_in_the_memory_budget() {
+    let srv = Server::start_with(|c| c.echo_word_delay = ms(10)).await;
+    let answers = |stats: &Value| stats["memory"]["usedBy"]["answers"].as_u64().unwrap();
+    let mut asking = UiStream::post(&srv, &srv.token(), &chat_body("m1", &words(100))).await;
+    asking.read_chunks(10).await;
+    let mut seen = 0;
+    for _ in 0..100 {
+        seen = answers(&srv.get_json("/stats").await.1);
+        if seen > 0 {
+            break;
+        }
+        tokio::time::sleep(ms(20)).await;
+    }
+    assert!(seen > 0, "an answer in progress is counted");
+    asking.read_to_end().await;
+    let mut left = u64::MAX;
+    for _ in 0..100 {
+        left = answers(&srv.get_json("/stats").await.1);
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(ms(20)).await;
+    }
+    assert_eq!(left, 0, "given back once read and ended");
+}

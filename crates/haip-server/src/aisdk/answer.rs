@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::chunks::Translator;
 use super::request::SendRequest;
+use crate::engine::budget::BodyGuard;
 use crate::engine::connection::{Connection, ConnectionOptions, FrameSink};
 use crate::engine::outbound::{Close, Outgoing};
 use crate::engine::{now_ms, Engine, Session};
@@ -183,10 +184,11 @@ pub struct Answer {
     version: watch::Sender<u64>,
 }
 
-#[derive(Default)]
 struct Log {
     chunks: Vec<Bytes>,
     bytes: usize,
+    /// `bytes`, counted in the server's memory budget while the answer is kept.
+    counted: BodyGuard,
     ended: bool,
     run_id: Option<String>,
     cancel_requested: bool,
@@ -195,10 +197,17 @@ struct Log {
 impl Answer {
     fn new(engine: Arc<Engine>, session: Arc<Session>) -> Answer {
         Answer {
-            engine,
             session,
-            log: Mutex::default(),
+            log: Mutex::new(Log {
+                chunks: Vec::new(),
+                bytes: 0,
+                counted: engine.budget.keeping_answer(),
+                ended: false,
+                run_id: None,
+                cancel_requested: false,
+            }),
             version: watch::channel(0).0,
+            engine,
         }
     }
 
@@ -265,6 +274,8 @@ impl Answer {
                 log.bytes += json.len();
                 log.chunks.push(json);
             }
+            let bytes = log.bytes;
+            log.counted.set(bytes);
             log.ended = ended;
             let first_run_id = log.run_id.is_none() && run_id.is_some();
             if first_run_id {

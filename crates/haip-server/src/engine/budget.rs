@@ -33,12 +33,14 @@ pub const CONNECTION_BYTES: u64 = 32 * 1024;
 pub struct Usage {
     pub sessions: SessionUsage,
     pub request_bodies: u64,
+    /// AI SDK answers kept for their readers (see `crate::aisdk::answer`).
+    pub answers: u64,
     pub connections: u64,
 }
 
 impl Usage {
     pub fn total(&self) -> u64 {
-        self.sessions.total() + self.request_bodies + self.connections
+        self.sessions.total() + self.request_bodies + self.answers + self.connections
     }
 }
 
@@ -54,6 +56,7 @@ pub struct MemoryBudget {
     soft: u64,
     over_limit: AtomicBool,
     request_bodies: Arc<AtomicU64>,
+    answers: Arc<AtomicU64>,
     last: Mutex<Usage>,
     trimmed_bytes: AtomicU64,
     ended_sessions: AtomicU64,
@@ -67,6 +70,7 @@ impl MemoryBudget {
             soft: limit / 4 * 3,
             over_limit: AtomicBool::new(false),
             request_bodies: Arc::new(AtomicU64::new(0)),
+            answers: Arc::new(AtomicU64::new(0)),
             last: Mutex::new(Usage::default()),
             trimmed_bytes: AtomicU64::new(0),
             ended_sessions: AtomicU64::new(0),
@@ -104,6 +108,18 @@ impl MemoryBudget {
         self.request_bodies.load(Ordering::Relaxed)
     }
 
+    /// Counts the bytes an AI SDK answer keeps until the guard is dropped.
+    pub fn keeping_answer(&self) -> BodyGuard {
+        BodyGuard {
+            counter: self.answers.clone(),
+            bytes: 0,
+        }
+    }
+
+    pub fn answers(&self) -> u64 {
+        self.answers.load(Ordering::Relaxed)
+    }
+
     /// Records a sample and what was done about it.
     pub fn record(&self, usage: Usage, over_limit: bool, done: Enforcement) {
         self.over_limit.store(over_limit, Ordering::Release);
@@ -132,6 +148,7 @@ impl MemoryBudget {
                 "unfinishedMessages": u.sessions.unfinished_messages,
                 "toolCalls": u.sessions.tool_calls,
                 "requestBodies": u.request_bodies,
+                "answers": u.answers,
                 "connections": u.connections,
             },
             "trimmedReplayBytes": self.trimmed_bytes.load(Ordering::Relaxed),
@@ -141,7 +158,7 @@ impl MemoryBudget {
     }
 }
 
-/// A request body being read, counted in the budget until dropped.
+/// Bytes counted in the budget until dropped: a request body being read, an answer kept.
 pub struct BodyGuard {
     counter: Arc<AtomicU64>,
     bytes: u64,

@@ -404,7 +404,9 @@ impl Engine {
         let measure = |sessions: &[Arc<Session>]| -> Vec<SessionUsage> {
             sessions.iter().map(|s| s.lock().memory_usage()).collect()
         };
-        let fixed = self.budget.request_bodies() + connections as u64 * CONNECTION_BYTES;
+        let fixed = self.budget.request_bodies()
+            + self.budget.answers()
+            + connections as u64 * CONNECTION_BYTES;
         let total =
             |usages: &[SessionUsage]| fixed + usages.iter().map(SessionUsage::total).sum::<u64>();
         let mut usages = measure(&sessions);
@@ -451,6 +453,7 @@ impl Engine {
         let usage = Usage {
             sessions: sum,
             request_bodies: self.budget.request_bodies(),
+            answers: self.budget.answers(),
             connections: connections as u64 * CONNECTION_BYTES,
         };
         if done.trimmed_bytes > 0 || done.ended_sessions > 0 {

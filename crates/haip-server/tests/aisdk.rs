@@ -657,3 +657,27 @@ async fn kept_answers_count_in_the_memory_budget() {
     }
     assert_eq!(left, 0, "given back once read and ended");
 }
+
+/// An answer's session is dropped once the answer is done: answers never push a user's
+/// own kept sessions out.
+#[tokio::test]
+async fn an_answers_session_is_not_kept_after_it() {
+    let srv = Server::start().await;
+    let before = srv.get_json("/stats").await.1["sessions"].as_u64().unwrap();
+    for i in 0..3 {
+        let chunks = UiStream::post(&srv, &srv.token(), &chat_body(&format!("k{i}"), "short"))
+            .await
+            .read_to_end()
+            .await;
+        assert_eq!(text_of(&chunks), "short");
+    }
+    let mut sessions = u64::MAX;
+    for _ in 0..100 {
+        sessions = srv.get_json("/stats").await.1["sessions"].as_u64().unwrap();
+        if sessions == before {
+            break;
+        }
+        tokio::time::sleep(ms(20)).await;
+    }
+    assert_eq!(sessions, before);
+}

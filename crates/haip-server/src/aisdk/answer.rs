@@ -119,6 +119,8 @@ impl Chats {
         };
         let chats = self.clone();
         let pumped = answer.clone();
+        let engine = engine.clone();
+        let session_id = connection.session.id.clone();
         tokio::spawn(async move {
             let _slot = slot;
             connection
@@ -128,6 +130,9 @@ impl Chats {
             // told rather than left waiting.
             pumped.fail("the answer was cut off: the server is shutting down");
             chats.remove(&key, &pumped);
+            // The answer's readers have all of it: the session is not kept for a resume
+            // (it would count among the user's kept sessions and push out real ones).
+            engine.remove(&session_id);
         });
         Ok(answer)
     }

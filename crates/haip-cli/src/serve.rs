@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use haip_server::agent::openai::{OpenAiAgent, OpenAiConfig};
+use haip_server::agent::workers::{WorkerPool, WorkersAgent};
 use haip_server::agent::{Agent, EchoAgent};
 use haip_server::app::AppState;
 use haip_server::auth::{random_secret, Authenticator};
@@ -70,6 +71,10 @@ pub struct Settings {
     /// [default: /haip/stream]
     #[arg(long, env = "HTTP_STREAM_PATH")]
     http_stream_path: Option<String>,
+    /// Where agent workers attach over WebSocket, with --agent workers
+    /// [default: /haip/agent]
+    #[arg(long, env = "AGENT_PATH")]
+    agent_path: Option<String>,
     /// Path of the AI SDK `useChat` endpoints (POST, WebSocket, {id}/stream)
     /// [default: /api/chat]
     #[arg(long, env = "AISDK_PATH")]
@@ -137,9 +142,10 @@ pub struct Settings {
     /// text or json [default: text]
     #[arg(long, env = "LOG_FORMAT")]
     log_format: Option<String>,
-    /// Who answers user messages: echo (your own words back) or openai (any
-    /// OpenAI-compatible chat server: OpenAI, vLLM, llama.cpp, Ollama, LM Studio...)
-    /// [default: echo]
+    /// Who answers user messages: echo (your own words back), openai (any
+    /// OpenAI-compatible chat server: OpenAI, vLLM, llama.cpp, Ollama, LM Studio...) or
+    /// workers (agent programs in any language that attach at the agent path; see
+    /// `haip worker`) [default: echo]
     #[arg(long, env = "AGENT")]
     agent: Option<String>,
     /// Milliseconds between the echo agent's words [default: 20]
@@ -262,6 +268,7 @@ impl<'de> Deserialize<'de> for ByteSize {
 pub enum AgentChoice {
     Echo,
     OpenAi(OpenAiConfig),
+    Workers,
 }
 
 /// Everything `haip serve` runs with.
@@ -303,6 +310,7 @@ pub fn resolve(args: &ServeArgs) -> anyhow::Result<Resolved> {
         sse_path,
         http_stream_path,
         aisdk_path,
+        agent_path,
         websocket_max_payload,
         websocket_per_message_deflate,
         websocket_compression_threshold,
@@ -386,7 +394,8 @@ pub fn resolve(args: &ServeArgs) -> anyhow::Result<Resolved> {
             }
             AgentChoice::OpenAi(openai)
         }
-        Some(other) => bail!("invalid AGENT: {other:?} (expected echo or openai)"),
+        Some("workers") => AgentChoice::Workers,
+        Some(other) => bail!("invalid AGENT: {other:?} (expected echo, openai or workers)"),
     };
     let server = ServerConfig {
         host: s.host.unwrap_or(d.host),
@@ -413,6 +422,7 @@ pub fn resolve(args: &ServeArgs) -> anyhow::Result<Resolved> {
         sse_path: path("SSE_PATH", s.sse_path, d.sse_path)?,
         http_stream_path: path("HTTP_STREAM_PATH", s.http_stream_path, d.http_stream_path)?,
         aisdk_path: path("AISDK_PATH", s.aisdk_path, d.aisdk_path)?,
+        agent_path: path("AGENT_PATH", s.agent_path, d.agent_path)?,
         websocket_max_payload: positive("WEBSOCKET_MAX_PAYLOAD", s.websocket_max_payload)?
             .unwrap_or(d.websocket_max_payload),
         websocket_per_message_deflate: s
@@ -523,6 +533,7 @@ pub fn run(args: &ServeArgs) -> ExitCode {
                 return ExitCode::from(2);
             }
         },
+        AgentChoice::Workers => Arc::new(WorkersAgent::new(WorkerPool::new())),
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
@@ -647,6 +658,13 @@ async fn serve(mut config: ServerConfig, agent: Arc<dyn Agent>) -> anyhow::Resul
         "  AI SDK useChat: {http}://{base}{} (DefaultChatTransport, or WebSocketChatTransport on {ws}://{base}{})",
         config.aisdk_path, config.aisdk_path
     );
+    if agent.worker_pool().is_some() {
+        let _ = writeln!(
+            banner,
+            "  agent workers:  {ws}://{base}{} (a token of role agent: haip token --role agent; run one with haip worker)",
+            config.agent_path
+        );
+    }
     let _ = writeln!(banner, "  health:         {http}://{base}/health");
     if config.autobahn_echo {
         let _ = writeln!(

@@ -57,6 +57,8 @@ pub fn router(state: SharedState) -> Router {
             app = app.route("/haip/messages", post(transport::post::messages));
         }
     }
+    // Agent workers attach here (answered 404 unless the agent is `workers`).
+    app = app.route(&c.agent_path, get(transport::agent::upgrade));
     // The AI SDK's chat endpoints (contract section 14): POST and WebSocket on one path.
     app = app
         .route(
@@ -148,6 +150,14 @@ async fn stats(axum::extract::State(state): axum::extract::State<SharedState>) -
         "sessions": state.engine.session_count(),
         "transports": transport_counts(m),
         "memory": state.engine.budget.snapshot(),
+        "workers": state.workers.as_ref().map(|pool| {
+            let loads = pool.loads();
+            json!({
+                "connected": loads.len(),
+                "openRuns": loads.iter().map(|l| json!({"worker": l.id, "openRuns": l.open_runs})).collect::<Vec<_>>(),
+                "dispatchFailures": pool.dispatch_failures(),
+            })
+        }),
     }))
     .into_response()
 }
@@ -222,6 +232,31 @@ async fn metrics(axum::extract::State(state): axum::extract::State<SharedState>)
         "Sum of the measured PING to PONG round trips, in ms.",
         &one(&m.round_trip_ms_sum),
     );
+    if let Some(pool) = &state.workers {
+        let loads = pool.loads();
+        metric(
+            "haip_workers_connected",
+            "gauge",
+            "Agent workers connected.",
+            &[(String::new(), loads.len().to_string())],
+        );
+        let per_worker: Vec<(String, String)> = loads
+            .iter()
+            .map(|l| (format!("{{worker=\"{}\"}}", l.id), l.open_runs.to_string()))
+            .collect();
+        metric(
+            "haip_worker_open_runs",
+            "gauge",
+            "Runs each agent worker has open.",
+            &per_worker,
+        );
+        metric(
+            "haip_worker_dispatch_failures_total",
+            "counter",
+            "User messages no agent worker was connected to answer.",
+            &[(String::new(), pool.dispatch_failures().to_string())],
+        );
+    }
     let memory = state.engine.budget.snapshot();
     let bytes = |v: &serde_json::Value| vec![(String::new(), v.as_u64().unwrap_or(0).to_string())];
     metric(

@@ -34,6 +34,11 @@ impl Identity {
     pub fn is_admin(&self) -> bool {
         self.role.as_deref() == Some("admin")
     }
+
+    /// An agent worker's token (`role: "agent"`): it attaches a worker and nothing else.
+    pub fn is_agent(&self) -> bool {
+        self.role.as_deref() == Some("agent")
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -154,6 +159,33 @@ impl Authenticator {
             audience,
             generated_secret: false,
         }
+    }
+
+    /// Checks a token for a user's connection: an agent worker's token opens no user
+    /// session.
+    pub fn verify_user(&self, token: &str) -> Result<Identity, AuthError> {
+        let identity = self.verify(token)?;
+        if identity.is_agent() {
+            return Err(AuthError(
+                "this is an agent worker's token (role agent): it attaches a worker at the \
+                 agent path and opens no user session"
+                    .into(),
+            ));
+        }
+        Ok(identity)
+    }
+
+    /// Checks a token for an agent worker's connection: only `role: "agent"` attaches.
+    pub fn verify_agent(&self, token: &str) -> Result<Identity, AuthError> {
+        let identity = self.verify(token)?;
+        if !identity.is_agent() {
+            return Err(AuthError(
+                "this is a user token: agent workers need a token with role \"agent\" \
+                 (haip token --role agent)"
+                    .into(),
+            ));
+        }
+        Ok(identity)
     }
 
     /// Checks a token and returns whom it speaks for.

@@ -24,6 +24,8 @@ pub struct ServerConfig {
     pub http_stream_path: String,
     /// Where the AI SDK `useChat` endpoints live (contract section 14).
     pub aisdk_path: String,
+    /// Where agent workers attach (contract section 12.2).
+    pub agent_path: String,
     pub websocket_max_payload: usize,
     pub websocket_per_message_deflate: bool,
     /// WebSocket messages smaller than this many bytes are sent uncompressed. Without
@@ -113,6 +115,7 @@ impl Default for ServerConfig {
             sse_path: "/haip/sse".into(),
             http_stream_path: "/haip/stream".into(),
             aisdk_path: "/api/chat".into(),
+            agent_path: "/haip/agent".into(),
             websocket_max_payload: 1024 * 1024,
             websocket_per_message_deflate: true,
             websocket_compression_threshold: 1024,

@@ -14,6 +14,7 @@ use haip_protocol::replay::ReplayConfig;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use crate::agent::workers::WorkerPool;
 use crate::agent::Agent;
 use crate::aisdk::answer::Chats;
 use crate::auth::{Authenticator, Identity};
@@ -34,6 +35,8 @@ pub struct AppState {
     pub started: Instant,
     /// The AI SDK answers in progress (contract section 14).
     pub chats: Chats,
+    /// The agent workers, when the agent hands the work to them (`--agent workers`).
+    pub workers: Option<Arc<WorkerPool>>,
     live_connections: AtomicUsize,
     live_sse: AtomicUsize,
 }
@@ -81,6 +84,7 @@ impl AppState {
             max_held_messages: config.flow_control_max_held_messages,
             max_held_bytes: held_bytes,
         };
+        let workers = agent.worker_pool();
         let engine = Engine::new(
             limits,
             agent,
@@ -95,6 +99,7 @@ impl AppState {
             shutdown: CancellationToken::new(),
             started: Instant::now(),
             chats: Chats::default(),
+            workers,
             live_connections: AtomicUsize::new(0),
             live_sse: AtomicUsize::new(0),
         })
@@ -220,6 +225,6 @@ pub fn authenticate(state: &AppState, token: Option<&str>) -> Result<Identity, R
     let token = token.ok_or_else(|| unauthorized("missing token"))?;
     state
         .auth
-        .verify(token)
+        .verify_user(token)
         .map_err(|e| unauthorized(&e.to_string()))
 }

@@ -9,6 +9,7 @@
 
 pub mod echo;
 pub mod openai;
+pub mod workers;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -40,6 +41,12 @@ pub trait Agent: Send + Sync + 'static {
     /// One line for the start-up banner: who answers.
     fn describe(&self) -> String {
         "custom agent".into()
+    }
+
+    /// The pool that agent workers join over `GET /haip/agent`, for an agent that hands
+    /// the work to them ([`workers::WorkersAgent`]).
+    fn worker_pool(&self) -> Option<Arc<workers::WorkerPool>> {
+        None
     }
 }
 
@@ -87,6 +94,8 @@ pub trait SessionHandle: Send + Sync + 'static {
     /// high-water mark: an agent that produces faster than its client reads waits here
     /// instead of making the session hold ever more.
     fn writable(&self) -> HandleFuture<'_, ()>;
+    /// Whether that output is past the high-water mark now.
+    fn over_high_water(&self) -> bool;
     /// Closes a run, after the last of its tool calls is done.
     fn close_run(&self, run_id: &str, ending: RunEnding);
     /// PAUSE_CHANNEL / RESUME_CHANNEL towards the client.
@@ -220,6 +229,32 @@ impl Run {
     /// Resolves when the client cancels the run.
     pub async fn cancelled(&self) {
         self.cancel.cancelled().await
+    }
+
+    /// A token cancelled when the client cancels the run, for watching it from elsewhere.
+    pub fn cancel_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    /// Whether the client has left more of the session's output untaken than the
+    /// high-water mark: an agent that does not wait in [`Run::send`] slows down itself.
+    pub fn is_over_high_water(&self) -> bool {
+        self.handle.over_high_water()
+    }
+
+    /// Sends a message of this run at once, without waiting for the client to take what
+    /// came before: for agents that apply back-pressure their own way (workers are told
+    /// PAUSE_CHANNEL). A cancelled run sends nothing.
+    pub fn send_now(&self, channel: &str, payload: Payload) {
+        if self.cancel.is_cancelled() {
+            return;
+        }
+        self.handle.send(AgentMessage {
+            channel,
+            payload,
+            run_id: Some(&self.run_id),
+            thread_id: self.thread_id.as_deref(),
+        });
     }
 
     /// Sends a message of this run on `channel`. Waits while the client has not taken

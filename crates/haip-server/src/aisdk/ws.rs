@@ -45,7 +45,7 @@ pub async fn upgrade(
     let url_identity = params
         .token
         .as_deref()
-        .map(|t| state.auth.verify(t).map_err(|e| e.to_string()));
+        .map(|t| state.auth.verify_user(t).map_err(|e| e.to_string()));
     let slot = match state.admit(Transport::AiSdk) {
         Ok(s) => s,
         Err(r) => return r,
@@ -227,7 +227,7 @@ fn frame_identity(
             .or_else(|| value.strip_prefix("bearer "))
             .unwrap_or(value)
             .trim();
-        return state.auth.verify(token).map_err(|e| e.to_string());
+        return state.auth.verify_user(token).map_err(|e| e.to_string());
     }
     match url_identity {
         Some(result) => result.clone(),

@@ -87,6 +87,10 @@ impl SessionHandle for AgentLink {
         })
     }
 
+    fn over_high_water(&self) -> bool {
+        self.session().lock().over_agent_high_water()
+    }
+
     fn close_run(&self, run_id: &str, ending: RunEnding) {
         self.session().lock().close_run(run_id, ending, now_ms());
     }

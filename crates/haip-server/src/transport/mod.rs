@@ -3,6 +3,7 @@
 //! frames through a [`FrameSink`](crate::engine::connection::FrameSink).
 
 pub mod admin;
+pub mod agent;
 pub mod lines;
 pub mod post;
 pub mod sse;

@@ -106,7 +106,7 @@ fn offered_protocols(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 }
 
 /// The token offered as `Sec-WebSocket-Protocol: haip, token.JWT`.
-fn protocol_token(headers: &HeaderMap) -> Option<String> {
+pub(crate) fn protocol_token(headers: &HeaderMap) -> Option<String> {
     offered_protocols(headers).find_map(|p| p.strip_prefix("token.").map(str::to_string))
 }
 
@@ -246,7 +246,7 @@ fn haip(state: SharedState, params: ConnectParams, headers: &HeaderMap, hs: Hand
         .or_else(|| bearer(headers).map(str::to_string))
         .or_else(|| protocol_token(headers));
     let verdict = match token {
-        Some(t) => state.auth.verify(&t).map_err(|e| e.to_string()),
+        Some(t) => state.auth.verify_user(&t).map_err(|e| e.to_string()),
         None => Err("missing token".to_string()),
     };
     // Only an authenticated connection takes a slot: refusals cannot crowd out others

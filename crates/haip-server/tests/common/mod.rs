@@ -122,6 +122,16 @@ impl Server {
         Server::start_serving(test_config(), agent, tools).await
     }
 
+    /// Both: `tweak` applied to the test defaults, and `agent` answering.
+    pub async fn start_with_config_and_agent(
+        tweak: impl FnOnce(&mut ServerConfig),
+        agent: Arc<dyn Agent>,
+    ) -> Server {
+        let mut config = test_config();
+        tweak(&mut config);
+        Server::start_serving(config, agent, ToolRegistry::with_builtins()).await
+    }
+
     async fn start_serving(
         config: ServerConfig,
         agent: Arc<dyn Agent>,

@@ -10,6 +10,7 @@ mod serve;
 mod token;
 mod tool;
 mod validate;
+mod worker;
 
 /// mimalloc instead of the system allocator: a server and a client both allocate small
 /// objects on one worker thread and free them on another (messages crossing tasks), which
@@ -44,6 +45,7 @@ enum Command {
     Health(health::HealthArgs),
     Tool(tool::ToolArgs),
     Bench(bench::BenchArgs),
+    Worker(worker::WorkerArgs),
     /// Print a shell completion script: `haip completions bash > /etc/bash_completion.d/haip`
     Completions {
         /// bash, zsh, fish, elvish or powershell
@@ -68,5 +70,6 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Bench(args) => bench::run(&args),
+        Command::Worker(args) => worker::run(&args),
     }
 }

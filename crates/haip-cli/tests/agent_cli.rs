@@ -57,7 +57,7 @@ fn agent_settings_are_checked_at_start_up_naming_the_key() {
     let (code, err) = start_error(&[], &[("AGENT", "llama")]);
     assert_eq!(code, Some(2));
     assert!(
-        err.contains("AGENT") && err.contains("echo or openai"),
+        err.contains("AGENT") && err.contains("echo, openai or workers"),
         "{err}"
     );
 

@@ -13,6 +13,7 @@ pub mod session;
 pub mod tls;
 pub mod topic;
 pub mod url;
+pub mod worker;
 
 pub use client::{Client, Connection, ConnectionConfig, Received, Status, Subscription};
 pub use error::ClientError;

@@ -11,6 +11,8 @@ pub struct Served {
     pub child: Child,
     pub port: u16,
     pub token: String,
+    /// The random JWT secret it printed, for minting other tokens with `haip token`.
+    pub secret: Option<String>,
     pub log: Arc<Mutex<Vec<String>>>,
 }
 
@@ -50,8 +52,12 @@ pub fn serve(extra: &[&str]) -> Served {
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
     let mut token = None;
+    let mut secret = None;
     for line in lines.by_ref() {
         let line = line.expect("utf-8");
+        if let Some(s) = line.strip_prefix("JWT secret (random, set JWT_SECRET to keep one): ") {
+            secret = Some(s.to_string());
+        }
         if let Some(t) = line.strip_prefix("token (sub=demo, valid 24 h): ") {
             token = Some(t.to_string());
         }
@@ -73,6 +79,7 @@ pub fn serve(extra: &[&str]) -> Served {
         child,
         port,
         token: token.expect("a printed token"),
+        secret,
         log,
     }
 }

@@ -44,22 +44,12 @@ impl ConnectArgs {
     /// The URL with `http://` when the user gave no scheme, and the transport's default
     /// path when they gave only a host.
     pub fn full_url(&self) -> String {
-        let given = self.url.trim().trim_end_matches('/');
-        let url = if given.contains("://") {
-            given.to_string()
-        } else {
-            format!("http://{given}")
-        };
-        let after_scheme = url.find("://").map_or(0, |i| i + 3);
-        if url[after_scheme..].contains('/') {
-            return url;
-        }
         let path = match self.transport {
             Transport::WebSocket => "/haip/websocket",
             Transport::Sse => "/haip/sse",
             Transport::HttpStream => "/haip/stream",
         };
-        format!("{url}{path}")
+        with_defaults(&self.url, path)
     }
 
     pub fn config(&self) -> ConnectionConfig {
@@ -79,6 +69,22 @@ impl ConnectArgs {
                 .collect(),
             ..ConnectionConfig::new(self.full_url())
         }
+    }
+}
+
+/// `given` with `http://` when it has no scheme, and `path` when it names only a host.
+pub fn with_defaults(given: &str, path: &str) -> String {
+    let given = given.trim().trim_end_matches('/');
+    let url = if given.contains("://") {
+        given.to_string()
+    } else {
+        format!("http://{given}")
+    };
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    if url[after_scheme..].contains('/') {
+        url
+    } else {
+        format!("{url}{path}")
     }
 }
 

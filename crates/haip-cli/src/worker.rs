@@ -20,7 +20,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 use tokio::sync::Semaphore;
 
-use crate::connect::{block_on, exit, fail};
+use crate::connect::{block_on, exit, fail, with_defaults};
 
 #[derive(clap::Args)]
 #[command(
@@ -61,23 +61,6 @@ pub struct WorkerArgs {
     command: Vec<String>,
 }
 
-impl WorkerArgs {
-    fn full_url(&self) -> String {
-        let given = self.url.trim().trim_end_matches('/');
-        let url = if given.contains("://") {
-            given.to_string()
-        } else {
-            format!("http://{given}")
-        };
-        let after_scheme = url.find("://").map_or(0, |i| i + 3);
-        if url[after_scheme..].contains('/') {
-            url
-        } else {
-            format!("{url}/haip/agent")
-        }
-    }
-}
-
 pub fn run(args: &WorkerArgs) -> ExitCode {
     if args.token.is_none() {
         eprintln!(
@@ -87,7 +70,7 @@ pub fn run(args: &WorkerArgs) -> ExitCode {
         return ExitCode::from(exit::USAGE);
     }
     block_on(async {
-        let url = args.full_url();
+        let url = with_defaults(&args.url, "/haip/agent");
         let config = ConnectionConfig {
             token: args.token.clone(),
             timeout: Duration::from_secs(args.timeout),

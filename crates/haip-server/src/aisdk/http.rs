@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 
 use super::answer::{Answer, AnswerReader, StartError};
 use super::request::{check_chat_id, parse_send, SendRequest};
+use crate::auth::Identity;
 use crate::engine::connection::Transport;
 use crate::state::{authenticate, bearer, ConnectionSlot, SharedState, HTTP_KEEPALIVE_INTERVAL};
 use crate::transport::post::read_body;
@@ -99,13 +100,10 @@ pub async fn resume(
     Path(chat_id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let identity = match authenticate(&state, bearer(&headers)) {
+    let identity = match chat_request(&state, &headers, &chat_id) {
         Ok(id) => id,
         Err(r) => return r,
     };
-    if let Err(message) = check_chat_id(&chat_id) {
-        return error(StatusCode::BAD_REQUEST, "INVALID_REQUEST", &message);
-    }
     let Some(answer) = state.chats.in_progress(&identity.subject, &chat_id) else {
         return StatusCode::NO_CONTENT.into_response();
     };
@@ -123,17 +121,27 @@ pub async fn cancel(
     Path(chat_id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let identity = match authenticate(&state, bearer(&headers)) {
+    let identity = match chat_request(&state, &headers, &chat_id) {
         Ok(id) => id,
         Err(r) => return r,
     };
-    if let Err(message) = check_chat_id(&chat_id) {
-        return error(StatusCode::BAD_REQUEST, "INVALID_REQUEST", &message);
-    }
     if let Some(answer) = state.chats.in_progress(&identity.subject, &chat_id) {
         answer.cancel();
     }
     StatusCode::NO_CONTENT.into_response()
+}
+
+/// Who asks about a chat, once the token and the chat id are checked.
+#[allow(clippy::result_large_err)] // the error is the HTTP answer itself
+fn chat_request(
+    state: &SharedState,
+    headers: &HeaderMap,
+    chat_id: &str,
+) -> Result<Identity, Response> {
+    let identity = authenticate(state, bearer(headers))?;
+    check_chat_id(chat_id)
+        .map_err(|message| error(StatusCode::BAD_REQUEST, "INVALID_REQUEST", &message))?;
+    Ok(identity)
 }
 
 /// The UI message stream: each chunk as an SSE `data:` event as it comes, a comment line

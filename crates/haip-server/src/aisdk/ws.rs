@@ -153,19 +153,10 @@ fn handle(
                 Ok(answer) => answer,
                 Err((_, _, message)) => return reply_error(&message),
             };
-            let stopped = Arc::new(AtomicBool::new(false));
-            let task = tokio::spawn(forward(
-                answer.reader(),
-                request_id.clone(),
-                Sender(stopped.clone(), out.clone()),
-            ));
+            let reader = answer.reader();
             running.insert(
-                request_id,
-                Running {
-                    task,
-                    stopped,
-                    started: Some(answer),
-                },
+                request_id.clone(),
+                forward_to(reader, request_id, out, Some(answer)),
             );
         }
         "resume" => {
@@ -185,19 +176,10 @@ fn handle(
                 let _ = out.try_send((Arc::default(), plain_frame("no-active", &request_id)));
                 return;
             };
-            let stopped = Arc::new(AtomicBool::new(false));
-            let task = tokio::spawn(forward(
-                answer.reader_after(after),
-                request_id.clone(),
-                Sender(stopped.clone(), out.clone()),
-            ));
+            let reader = answer.reader_after(after);
             running.insert(
-                request_id,
-                Running {
-                    task,
-                    stopped,
-                    started: None,
-                },
+                request_id.clone(),
+                forward_to(reader, request_id, out, None),
             );
         }
         other => reply_error(&format!(
@@ -236,6 +218,26 @@ fn frame_identity(
                      the request"
                 .into(),
         ),
+    }
+}
+
+/// Starts sending an answer's chunks for one request.
+fn forward_to(
+    reader: AnswerReader,
+    request_id: String,
+    out: &mpsc::Sender<Outbound>,
+    started: Option<Arc<Answer>>,
+) -> Running {
+    let stopped = Arc::new(AtomicBool::new(false));
+    let task = tokio::spawn(forward(
+        reader,
+        request_id,
+        Sender(stopped.clone(), out.clone()),
+    ));
+    Running {
+        task,
+        stopped,
+        started,
     }
 }
 

@@ -397,3 +397,291 @@ fn channel_ref() -> ChannelRef {
 fn is_run_end(payload: &Payload) -> bool {
     matches!(payload, Payload::RunFinished(_) | Payload::RunError(_))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use serde_json::Value;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::agent::{
+        AgentMessage, AgentToolCall, HandleFuture, Reply, RunEnding, SessionHandle,
+    };
+    use crate::tools::{ToolOutcome, ToolSpec};
+
+    /// A user's session as the link sees it through a run: what it was sent, how the run
+    /// ended, whether its user is behind.
+    #[derive(Default)]
+    struct Session {
+        sent: Mutex<Vec<(String, Payload)>>,
+        ended: Mutex<Option<RunEnding>>,
+        behind: AtomicBool,
+        cancel: CancellationToken,
+    }
+
+    impl SessionHandle for Session {
+        fn session_id(&self) -> &str {
+            "user-session"
+        }
+        fn subject(&self) -> &str {
+            "alice"
+        }
+        fn open_run(&self, _: Option<&str>) -> Option<(String, CancellationToken)> {
+            Some(("r1".into(), self.cancel.clone()))
+        }
+        fn send(&self, m: AgentMessage<'_>) {
+            self.sent
+                .lock()
+                .unwrap()
+                .push((m.channel.to_string(), m.payload));
+        }
+        fn writable(&self) -> HandleFuture<'_, ()> {
+            Box::pin(async {})
+        }
+        fn over_high_water(&self) -> bool {
+            self.behind.load(Ordering::Relaxed)
+        }
+        fn close_run(&self, _: &str, ending: RunEnding) {
+            self.ended.lock().unwrap().get_or_insert(ending);
+        }
+        fn pause_channel(&self, _: &str) {}
+        fn resume_channel(&self, _: &str) {}
+        fn tools(&self) -> Vec<ToolSpec> {
+            Vec::new()
+        }
+        fn call_tool(&self, _: AgentToolCall) -> HandleFuture<'_, ToolOutcome> {
+            Box::pin(async { ToolOutcome::cancelled() })
+        }
+    }
+
+    fn link_with_job() -> (WorkerLink, Arc<Session>, Value) {
+        let session = Arc::new(Session::default());
+        let reply = Reply::new(session.clone(), Some("t".into()));
+        let run = reply.start_run().expect("a run");
+        let mut link = WorkerLink::new("w".into());
+        let _ = link.hello(0);
+        let job = link.assign(
+            Job {
+                run,
+                text: "hi".into(),
+                session: "user-session".into(),
+                subject: "alice".into(),
+                thread_id: Some("t".into()),
+            },
+            0,
+        );
+        (link, session, frame(&job))
+    }
+
+    fn frame(out: &Output) -> Value {
+        match out {
+            Output::Frame(text) => serde_json::from_str(text).unwrap(),
+            Output::Close(code, reason) => json!({"close": code, "reason": reason}),
+        }
+    }
+
+    fn from_worker(
+        seq: u64,
+        ack: Option<u64>,
+        ty: &str,
+        payload: Value,
+        run: Option<&str>,
+    ) -> Vec<u8> {
+        let mut env = json!({"id": format!("w{seq}"), "session": "w", "seq": seq.to_string(),
+                             "ts": "0", "channel": "AGENT", "type": ty, "payload": payload});
+        if let Some(a) = ack {
+            env["ack"] = json!(a.to_string());
+        }
+        if let Some(r) = run {
+            env["run_id"] = json!(r);
+        }
+        env.to_string().into_bytes()
+    }
+
+    #[test]
+    fn the_job_names_the_run_and_its_user() {
+        let (_, _, job) = link_with_job();
+        assert_eq!(job["type"], "RUN_STARTED");
+        assert_eq!(job["seq"], "2", "after the HAI");
+        assert_eq!(job["run_id"], "r1");
+        assert_eq!(
+            job["payload"]["metadata"],
+            json!({"session": "user-session", "subject": "alice", "conversation": "t", "text": "hi"})
+        );
+    }
+
+    #[test]
+    fn run_messages_reach_the_session_and_duplicates_do_not() {
+        let (mut link, session, _) = link_with_job();
+        let part = json!({"message_id": "m", "text": "a"});
+        assert!(link
+            .on_text(
+                &from_worker(1, None, "MESSAGE_PART", part.clone(), Some("r1")),
+                0
+            )
+            .is_empty());
+        assert!(link
+            .on_text(&from_worker(1, None, "MESSAGE_PART", part, Some("r1")), 0)
+            .is_empty());
+        assert_eq!(
+            session.sent.lock().unwrap().len(),
+            1,
+            "the repeated seq is dropped"
+        );
+        link.on_text(
+            &from_worker(2, None, "RUN_FINISHED", json!({"status": "OK"}), Some("r1")),
+            0,
+        );
+        assert_eq!(
+            *session.ended.lock().unwrap(),
+            Some(RunEnding::Finished(RunStatus::Ok))
+        );
+        assert_eq!(link.open_runs(), 0);
+        // Now a stray: RUN_NOT_FOUND, acking the worker's seq.
+        let out = link.on_text(
+            &from_worker(
+                3,
+                None,
+                "MESSAGE_PART",
+                json!({"message_id": "m", "text": "b"}),
+                Some("r1"),
+            ),
+            0,
+        );
+        let e = frame(&out[0]);
+        assert_eq!(e["payload"]["code"], "RUN_NOT_FOUND");
+        assert_eq!(e["payload"]["related_id"], "w3");
+        assert_eq!(e["ack"], "3");
+    }
+
+    #[test]
+    fn a_worker_error_code_is_kept_when_known() {
+        let (mut link, session, _) = link_with_job();
+        link.on_text(
+            &from_worker(
+                1,
+                None,
+                "RUN_ERROR",
+                json!({"code": "RATE_LIMITED", "message": "slow down"}),
+                Some("r1"),
+            ),
+            0,
+        );
+        assert_eq!(
+            *session.ended.lock().unwrap(),
+            Some(RunEnding::Failed {
+                code: ErrorCode::RateLimited,
+                message: "slow down".into()
+            })
+        );
+    }
+
+    #[test]
+    fn a_cancel_goes_out_once_and_the_deadline_finishes_the_run() {
+        let (mut link, session, _) = link_with_job();
+        let t0 = Instant::now();
+        assert!(link.poll_cancels(t0, 0).is_empty());
+        session.cancel.cancel();
+        let out = link.poll_cancels(t0, 0);
+        assert_eq!(out.len(), 1);
+        let c = frame(&out[0]);
+        assert_eq!(c["type"], "RUN_CANCEL");
+        assert_eq!(c["payload"]["run_id"], "r1");
+        assert!(link.poll_cancels(t0, 0).is_empty(), "once");
+        assert_eq!(link.next_deadline(), Some(t0 + CANCEL_DEADLINE));
+        link.expire(t0 + CANCEL_DEADLINE - Duration::from_millis(1));
+        assert_eq!(link.open_runs(), 1);
+        link.expire(t0 + CANCEL_DEADLINE);
+        assert_eq!(link.open_runs(), 0);
+        assert_eq!(
+            *session.ended.lock().unwrap(),
+            Some(RunEnding::Finished(RunStatus::Cancelled))
+        );
+    }
+
+    #[test]
+    fn a_user_behind_pauses_the_worker_and_messages_sent_after_the_pause_are_refused() {
+        let (mut link, session, _) = link_with_job();
+        assert!(link.check_pressure(0).is_none());
+        session.behind.store(true, Ordering::Relaxed);
+        let pause = frame(&link.check_pressure(0).expect("a pause"));
+        assert_eq!(pause["type"], "PAUSE_CHANNEL");
+        assert_eq!(pause["payload"]["channel"], "AGENT");
+        let pause_seq: u64 = pause["seq"].as_str().unwrap().parse().unwrap();
+        assert!(link.check_pressure(0).is_none(), "once");
+        let part = json!({"message_id": "m", "text": "x"});
+        // Sent before the worker saw the pause (its ack is older): taken.
+        assert!(link
+            .on_text(
+                &from_worker(
+                    1,
+                    Some(pause_seq - 1),
+                    "MESSAGE_PART",
+                    part.clone(),
+                    Some("r1")
+                ),
+                0
+            )
+            .is_empty());
+        // Sent after: refused.
+        let out = link.on_text(
+            &from_worker(2, Some(pause_seq), "MESSAGE_PART", part, Some("r1")),
+            0,
+        );
+        assert_eq!(frame(&out[0])["payload"]["code"], "FLOW_CONTROL_VIOLATION");
+        assert_eq!(session.sent.lock().unwrap().len(), 1);
+        // The run's end always goes through.
+        link.on_text(
+            &from_worker(3, Some(pause_seq), "RUN_FINISHED", json!({}), Some("r1")),
+            0,
+        );
+        assert!(session.ended.lock().unwrap().is_some());
+        session.behind.store(false, Ordering::Relaxed);
+        assert_eq!(
+            frame(&link.check_pressure(0).expect("a resume"))["type"],
+            "RESUME_CHANNEL"
+        );
+    }
+
+    #[test]
+    fn repeated_violations_close_and_a_departure_fails_the_open_runs() {
+        let (mut link, session, _) = link_with_job();
+        for i in 0..MAX_PROTOCOL_VIOLATIONS {
+            let out = link.on_text(b"{}", 0);
+            assert_eq!(out.len(), 1, "violation {i}: an error only");
+        }
+        let out = link.on_text(b"{}", 0);
+        assert_eq!(
+            out.last(),
+            Some(&Output::Close(1008, "too many protocol violations".into()))
+        );
+        link.gone();
+        assert!(matches!(
+            *session.ended.lock().unwrap(),
+            Some(RunEnding::Failed {
+                code: ErrorCode::AgentError,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn what_a_worker_does_not_send_is_refused_and_a_ping_answered() {
+        let (mut link, _, _) = link_with_job();
+        let out = link.on_text(
+            &from_worker(1, None, "REPLAY_REQUEST", json!({"from_seq": "1"}), None),
+            0,
+        );
+        assert_eq!(frame(&out[0])["payload"]["code"], "UNSUPPORTED_TYPE");
+        let out = link.on_text(
+            &from_worker(2, None, "PING", json!({"nonce": "n"}), None),
+            0,
+        );
+        let pong = frame(&out[0]);
+        assert_eq!(pong["type"], "PONG");
+        assert_eq!(pong["payload"]["nonce"], "n");
+    }
+}

@@ -14,9 +14,11 @@ async fn memory(srv: &Server) -> Value {
     srv.get_json("/stats").await.1["memory"].clone()
 }
 
-/// Waits (bounded) until `/stats` memory satisfies `pred`; returns it.
+/// Waits (bounded) until `/stats` memory satisfies `pred`; returns it. The budget is
+/// sampled every 100 ms and megabytes have to move first, so the bound is generous for a
+/// loaded machine.
 async fn memory_until(srv: &Server, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = tokio::time::Instant::now() + WAIT;
+    let deadline = tokio::time::Instant::now() + 4 * WAIT;
     loop {
         let m = memory(srv).await;
         if pred(&m) {
@@ -104,8 +106,14 @@ async fn past_the_limit_the_largest_sessions_end_and_new_connections_wait() {
     assert!(ended
         .iter()
         .all(|e| e["payload"]["detail"]["reason"] == "MEMORY_LIMIT"));
-    let after = memory_until(&srv, |m| m["used"].as_u64() <= m["softMark"].as_u64()).await;
-    assert_eq!(after["overLimit"], false);
+    // Back under the limit. (Not necessarily under the soft mark: ending sessions aims
+    // there, but a message that completes its 900 KB after the sample adds to what is
+    // left, and unfinished messages cannot be trimmed.)
+    let after = memory_until(&srv, |m| {
+        m["used"].as_u64() <= m["limit"].as_u64() && m["overLimit"] == false
+    })
+    .await;
+    assert!(after["sessionsEnded"].as_u64() > Some(0));
     // Under the limit again, new clients get in.
     let mut fresh = srv.connect(Kind::Ws).await;
     fresh.recv_type("HAI").await;

@@ -20,11 +20,12 @@ pub struct TokenArgs {
     #[arg(long, env = "JWT_ISSUER")]
     issuer: Option<String>,
     /// `aud` claim, when the server checks it
-    /// A `role` claim: `admin` may watch every session (`haip monitor --all`)
-    #[arg(long)]
-    role: Option<String>,
     #[arg(long, env = "JWT_AUDIENCE")]
     audience: Option<String>,
+    /// A `role` claim: `admin` may watch every session (`haip monitor --all`); `agent`
+    /// attaches an agent worker (`haip worker`) and opens no user session
+    #[arg(long)]
+    role: Option<String>,
 }
 
 /// Seconds in a TTL such as `3600`, `90s`, `30m`, `12h` or `7d`.

@@ -136,3 +136,51 @@ async fn a_users_cancel_reaches_the_workers_run() {
         other => panic!("{other:?}"),
     }
 }
+
+/// An AI SDK front-end (POST /api/chat) answered by a worker: the same seam serves every
+/// way in.
+#[tokio::test]
+async fn a_worker_answers_an_ai_sdk_chat() {
+    let (state, base) = server().await;
+    let mut worker = worker(&state, &base).await;
+    tokio::spawn(async move {
+        while let Some(job) = worker.next_job().await {
+            let run = job.run;
+            let id = run.message_start("w").await.unwrap();
+            for word in job.text.split(' ') {
+                run.message_part(&id, &word.to_uppercase()).await.unwrap();
+            }
+            run.message_end(&id, 2).await.unwrap();
+            run.finish(RunStatus::Ok).await.unwrap();
+        }
+    });
+    let body = serde_json::json!({"id": "c", "messages": [{"id": "u", "role": "user",
+        "parts": [{"type": "text", "text": "two words"}]}]});
+    let token = state.auth.mint("alice", 600).unwrap();
+    let response = tokio::time::timeout(
+        WAIT,
+        haip_client::tls::http_client()
+            .post(format!("{base}/api/chat"))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let text = tokio::time::timeout(WAIT, response.text())
+        .await
+        .unwrap()
+        .unwrap();
+    let deltas: String = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        .filter(|c| c["type"] == "text-delta")
+        .map(|c| c["delta"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(deltas, "TWOWORDS");
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+}

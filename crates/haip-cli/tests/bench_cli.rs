@@ -108,6 +108,10 @@ fn every_scenario_completes_with_non_zero_figures() {
             "{echo}"
         );
         check_ceiling(&echo, "messages_delivered_per_s");
+        // The server runs on this machine: its own CPU time is found by its port and
+        // read from /proc, per message delivered.
+        assert!(figure(&echo, "server_cpu_ms") > 0.0, "{echo}");
+        assert!(figure(&echo, "server_cpu_per_message_us") > 0.0, "{echo}");
 
         let stream = bench(
             &served,

@@ -69,7 +69,12 @@ impl Measured {
 ///   same size as the HAIP run, each round waiting for its answer;
 /// - the bare stream, of the HAIP run's shape: one frame out, as many frames back as a HAIP
 ///   round delivered.
-pub async fn compare(url: &str, shape: &Shape, haip_rate: f64) -> anyhow::Result<Vec<Ceiling>> {
+pub async fn compare(
+    url: &str,
+    shape: &Shape,
+    haip_rate: f64,
+    server: Option<super::cpu::ServerCpu>,
+) -> anyhow::Result<Vec<Ceiling>> {
     let echo = Shape {
         frames_per_round: 1,
         rounds: shape.rounds.map(|r| r * shape.frames_per_round.max(1)),
@@ -78,7 +83,15 @@ pub async fn compare(url: &str, shape: &Shape, haip_rate: f64) -> anyhow::Result
     };
     let mut out = Vec::new();
     for (name, shape) in [("bare echo", &echo), ("bare stream", shape)] {
+        let mark = server.and_then(|s| s.mark().map(|m| (s, m)));
         let m = run(url, shape).await?;
+        let mut rows = vec![
+            ("rounds", m.rounds as f64, ""),
+            ("messages delivered/s", m.per_second(), "msg/s"),
+            ("latency p50", m.p(0.50), "ms"),
+            ("latency p99", m.p(0.99), "ms"),
+        ];
+        rows.extend(super::cpu_rows(mark, m.delivered));
         out.push(Ceiling {
             what: format!(
                 "{name}: {} sessions, each round 1 frame out and {} back, {} bytes each",
@@ -86,12 +99,7 @@ pub async fn compare(url: &str, shape: &Shape, haip_rate: f64) -> anyhow::Result
                 shape.frames_per_round.max(1),
                 shape.frame.len()
             ),
-            rows: vec![
-                ("rounds", m.rounds as f64, ""),
-                ("messages delivered/s", m.per_second(), "msg/s"),
-                ("latency p50", m.p(0.50), "ms"),
-                ("latency p99", m.p(0.99), "ms"),
-            ],
+            rows,
             ratio: haip_rate / m.per_second().max(1e-9),
             ratio_of: "messages delivered/s",
         });

@@ -53,6 +53,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     }
 
     let progress = Progress::new();
+    let cpu = args.cpu_mark();
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.duration);
     let mut rounds = 0;
@@ -98,5 +99,8 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
             "ms",
         ),
     ];
-    Ok(args.report_against_bare("fanout", rows, shape, rate).await)
+    // Per copy delivered: the publisher's own answer is not counted.
+    Ok(args
+        .report_against_bare("fanout", rows, (cpu, messages), shape, rate)
+        .await)
 }

@@ -18,6 +18,7 @@ pub async fn echo(args: &BenchArgs) -> anyhow::Result<Report> {
     let delivered = Arc::new(AtomicU64::new(0));
     let interval = Duration::from_millis(args.interval_ms);
     let deadline = Instant::now() + Duration::from_secs(args.duration);
+    let cpu = args.cpu_mark();
     let started = Instant::now();
     let mut tasks = Vec::new();
     for (conn, mut sub) in sessions {
@@ -85,13 +86,16 @@ pub async fn echo(args: &BenchArgs) -> anyhow::Result<Report> {
             "ms",
         ),
     ];
-    Ok(args.report_against_bare("echo", rows, shape, rate).await)
+    Ok(args
+        .report_against_bare("echo", rows, (cpu, total), shape, rate)
+        .await)
 }
 
 pub async fn stream(args: &BenchArgs) -> anyhow::Result<Report> {
     let words = args.words.unwrap_or(1000);
     let text = Arc::new(long_text(words));
     let sessions = open_all(args, &args.connect.config(), args.sessions, "bench").await?;
+    let cpu = args.cpu_mark();
     let started = Instant::now();
     let mut tasks = Vec::new();
     for (conn, mut sub) in sessions {
@@ -143,5 +147,7 @@ pub async fn stream(args: &BenchArgs) -> anyhow::Result<Report> {
             "ms",
         ),
     ];
-    Ok(args.report_against_bare("stream", rows, shape, rate).await)
+    Ok(args
+        .report_against_bare("stream", rows, (cpu, messages), shape, rate)
+        .await)
 }

@@ -7,6 +7,7 @@
 
 mod ceiling;
 mod connections;
+mod cpu;
 mod fanout;
 mod load;
 mod report;
@@ -64,7 +65,8 @@ pub struct BenchArgs {
     /// Sessions opened per second (`connections`)
     #[arg(long, default_value_t = 500)]
     rate: u64,
-    /// The server's pid, to read its memory from /proc (`connections`)
+    /// The server's pid, to read its CPU time (every scenario) and memory (`connections`)
+    /// from /proc [default: the process on this machine listening on the URL's port]
     #[arg(long)]
     server_pid: Option<u32>,
     /// The bare WebSocket echo to compare with [default: /autobahn on the server's host]
@@ -85,17 +87,33 @@ impl BenchArgs {
             .unwrap_or_else(|| ceiling::url_beside(&self.connect.url))
     }
 
-    /// The report of a throughput scenario (`rows`, whose messages/s is `rate`), with its
-    /// ceilings: the bare echo and the bare stream of `shape`.
+    /// The server process, when its CPU time can be read here.
+    fn server_cpu(&self) -> Option<cpu::ServerCpu> {
+        cpu::ServerCpu::find(self.server_pid, url_port(&self.connect.full_url()))
+    }
+
+    /// A reading of the server's CPU time, taken as a load starts.
+    fn cpu_mark(&self) -> Option<(cpu::ServerCpu, cpu::Mark)> {
+        let server = self.server_cpu()?;
+        Some((server, server.mark()?))
+    }
+
+    /// The report of a throughput scenario (`rows`, whose messages/s is `rate`), with the
+    /// server's CPU time for its `messages` since `load` and its ceilings: the bare echo
+    /// and the bare stream of `shape`.
     async fn report_against_bare(
         &self,
         scenario: &'static str,
-        rows: Vec<report::Row>,
+        mut rows: Vec<report::Row>,
+        load: (Option<(cpu::ServerCpu, cpu::Mark)>, u64),
         shape: ceiling::Shape,
         rate: f64,
     ) -> report::Report {
+        let (mark, messages) = load;
+        rows.extend(cpu_rows(mark, messages));
+        let server = self.server_cpu();
         let ceilings = self
-            .ceiling(|url| async move { ceiling::compare(&url, &shape, rate).await })
+            .ceiling(|url| async move { ceiling::compare(&url, &shape, rate, server).await })
             .await;
         report::Report {
             scenario,
@@ -218,6 +236,37 @@ async fn until_finished(sub: &mut Subscription, got: &mut Received) -> anyhow::R
             Payload::Error(e) => anyhow::bail!("server error {}: {}", e.code, e.message),
             _ => {}
         }
+    }
+}
+
+/// The server's CPU time since `mark` for `messages` delivered: in all, and per message.
+fn cpu_rows(mark: Option<(cpu::ServerCpu, cpu::Mark)>, messages: u64) -> Vec<report::Row> {
+    // Nothing measured (no server here) or less than the clock's tick: no figure rather
+    // than a zero.
+    let Some(used) = mark
+        .and_then(|(server, from)| server.since(from))
+        .filter(|d| !d.is_zero())
+    else {
+        return Vec::new();
+    };
+    let per_message = used.as_secs_f64() * 1e6 / messages.max(1) as f64;
+    vec![
+        ("server CPU", used.as_secs_f64() * 1000.0, "ms"),
+        ("server CPU per message", per_message, "us"),
+    ]
+}
+
+/// The port of a URL (80 or 443 by its scheme when it names none).
+fn url_port(url: &str) -> Option<u16> {
+    let (scheme, rest) = url.split_once("://")?;
+    let host = rest.split(['/', '?']).next()?;
+    match host.rsplit_once(':') {
+        Some((_, port)) if !port.ends_with(']') => port.parse().ok(),
+        _ => Some(if matches!(scheme, "https" | "wss") {
+            443
+        } else {
+            80
+        }),
     }
 }
 

@@ -1,0 +1,147 @@
+//! The server's own CPU time, read from /proc, so that a figure per message does not
+//! depend on what the load generator costs. The server is the process given with
+//! `--server-pid`, or else the one on this machine listening on the URL's port.
+
+use std::time::Duration;
+
+/// A server process whose CPU time can be read.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerCpu {
+    pub pid: u32,
+    ticks_per_second: u64,
+}
+
+/// A reading to measure from.
+#[derive(Debug, Clone, Copy)]
+pub struct Mark {
+    ticks: u64,
+}
+
+impl ServerCpu {
+    /// The server: `pid` when given, else the local process listening on `port` (none when
+    /// the server is on another machine or /proc cannot tell).
+    pub fn find(pid: Option<u32>, port: Option<u16>) -> Option<ServerCpu> {
+        let pid = pid.or_else(|| port.and_then(listening_pid))?;
+        // SAFETY: sysconf only reads a configuration value.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        let cpu = ServerCpu {
+            pid,
+            ticks_per_second: u64::try_from(ticks).ok().filter(|&t| t > 0)?,
+        };
+        cpu.mark().map(|_| cpu)
+    }
+
+    /// The CPU time the process has used so far (user + system, all threads).
+    pub fn mark(&self) -> Option<Mark> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).ok()?;
+        process_ticks(&stat).map(|ticks| Mark { ticks })
+    }
+
+    /// The CPU time used since `from`.
+    pub fn since(&self, from: Mark) -> Option<Duration> {
+        let now = self.mark()?;
+        let ticks = now.ticks.saturating_sub(from.ticks);
+        Some(Duration::from_secs_f64(
+            ticks as f64 / self.ticks_per_second as f64,
+        ))
+    }
+}
+
+/// utime + stime (fields 14 and 15) of a `/proc/PID/stat` line. The command name (field 2)
+/// is in parentheses and may hold spaces, so fields are counted after its closing one.
+pub fn process_ticks(stat: &str) -> Option<u64> {
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after_name.split_whitespace();
+    // Field 3 is the first after the name: utime is field 14, the 12th from here.
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// The pid of the local process listening on TCP `port`, found through the socket's inode.
+fn listening_pid(port: u16) -> Option<u32> {
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        if let Ok(text) = std::fs::read_to_string(table) {
+            inodes.extend(listening_inodes(&text, port));
+        }
+    }
+    if inodes.is_empty() {
+        return None;
+    }
+    let wanted: Vec<String> = inodes.iter().map(|i| format!("socket:[{i}]")).collect();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if let Ok(target) = std::fs::read_link(fd.path()) {
+                if wanted.iter().any(|w| target.as_os_str() == w.as_str()) {
+                    return Some(pid);
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Inodes of the sockets listening on `port` in a `/proc/net/tcp` table.
+pub fn listening_inodes(table: &str, port: u16) -> Vec<u64> {
+    const LISTEN: &str = "0A";
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let local_port = f.get(1)?.rsplit(':').next()?;
+            let listening = *f.get(3)? == LISTEN;
+            (listening && u16::from_str_radix(local_port, 16).ok()? == port)
+                .then(|| f.get(9)?.parse().ok())
+                .flatten()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_user_and_system_ticks_past_a_name_with_spaces() {
+        let stat = "4242 (haip serve) S 1 4242 4242 0 -1 4194560 1234 0 0 0 \
+                    150 35 0 0 20 0 9 0 100 0 0";
+        assert_eq!(process_ticks(stat), Some(185));
+        assert_eq!(process_ticks("garbage"), None);
+    }
+
+    #[test]
+    fn finds_the_listening_socket_of_a_port() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 5551 1 0\n\
+   1: 0100007F:1F90 0100007F:C350 01 00000000:00000000 00:00000000 00000000     0        0 6662 1 0\n\
+   2: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 7773 1 0\n";
+        assert_eq!(listening_inodes(table, 8080), vec![5551]);
+        assert_eq!(listening_inodes(table, 22), vec![7773]);
+        assert!(listening_inodes(table, 9).is_empty());
+    }
+
+    #[test]
+    fn this_process_can_be_read() {
+        let cpu = ServerCpu::find(Some(std::process::id()), None).expect("own /proc");
+        let mark = cpu.mark().unwrap();
+        // Burn a little CPU: the reading does not go back.
+        let mut x = 0u64;
+        for i in 0..5_000_000u64 {
+            x = x.wrapping_add(i * i);
+        }
+        assert!(x > 0);
+        assert!(cpu.since(mark).is_some());
+    }
+}

@@ -161,6 +161,38 @@ fn every_scenario_completes_with_non_zero_figures() {
     }
 }
 
+/// `retention` at a paced agent: every message is kept, and what keeping one costs is
+/// read from the server's memory.
+#[test]
+fn retention_measures_what_the_server_keeps_per_message() {
+    let served = common::serve(&["--echo-word-delay", "5"]);
+    let report = bench(
+        &served,
+        &[
+            "retention",
+            "--sessions",
+            "5",
+            "--words",
+            "40",
+            "--after",
+            "1",
+        ],
+    );
+    // 40 parts per stream and the run's framing (RUN_STARTED, MESSAGE_START, MESSAGE_END,
+    // RUN_FINISHED), plus at most each session's HAI and TOOL_LIST.
+    let kept = figure(&report, "messages_kept");
+    assert!((5.0 * 44.0..=5.0 * 46.0).contains(&kept), "{report}");
+    assert!(figure(&report, "server_rss_before_mib") > 0.0, "{report}");
+    assert!(
+        figure(&report, "server_rss_after_close_and_wait_mib") > 0.0,
+        "{report}"
+    );
+    assert!(
+        report["results"]["retained_per_message_bytes"].is_number(),
+        "{report}"
+    );
+}
+
 #[test]
 fn a_missing_ceiling_is_reported_and_the_run_still_completes() {
     let served = common::serve(&["--echo-word-delay", "0"]);

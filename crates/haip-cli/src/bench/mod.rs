@@ -11,6 +11,7 @@ mod cpu;
 mod fanout;
 mod load;
 mod report;
+mod retention;
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -31,6 +32,9 @@ pub enum Scenario {
     Fanout,
     /// Open idle sessions at a bounded rate and hold them
     Connections,
+    /// Sessions receive long streams at the agent's pace; the server's memory kept per
+    /// message is read from /proc (start the server with its default word delay)
+    Retention,
 }
 
 #[derive(clap::Args)]
@@ -78,6 +82,10 @@ pub struct BenchArgs {
     /// Print the result as one JSON object
     #[arg(long)]
     json: bool,
+    /// `retention`: after the streams, close the sessions and watch the server's memory
+    /// for this many seconds (give the server a short --session-ttl to see it return)
+    #[arg(long, default_value_t = 0)]
+    after: u64,
 }
 
 impl BenchArgs {
@@ -151,6 +159,7 @@ pub fn run(args: &BenchArgs) -> ExitCode {
             Scenario::Stream => load::stream(args).await,
             Scenario::Fanout => fanout::run(args).await,
             Scenario::Connections => connections::run(args).await,
+            Scenario::Retention => retention::run(args).await,
         };
         match result {
             Ok(report) => {

@@ -4,6 +4,7 @@ mod bench;
 mod chat;
 mod connect;
 mod health;
+mod memory;
 mod monitor;
 mod send;
 mod serve;

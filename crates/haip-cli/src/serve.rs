@@ -535,7 +535,11 @@ pub fn run(args: &ServeArgs) -> ExitCode {
         },
         AgentChoice::Workers => Arc::new(WorkersAgent::new(WorkerPool::new())),
     };
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_park(crate::memory::on_worker_idle)
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("haip serve: cannot start the runtime: {e}");

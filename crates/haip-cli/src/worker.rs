@@ -56,6 +56,10 @@ pub struct WorkerArgs {
     /// Seconds to wait for connect + handshake
     #[arg(long, default_value_t = 10)]
     timeout: u64,
+    /// When CMD fails, end the user's run with the last lines of its stderr (by default
+    /// they stay in this command's own output: they may hold what users should not see)
+    #[arg(long)]
+    show_stderr: bool,
     /// The program to run for each message, and its arguments (after --)
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<String>,
@@ -92,13 +96,14 @@ pub fn run(args: &WorkerArgs) -> ExitCode {
         );
         let slots = Arc::new(Semaphore::new(args.max_runs.max(1)));
         let command = Arc::new(args.command.clone());
+        let show_stderr = args.show_stderr;
         while let Some(job) = worker.next_job().await {
             let Ok(slot) = slots.clone().acquire_owned().await else {
                 break;
             };
             let command = command.clone();
             tokio::spawn(async move {
-                run_job(&command, job).await;
+                run_job(&command, job, show_stderr).await;
                 drop(slot);
             });
         }
@@ -110,22 +115,35 @@ pub fn run(args: &WorkerArgs) -> ExitCode {
 /// Lines of the program's stderr kept for the error of a failed run.
 const STDERR_TAIL: usize = 5;
 
-async fn run_job(command: &[String], job: Job) {
+/// The longest text also given in `HAIP_TEXT`: one environment string may not pass 128
+/// KiB on Linux, and a message may be longer (stdin always has it whole).
+const MAX_ENV_TEXT: usize = 100 * 1024;
+
+async fn run_job(command: &[String], job: Job, show_stderr: bool) {
     let Job {
         text,
         session,
         subject,
         conversation,
         thread_id,
+        history,
         run,
     } = job;
+    let history: Vec<_> = history
+        .into_iter()
+        .map(|(role, text)| json!({"role": role, "text": text}))
+        .collect();
     let short_id: String = run.id().chars().take(8).collect();
     let line = json!({"run_id": run.id(), "text": text, "session": session, "subject": subject,
-                      "conversation": conversation, "thread_id": thread_id});
-    let spawned = Command::new(&command[0])
+                      "conversation": conversation, "thread_id": thread_id,
+                      "history": history});
+    let mut program = Command::new(&command[0]);
+    if text.len() <= MAX_ENV_TEXT {
+        program.env("HAIP_TEXT", &text);
+    }
+    let spawned = program
         .args(&command[1..])
         .env("HAIP_RUN_ID", run.id())
-        .env("HAIP_TEXT", &text)
         .env("HAIP_SESSION", &session)
         .env("HAIP_SUBJECT", &subject)
         .env("HAIP_CONVERSATION", &conversation)
@@ -149,8 +167,11 @@ async fn run_job(command: &[String], job: Job) {
     };
     eprintln!("haip worker: run {short_id}: started");
     if let Some(mut stdin) = child.stdin.take() {
-        // A program that does not read its stdin is fine: the write error is ignored.
-        let _ = stdin.write_all(format!("{line}\n").as_bytes()).await;
+        // Written aside: a program that does not read its stdin must not hold up the
+        // reading of what it prints, nor a cancel (a write error is ignored).
+        tokio::spawn(async move {
+            let _ = stdin.write_all(format!("{line}\n").as_bytes()).await;
+        });
     }
     let stderr_tail = child.stderr.take().map(|err| {
         let tag = short_id.clone();
@@ -192,7 +213,7 @@ async fn run_job(command: &[String], job: Job) {
     };
     let ending = match status {
         Ok(s) if s.success() => Ok(RunStatus::Ok),
-        Ok(s) => Err(if tail.is_empty() {
+        Ok(s) => Err(if tail.is_empty() || !show_stderr {
             format!("the agent program exited with {s}")
         } else {
             format!("the agent program exited with {s}: {tail}")

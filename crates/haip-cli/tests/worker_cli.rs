@@ -46,10 +46,12 @@ impl Drop for RunningWorker {
     }
 }
 
-/// Starts `haip worker -- command` and waits (bounded) until it says it is attached.
-fn start_worker(served: &Served, command: &[&str]) -> RunningWorker {
+/// Starts `haip worker [flags] -- command` and waits (bounded) until it says it is
+/// attached.
+fn start_worker(served: &Served, flags: &[&str], command: &[&str]) -> RunningWorker {
     let mut child = haip()
         .args(["worker", "--url", &served.url()])
+        .args(flags)
         .env("HAIP_AGENT_TOKEN", agent_token(served))
         .arg("--")
         .args(command)
@@ -95,7 +97,7 @@ fn send(served: &Served, text: &str) -> (Option<i32>, String, String) {
 fn a_script_of_a_few_lines_answers_a_chat() {
     let served = serve(&["--agent", "workers"]);
     let script = repo_file("examples/workers/shout.sh");
-    let _worker = start_worker(&served, &[script.to_str().unwrap()]);
+    let _worker = start_worker(&served, &[], &[script.to_str().unwrap()]);
     let (code, out, err) = send(&served, "hello from a user");
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(out.trim_end(), "You said:\nHELLO FROM A USER");
@@ -109,11 +111,19 @@ fn json_lines_are_messages_and_a_failing_program_is_a_run_error() {
 echo '{"type":"MESSAGE_PART","text":"tial"}'
 echo 'the model is down' >&2
 exit 3"#;
-    let _worker = start_worker(&served, &["sh", "-c", program]);
+    let worker = start_worker(&served, &[], &["sh", "-c", program]);
     let (code, out, err) = send(&served, "anything");
     assert_eq!(code, Some(1), "{out}");
     assert!(out.starts_with("partial"), "{out}");
     assert!(err.contains("AGENT_ERROR"), "{err}");
+    assert!(err.contains("exit status: 3"), "{err}");
+    assert!(
+        !err.contains("the model is down"),
+        "stderr stays with the worker by default: {err}"
+    );
+    drop(worker);
+    let _worker = start_worker(&served, &["--show-stderr"], &["sh", "-c", program]);
+    let (_, _, err) = send(&served, "anything");
     assert!(err.contains("the model is down"), "{err}");
 }
 

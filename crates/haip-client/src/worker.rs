@@ -42,8 +42,18 @@ use tokio::sync::watch;
 use crate::client::{Connection, ConnectionConfig, Subscription};
 use crate::ClientError;
 
-/// Run ids to the senders that cancel them.
-type Cancels = Arc<Mutex<HashMap<String, watch::Sender<bool>>>>;
+/// Run ids to the senders that cancel them, and the cancels that came for runs not taken
+/// yet (a job waiting in the queue while the worker is busy).
+#[derive(Default)]
+struct Routes {
+    runs: HashMap<String, watch::Sender<bool>>,
+    early: std::collections::VecDeque<String>,
+}
+
+/// Cancels remembered for runs not taken yet, at most.
+const MAX_EARLY_CANCELS: usize = 1024;
+
+type Cancels = Arc<Mutex<Routes>>;
 
 /// A connected worker.
 pub struct Worker {
@@ -64,6 +74,10 @@ pub struct Job {
     /// A worker that keeps state per conversation keys it by this.
     pub conversation: String,
     pub thread_id: Option<String>,
+    /// The conversation before the message, oldest first, when the user's client keeps it
+    /// and sent it along (the AI SDK's `useChat` does): `(role, text)`, role `user` or
+    /// `assistant`. Empty otherwise: keep your own by `conversation` then.
+    pub history: Vec<(String, String)>,
     /// Where the answer goes.
     pub run: WorkerRun,
 }
@@ -87,14 +101,37 @@ impl Worker {
         let cancels: Cancels = Arc::default();
         let (paused_tx, paused) = watch::channel(false);
         let routes = cancels.clone();
+        let mut status = connection.status();
+        // Connected now: only a later connection is a reconnect.
+        status.borrow_and_update();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
                     Some(m) = cancels_in.recv() => {
                         if let Payload::RunCancel(c) = &m.message.payload {
-                            let sender = routes.lock().ok().and_then(|r| r.get(&c.run_id).cloned());
-                            if let Some(tx) = sender {
-                                let _ = tx.send(true);
+                            if let Ok(mut r) = routes.lock() {
+                                match r.runs.get(&c.run_id) {
+                                    Some(tx) => { let _ = tx.send(true); }
+                                    None => {
+                                        if r.early.len() == MAX_EARLY_CANCELS {
+                                            r.early.pop_front();
+                                        }
+                                        r.early.push_back(c.run_id.clone());
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    Ok(()) = status.changed() => {
+                        // A new connection is a new worker to the server: the runs of the
+                        // old one were ended there, and nothing is paused any more.
+                        let connected = matches!(*status.borrow_and_update(), crate::Status::Connected(_));
+                        if connected {
+                            let _ = paused_tx.send(false);
+                            if let Ok(r) = routes.lock() {
+                                for tx in r.runs.values() {
+                                    let _ = tx.send(true);
+                                }
                             }
                         }
                     }
@@ -138,9 +175,28 @@ impl Worker {
                     .unwrap_or_default()
                     .to_string()
             };
+            let history = meta
+                .get("history")
+                .and_then(Value::as_array)
+                .map(|turns| {
+                    turns
+                        .iter()
+                        .filter_map(|t| {
+                            Some((
+                                t.get("role")?.as_str()?.to_string(),
+                                t.get("text")?.as_str()?.to_string(),
+                            ))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
             let (cancel_tx, cancelled) = watch::channel(false);
-            if let Ok(mut cancels) = self.cancels.lock() {
-                cancels.insert(run_id.clone(), cancel_tx);
+            if let Ok(mut routes) = self.cancels.lock() {
+                if let Some(i) = routes.early.iter().position(|id| *id == run_id) {
+                    routes.early.remove(i);
+                    let _ = cancel_tx.send(true);
+                }
+                routes.runs.insert(run_id.clone(), cancel_tx);
             }
             return Some(Job {
                 text: field("text"),
@@ -148,6 +204,7 @@ impl Worker {
                 subject: field("subject"),
                 conversation: field("conversation"),
                 thread_id: started.thread_id.clone(),
+                history,
                 run: WorkerRun {
                     connection: self.connection.clone(),
                     run_id,
@@ -284,8 +341,8 @@ impl WorkerRun {
 
 impl Drop for WorkerRun {
     fn drop(&mut self) {
-        if let Ok(mut cancels) = self.cancels.lock() {
-            cancels.remove(&self.run_id);
+        if let Ok(mut routes) = self.cancels.lock() {
+            routes.runs.remove(&self.run_id);
         }
     }
 }

@@ -681,3 +681,29 @@ async fn an_answers_session_is_not_kept_after_it() {
     }
     assert_eq!(sessions, before);
 }
+
+/// An answer to a request itself (`no-active`, `error`) is never lost behind the chunks of
+/// another request streaming on the same socket.
+#[tokio::test]
+async fn websocket_replies_are_not_lost_behind_a_busy_stream() {
+    let srv = Server::start_with(|c| c.echo_word_delay = ms(0)).await;
+    let token = srv.token();
+    let mut a = ws(&srv, &format!("?token={token}")).await;
+    send_frame(&mut a, send_request("big", "busy-chat", &words(3000), None)).await;
+    for i in 0..20 {
+        let resume = json!({"type": "resume", "requestId": format!("idle{i}"),
+                            "id": format!("idle-chat-{i}"), "body": {}, "headers": {}});
+        send_frame(&mut a, resume).await;
+    }
+    let mut no_active = 0;
+    let mut ended = false;
+    while !(ended && no_active == 20) {
+        let f = next_frame(&mut a).await;
+        match (f["type"].as_str(), f["requestId"].as_str()) {
+            (Some("no-active"), Some(id)) if id.starts_with("idle") => no_active += 1,
+            (Some("end"), Some("big")) => ended = true,
+            (Some("chunk" | "start"), Some("big")) => {}
+            other => panic!("unexpected {other:?}: {f}"),
+        }
+    }
+}

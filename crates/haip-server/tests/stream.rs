@@ -341,3 +341,28 @@ async fn end_is_opt_in_and_checked() {
     assert_eq!(resp.status().as_u16(), 400);
     assert!(resp.text().await.unwrap().contains("end=answered"));
 }
+
+/// With `?end=answered`, an answer that takes longer than the idle timeout (and than a
+/// heartbeat, which the client cannot answer once its body ended) still arrives whole.
+#[tokio::test]
+async fn end_answered_outlasts_the_idle_timeout_while_the_answer_comes() {
+    let srv = Server::start_with(|c| {
+        c.http_stream_timeout = ms(300);
+        c.heartbeat_interval = ms(200);
+        c.heartbeat_timeout = ms(100);
+        c.echo_word_delay = ms(60);
+    })
+    .await;
+    let text: String = (0..20).map(|i| format!("w{i} ")).collect();
+    let text = text.trim_end().to_string();
+    let msgs = whole_body_until_end(&srv, "?end=answered", &say_lines(&text))
+        .await
+        .expect("the stream ends once answered");
+    let got: String = msgs
+        .iter()
+        .filter(|v| ty(v) == "MESSAGE_PART")
+        .map(|v| v["payload"]["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(got, text);
+    assert_eq!(types(&msgs).last(), Some(&"RUN_FINISHED"));
+}

@@ -506,3 +506,66 @@ async fn a_user_resumes_an_answer_a_worker_is_still_giving() {
     let seqs: Vec<u64> = rest.iter().filter(|v| ty(v) != "HAI").map(seq).collect();
     assert_eq!(seqs.first(), Some(&(last_seen + 1)), "nothing skipped");
 }
+
+/// A worker that stops answering (a dead host, a hung process) is dropped after a PING it
+/// leaves unanswered, and its users' runs end with AGENT_ERROR.
+#[tokio::test]
+async fn a_worker_that_answers_no_ping_is_dropped() {
+    let srv = server_with(|c| {
+        c.heartbeat_interval = ms(300);
+        c.heartbeat_timeout = ms(300);
+    })
+    .await;
+    let mut w = Worker::connect(&srv).await;
+    let mut u = user(&srv).await;
+    u.say("hello?").await;
+    w.job().await;
+    let ping = w.recv_type("PING").await;
+    assert_eq!(chan(&ping), "SYSTEM");
+    // Silence: no PONG, nothing.
+    let e = u.recv_type("RUN_ERROR").await;
+    assert_eq!(e["payload"]["code"], "AGENT_ERROR");
+    let mut closed = None;
+    while let Some(v) = w.recv_within(Duration::from_secs(2)).await {
+        if let Some(code) = v.get("closed") {
+            closed = code.as_u64();
+            break;
+        }
+    }
+    assert_eq!(closed, Some(1001));
+}
+
+/// A worker that keeps sending (a fast stream) still gets the cancel at once: its
+/// messages do not hold back the server's look at cancels.
+#[tokio::test]
+async fn a_cancel_reaches_a_worker_that_is_streaming() {
+    let srv = server().await;
+    let mut w = Worker::connect(&srv).await;
+    let mut u = user(&srv).await;
+    u.say("stream").await;
+    let rid = run_id(&w.job().await);
+    u.recv_type("RUN_STARTED").await;
+    w.send("MESSAGE_START", json!({"message_id": "m"}), Some(&rid))
+        .await;
+    let mut cancelled_after = None;
+    for i in 0..300 {
+        w.send(
+            "MESSAGE_PART",
+            json!({"message_id": "m", "text": "x "}),
+            Some(&rid),
+        )
+        .await;
+        if i == 20 {
+            u.send_msg("USER", "RUN_CANCEL", json!({"run_id": rid}))
+                .await;
+        }
+        if let Some(v) = w.recv_within(ms(10)).await {
+            if ty(&v) == "RUN_CANCEL" {
+                cancelled_after = Some(i);
+                break;
+            }
+        }
+    }
+    let at = cancelled_after.expect("the cancel arrived while streaming");
+    assert!(at < 150, "arrived after {at} parts (10 ms apart)");
+}

@@ -123,13 +123,18 @@ impl Chats {
         let session_id = connection.session.id.clone();
         tokio::spawn(async move {
             let _slot = slot;
+            let stopping = shutdown.clone();
             connection
                 .run(futures_util::stream::empty(), sink, shutdown)
                 .await;
-            // Ended without its last message (the server shutting down): the readers are
-            // told rather than left waiting.
-            pumped.fail("the answer was cut off: the server is shutting down");
+            // Ended without its last message: the readers are told rather than left
+            // waiting.
             chats.remove(&key, &pumped);
+            pumped.fail(if stopping.is_cancelled() {
+                "the answer was cut off: the server is shutting down"
+            } else {
+                "the answer was cut off: the server ended its session (its memory budget)"
+            });
             // The answer's readers have all of it: the session is not kept for a resume
             // (it would count among the user's kept sessions and push out real ones).
             engine.remove(&session_id);
@@ -377,11 +382,12 @@ impl FrameSink for AnswerSink {
             self.answer.cancel();
         }
         let ended = self.translator.is_ended();
-        if !chunks.is_empty() || ended {
-            self.answer.push(chunks, self.translator.run_id(), ended);
-        }
+        // Out of the chats first: once a reader has the last chunk, a resume gets 204.
         if ended {
             self.chats.remove(&self.key, &self.answer);
+        }
+        if !chunks.is_empty() || ended {
+            self.answer.push(chunks, self.translator.run_id(), ended);
         }
         Ok(())
     }

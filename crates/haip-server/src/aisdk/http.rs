@@ -63,7 +63,9 @@ pub fn start(
         return Err((
             StatusCode::SERVICE_UNAVAILABLE,
             "SERVICE_UNAVAILABLE",
-            "too many connections: try again later".into(),
+            "the server is at its connection limit or over its memory budget: try again \
+             shortly"
+                .into(),
         ));
     };
     let options = state.internal_options(Transport::AiSdk);

@@ -75,12 +75,23 @@ async fn serve(state: SharedState, conn: WsConn, url_identity: Option<Result<Ide
     let (out_tx, mut out_rx) = mpsc::channel::<Outbound>(64);
     let mut inbound = WsInbound(conn.clone());
     let mut running: HashMap<String, Running> = HashMap::new();
+    let heartbeat = state.config.heartbeat_interval;
+    // A write that makes no progress this long means the client is gone or not reading.
+    let stall = heartbeat + state.config.heartbeat_timeout;
+    let send = |frame: Frame| tokio::time::timeout(stall, conn.send([frame]));
+    let mut next_ping = tokio::time::Instant::now() + heartbeat;
     loop {
         tokio::select! {
             item = inbound.next() => match item {
                 Some(Inbound::Text(text)) => {
                     running.retain(|_, r| !r.task.is_finished());
-                    handle(&state, &url_identity, &text, &mut running, &out_tx);
+                    // An answer to the request itself (an error, `no-active`) is written
+                    // here and now: it never waits behind, or is dropped for, chunks.
+                    if let Some(reply) = handle(&state, &url_identity, &text, &mut running, &out_tx) {
+                        if !matches!(send(Frame::text(reply)).await, Ok(Ok(()))) {
+                            break;
+                        }
+                    }
                 }
                 // Binary frames mean nothing here; too-large ones get yawc's 1009.
                 Some(Inbound::Binary(_)) | Some(Inbound::TooLarge) => {}
@@ -90,7 +101,14 @@ async fn serve(state: SharedState, conn: WsConn, url_identity: Option<Result<Ide
                 if stopped.load(Ordering::Acquire) {
                     continue;
                 }
-                if conn.send([Frame::text(frame)]).await.is_err() {
+                if !matches!(send(Frame::text(frame)).await, Ok(Ok(()))) {
+                    break;
+                }
+            }
+            // A ping frame now and then: a client that went away is noticed by the write.
+            _ = tokio::time::sleep_until(next_ping) => {
+                next_ping = tokio::time::Instant::now() + heartbeat;
+                if !matches!(send(Frame::ping(Bytes::new())).await, Ok(Ok(()))) {
                     break;
                 }
             }
@@ -108,18 +126,11 @@ fn handle(
     text: &[u8],
     running: &mut HashMap<String, Running>,
     out: &mpsc::Sender<Outbound>,
-) {
-    let Ok(frame) = serde_json::from_slice::<Value>(text) else {
-        // Without a requestId nothing can be answered: the frame is dropped.
-        return;
-    };
-    let Some(request_id) = frame.get("requestId").and_then(Value::as_str) else {
-        return;
-    };
-    let request_id = request_id.to_string();
-    let reply_error = |message: &str| {
-        let _ = out.try_send((Arc::default(), error_frame(&request_id, message)));
-    };
+) -> Option<Bytes> {
+    // Without a requestId nothing can be answered: the frame is dropped.
+    let frame = serde_json::from_slice::<Value>(text).ok()?;
+    let request_id = frame.get("requestId").and_then(Value::as_str)?.to_string();
+    let reply_error = |message: &str| Some(error_frame(&request_id, message));
     let kind = frame.get("type").and_then(Value::as_str).unwrap_or("");
     if kind == "abort" {
         if let Some(r) = running.remove(&request_id) {
@@ -129,7 +140,7 @@ fn handle(
                 answer.cancel();
             }
         }
-        return;
+        return None;
     }
     if running.contains_key(&request_id) {
         return reply_error("a request with this requestId is running");
@@ -158,6 +169,7 @@ fn handle(
                 request_id.clone(),
                 forward_to(reader, request_id, out, Some(answer)),
             );
+            None
         }
         "resume" => {
             let chat_id = match frame.get("id").and_then(Value::as_str).map(check_chat_id) {
@@ -173,14 +185,14 @@ fn handle(
                 },
             };
             let Some(answer) = state.chats.in_progress(&identity.subject, &chat_id) else {
-                let _ = out.try_send((Arc::default(), plain_frame("no-active", &request_id)));
-                return;
+                return Some(plain_frame("no-active", &request_id));
             };
             let reader = answer.reader_after(after);
             running.insert(
                 request_id.clone(),
                 forward_to(reader, request_id, out, None),
             );
+            None
         }
         other => reply_error(&format!(
             "unknown request type {:?}: send, resume or abort",
@@ -212,6 +224,10 @@ fn frame_identity(
         return state.auth.verify_user(token).map_err(|e| e.to_string());
     }
     match url_identity {
+        // Checked at the upgrade; its expiry is checked again for each request.
+        Some(Ok(identity)) if identity.expires_ms <= crate::engine::now_ms() => {
+            Err("the token given in the URL has expired: reconnect with a fresh one".into())
+        }
         Some(result) => result.clone(),
         None => Err(
             "missing token: give ?token= on the URL or an authorization header in \

@@ -427,7 +427,11 @@ impl Connection {
                         self.queue.push(OutItem::Close(Close { code: 1008, reason: "token expired".into() }));
                         continue 'conn;
                     }
-                    if let Some(idle) = self.options.idle_timeout {
+                    // Once the body ended with `end_when_answered`, the client can send
+                    // nothing more: it is waiting for the answer, not idle, and cannot
+                    // answer a PING.
+                    let awaiting_answer = !inbound_open && self.options.end_when_answered;
+                    if let Some(idle) = self.options.idle_timeout.filter(|_| !awaiting_answer) {
                         let quiet_ms = now_wall.saturating_sub(self.session.lock().last_client_activity_ms());
                         if quiet_ms >= idle.as_millis() as u64 {
                             tracing::info!(session = %self.session.id, "idle timeout: ending the stream, session kept");
@@ -438,7 +442,7 @@ impl Connection {
                     if let Some((sent_at, sent_wall)) = ping_sent {
                         if now >= sent_at + self.options.heartbeat_timeout {
                             let heard = self.session.lock().last_client_activity_ms() >= sent_wall;
-                            if !heard && self.options.bidirectional {
+                            if !heard && self.options.bidirectional && !awaiting_answer {
                                 tracing::info!(session = %self.session.id, "heartbeat timeout: closing connection, session kept");
                                 Box::pin(sink.close(&Close { code: 1001, reason: "heartbeat timeout".into() })).await;
                                 break 'conn;

@@ -4,7 +4,7 @@
 //! the worker's [`WorkerLink`].
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::{Query, Request, State};
 use axum::http::StatusCode;
@@ -60,12 +60,15 @@ pub async fn upgrade(
         },
         Err(_) => None,
     };
-    let heartbeat = state.config.heartbeat_interval;
+    let timing = Timing {
+        heartbeat: state.config.heartbeat_interval,
+        heartbeat_timeout: state.config.heartbeat_timeout,
+    };
     accept(hs, move |conn| {
         Box::pin(async move {
             let _slot = slot;
             match verdict {
-                Ok(identity) => serve(conn.clone(), pool, identity, heartbeat).await,
+                Ok(identity) => serve(conn.clone(), pool, identity, timing).await,
                 Err(reason) => {
                     tracing::info!(%reason, "agent worker refused");
                     let error = sessionless_error(ErrorCode::AuthenticationFailed, &reason);
@@ -82,55 +85,93 @@ pub async fn upgrade(
     })
 }
 
-async fn serve(conn: WsConn, pool: Arc<WorkerPool>, identity: Identity, heartbeat: Duration) {
+/// The worker connection's clock, from the server's heartbeat settings.
+#[derive(Clone, Copy)]
+struct Timing {
+    /// How often the worker is sent a HAIP PING.
+    heartbeat: Duration,
+    /// How long after a PING a worker that sent nothing is taken for gone.
+    heartbeat_timeout: Duration,
+}
+
+async fn serve(conn: WsConn, pool: Arc<WorkerPool>, identity: Identity, timing: Timing) {
+    use tokio::time::Instant as Tick;
     let mut seat = pool.join();
     let mut link = WorkerLink::new(uuid::Uuid::new_v4().to_string());
     tracing::info!(worker = seat.id, subject = %identity.subject, "agent worker joined");
     let mut inbound = WsInbound(conn.clone());
-    let mut next_ping = tokio::time::Instant::now() + heartbeat;
+    // A write that makes no progress this long means the worker is gone or not reading.
+    let stall = timing.heartbeat + timing.heartbeat_timeout;
+    let mut next_ping = Tick::now() + timing.heartbeat;
+    // When the PING still unanswered was sent: the worker has until then plus the
+    // heartbeat timeout to send anything at all.
+    let mut ping_sent: Option<Tick> = None;
+    // The next look at cancels, deadlines and the users' held output; re-armed only when
+    // it fires, so that a worker sending all the time cannot postpone it.
+    let mut next_look = Tick::now() + LOOK_INTERVAL;
     let mut out = vec![link.hello(now_ms())];
-    'conn: loop {
+    let why = 'conn: loop {
         for o in out.drain(..) {
             match o {
                 Output::Frame(text) => {
-                    if conn.send([Frame::text(Bytes::from(text))]).await.is_err() {
-                        break 'conn;
+                    let sent =
+                        tokio::time::timeout(stall, conn.send([Frame::text(Bytes::from(text))]));
+                    if !matches!(sent.await, Ok(Ok(()))) {
+                        break 'conn "a write to it failed or stalled";
                     }
                 }
                 Output::Close(code, reason) => {
                     conn.send_close(CloseCode::from(code), &reason).await;
-                    break 'conn;
+                    break 'conn "closed for breaking the protocol";
                 }
             }
         }
         seat.set_open_runs(link.open_runs());
-        let look = if link.open_runs() > 0 || link.is_paused() {
-            tokio::time::Instant::now() + LOOK_INTERVAL
-        } else {
-            next_ping
-        };
+        let busy = link.open_runs() > 0 || link.is_paused();
+        let mut wake = next_ping;
+        if busy {
+            wake = wake.min(next_look);
+        }
+        if let Some(sent) = ping_sent {
+            wake = wake.min(sent + timing.heartbeat_timeout);
+        }
         tokio::select! {
-            item = inbound.next() => match item {
-                Some(Inbound::Text(text)) => out = link.on_text(&text, now_ms()),
-                Some(Inbound::Binary(_)) => out = link.on_binary(now_ms()),
-                // yawc closes with 1009.
-                Some(Inbound::TooLarge) | None => break 'conn,
-            },
+            item = inbound.next() => {
+                ping_sent = None; // anything from the worker shows it is there
+                match item {
+                    Some(Inbound::Text(text)) => out = link.on_text(&text, now_ms()),
+                    Some(Inbound::Binary(_)) => out = link.on_binary(now_ms()),
+                    // yawc closes with 1009.
+                    Some(Inbound::TooLarge) | None => break 'conn "its connection ended",
+                }
+            }
             Some(job) = seat.jobs.recv() => out.push(link.assign(job, now_ms())),
-            _ = tokio::time::sleep_until(look.min(next_ping)) => {
-                let now = Instant::now();
-                link.expire(now);
-                out = link.poll_cancels(now, now_ms());
-                out.extend(link.check_pressure(now_ms()));
-                if tokio::time::Instant::now() >= next_ping {
-                    next_ping = tokio::time::Instant::now() + heartbeat;
-                    if conn.send([Frame::ping(Bytes::new())]).await.is_err() {
-                        break 'conn;
-                    }
+            _ = tokio::time::sleep_until(wake) => {
+                let now = Tick::now();
+                if ping_sent.is_some_and(|sent| now >= sent + timing.heartbeat_timeout) {
+                    conn.send_close(CloseCode::Away, "heartbeat timeout").await;
+                    break 'conn "it did not answer a PING in time";
+                }
+                if now >= next_look {
+                    next_look = now + LOOK_INTERVAL;
+                    link.expire(now.into_std());
+                    out = link.poll_cancels(now.into_std(), now_ms());
+                    out.extend(link.check_pressure(now_ms()));
+                }
+                if now >= next_ping {
+                    next_ping = now + timing.heartbeat;
+                    ping_sent.get_or_insert(now);
+                    out.push(link.ping(now_ms()));
                 }
             }
         }
-    }
+    };
+    tracing::info!(
+        worker = seat.id,
+        open_runs = link.open_runs(),
+        reason = why,
+        "agent worker left"
+    );
     tracing::info!(
         worker = seat.id,
         open_runs = link.open_runs(),

@@ -20,7 +20,7 @@ use haip_protocol::payload::{ChannelRef, ErrorPayload, Nonce, RunCancel, RunStar
 use haip_protocol::{channel, Envelope, ErrorCode, Payload};
 use serde_json::{json, Map};
 
-use crate::agent::Run;
+use crate::agent::{Run, Speaker, Turn};
 
 /// How long a cancelled run may take to finish before the server finishes it.
 pub const CANCEL_DEADLINE: Duration = Duration::from_secs(5);
@@ -36,6 +36,8 @@ pub struct Job {
     pub session: String,
     pub subject: String,
     pub thread_id: Option<String>,
+    /// The conversation before the message, when the client keeps it (the AI SDK).
+    pub history: Option<Vec<Turn>>,
 }
 
 /// What the adapter must do.
@@ -94,6 +96,16 @@ impl WorkerLink {
         self.frame(channel::SYSTEM, Payload::Hai(hai(&offer)), None, now_ms)
     }
 
+    /// A HAIP PING: the worker shows it is alive by sending anything (its PONG).
+    pub fn ping(&mut self, now_ms: u64) -> Output {
+        let nonce = format!("worker-{}", self.next_seq);
+        let payload = Payload::Ping(Nonce {
+            nonce: Some(nonce),
+            extra: Map::new(),
+        });
+        self.frame(channel::SYSTEM, payload, None, now_ms)
+    }
+
     /// Hands the worker a job: RUN_STARTED {run_id, thread_id, metadata} on AGENT.
     pub fn assign(&mut self, job: Job, now_ms: u64) -> Output {
         let run_id = job.run.id().to_string();
@@ -103,6 +115,19 @@ impl WorkerLink {
         metadata.insert("subject".into(), json!(job.subject));
         metadata.insert("conversation".into(), json!(conversation));
         metadata.insert("text".into(), json!(job.text));
+        if let Some(history) = &job.history {
+            let turns: Vec<_> = history
+                .iter()
+                .map(|t| {
+                    let role = match t.speaker {
+                        Speaker::User => "user",
+                        Speaker::Assistant => "assistant",
+                    };
+                    json!({"role": role, "text": t.text})
+                })
+                .collect();
+            metadata.insert("history".into(), json!(turns));
+        }
         let payload = Payload::RunStarted(RunStarted {
             run_id: Some(run_id.clone()),
             thread_id: job.thread_id.clone(),
@@ -291,10 +316,11 @@ impl WorkerLink {
                 now_ms,
             )];
         };
-        // Sent after the worker had seen PAUSE_CHANNEL (its ack says so): refused, as a
-        // client's message on a paused channel is.
+        // Sent after the worker had seen PAUSE_CHANNEL (its ack says so; a worker that
+        // sends no ack is taken to have seen it): refused, as a client's message on a
+        // paused channel is.
         if let Some(paused) = self.paused_at {
-            if env.ack.is_some_and(|ack| ack >= paused) && !is_run_end(&env.payload) {
+            if env.ack.is_none_or(|ack| ack >= paused) && !is_run_end(&env.payload) {
                 self.flow_violations += 1;
                 let mut out = vec![self.error(
                     ErrorCode::FlowControlViolation,
@@ -470,6 +496,7 @@ mod tests {
                 session: "user-session".into(),
                 subject: "alice".into(),
                 thread_id: Some("t".into()),
+                history: None,
             },
             0,
         );

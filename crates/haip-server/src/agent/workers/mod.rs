@@ -162,6 +162,7 @@ impl Agent for WorkersAgent {
                 session: reply.session_id().to_string(),
                 subject: reply.subject().to_string(),
                 thread_id: reply.thread_id().map(str::to_string),
+                history: reply.history().map(<[_]>::to_vec),
             };
             if let Err(job) = pool.dispatch(job) {
                 job.run

@@ -161,6 +161,23 @@ fn every_scenario_completes_with_non_zero_figures() {
     }
 }
 
+/// `ping`: PING to PONG round trips, and what each costs the server.
+#[test]
+fn ping_measures_round_trips_and_their_server_cpu() {
+    let served = common::serve(&[]);
+    let report = bench(&served, &["ping", "--sessions", "2", "--duration", "1"]);
+    assert!(figure(&report, "round_trips") > 0.0, "{report}");
+    assert!(figure(&report, "latency_p50_ms") > 0.0, "{report}");
+    assert!(
+        figure(&report, "server_cpu_per_round_trip_us") > 0.0,
+        "{report}"
+    );
+    assert!(
+        figure(&report, "round_trips_per_server_cpu_second_per_s") > 0.0,
+        "{report}"
+    );
+}
+
 /// `retention` at a paced agent: every message is kept, and what keeping one costs is
 /// read from the server's memory.
 #[test]

@@ -10,6 +10,7 @@ mod connections;
 mod cpu;
 mod fanout;
 mod load;
+mod ping;
 mod report;
 mod retention;
 
@@ -32,6 +33,8 @@ pub enum Scenario {
     Fanout,
     /// Open idle sessions at a bounded rate and hold them
     Connections,
+    /// Sessions send PINGs and wait for each PONG, back to back (no agent)
+    Ping,
     /// Sessions receive long streams at the agent's pace; the server's memory kept per
     /// message is read from /proc (start the server with its default word delay)
     Retention,
@@ -160,6 +163,7 @@ pub fn run(args: &BenchArgs) -> ExitCode {
             Scenario::Fanout => fanout::run(args).await,
             Scenario::Connections => connections::run(args).await,
             Scenario::Retention => retention::run(args).await,
+            Scenario::Ping => ping::run(args).await,
         };
         match result {
             Ok(report) => {

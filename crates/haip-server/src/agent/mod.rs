@@ -265,12 +265,7 @@ impl Run {
             _ = self.cancel.cancelled() => return,
             _ = self.handle.writable() => {}
         }
-        self.handle.send(AgentMessage {
-            channel,
-            payload,
-            run_id: Some(&self.run_id),
-            thread_id: self.thread_id.as_deref(),
-        });
+        self.send_now(channel, payload);
     }
 
     /// Starts an AGENT text message and returns its message_id.

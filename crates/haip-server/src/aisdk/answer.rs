@@ -66,15 +66,6 @@ impl Chats {
             .cloned()
     }
 
-    /// Answers in progress, all users together.
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Starts answering the request's text in its chat: opens a session for it on the
     /// engine, sends the user's message, and pumps the answer until it ends. `options` are
     /// the internal connection's; `slot` is held as long as it runs.
@@ -114,27 +105,19 @@ impl Chats {
             answer: answer.clone(),
             translator: Translator::new(),
             chats: self.clone(),
-            key: key.clone(),
+            key,
             buf: BytesMut::new(),
+            shutdown: shutdown.clone(),
         };
-        let chats = self.clone();
-        let pumped = answer.clone();
         let engine = engine.clone();
         let session_id = connection.session.id.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            let stopping = shutdown.clone();
+            // The sink ends the answer when the connection ends before it did (see its
+            // `Drop`).
             connection
                 .run(futures_util::stream::empty(), sink, shutdown)
                 .await;
-            // Ended without its last message: the readers are told rather than left
-            // waiting.
-            chats.remove(&key, &pumped);
-            pumped.fail(if stopping.is_cancelled() {
-                "the answer was cut off: the server is shutting down"
-            } else {
-                "the answer was cut off: the server ended its session (its memory budget)"
-            });
             // The answer's readers have all of it: the session is not kept for a resume
             // (it would count among the user's kept sessions and push out real ones).
             engine.remove(&session_id);
@@ -304,22 +287,6 @@ impl Answer {
     fn bytes(&self) -> usize {
         self.log().bytes
     }
-
-    fn is_ended(&self) -> bool {
-        self.log().ended
-    }
-
-    /// Ends the answer with an `error` chunk (after closing open text) unless it ended.
-    fn fail(&self, reason: &str) {
-        if self.is_ended() {
-            return;
-        }
-        // A translator that saw nothing would not close texts it does not know of; the
-        // pump's own translator has ended by now whenever the answer did, so this is
-        // only reached when the pump stopped early.
-        let mut closing = Translator::new();
-        self.push(closing.fail(reason), None, true);
-    }
 }
 
 /// Reads an answer's chunks in order, waiting for new ones until it ends.
@@ -361,6 +328,34 @@ struct AnswerSink {
     chats: Chats,
     key: ChatKey,
     buf: BytesMut,
+    /// The server's shutdown, to say why an answer was cut off.
+    shutdown: CancellationToken,
+}
+
+impl AnswerSink {
+    /// Ends the answer: out of the chats first (once a reader has the last chunk, a resume
+    /// gets 204), then its last chunks.
+    fn end(&mut self, chunks: Vec<Value>) {
+        self.chats.remove(&self.key, &self.answer);
+        self.answer.push(chunks, self.translator.run_id(), true);
+    }
+}
+
+/// A connection that ended before the answer did (the server shutting down, the memory
+/// budget ending the session): the readers are told, open text closed, rather than left
+/// waiting.
+impl Drop for AnswerSink {
+    fn drop(&mut self) {
+        if self.translator.is_ended() {
+            return;
+        }
+        let chunks = self.translator.fail(if self.shutdown.is_cancelled() {
+            "the answer was cut off: the server is shutting down"
+        } else {
+            "the answer was cut off: the server ended its session (its memory budget)"
+        });
+        self.end(chunks);
+    }
 }
 
 impl FrameSink for AnswerSink {
@@ -381,13 +376,10 @@ impl FrameSink for AnswerSink {
             )));
             self.answer.cancel();
         }
-        let ended = self.translator.is_ended();
-        // Out of the chats first: once a reader has the last chunk, a resume gets 204.
-        if ended {
-            self.chats.remove(&self.key, &self.answer);
-        }
-        if !chunks.is_empty() || ended {
-            self.answer.push(chunks, self.translator.run_id(), ended);
+        if self.translator.is_ended() {
+            self.end(chunks);
+        } else if !chunks.is_empty() {
+            self.answer.push(chunks, self.translator.run_id(), false);
         }
         Ok(())
     }

@@ -43,28 +43,134 @@ pub enum ReplayError {
     /// The peer claims to have received messages that were never sent.
     #[error("seq {claimed} was never sent (last sent: {last_sent})")]
     NeverSent { claimed: u64, last_sent: u64 },
+    /// A packed copy could not be read back (a bug; the replay is refused whole).
+    #[error("the kept copy of seq {seq} could not be read back")]
+    Unreadable { seq: u64 },
 }
 
-struct Entry<T> {
-    seq: u64,
-    sent_ms: u64,
-    bytes: u64,
-    item: T,
+/// How a window packs a full segment of messages into less memory, and unpacks it for a
+/// replay. Packing must be lossless: what `unpack` gives back is replayed as it was sent.
+pub trait Packer<T> {
+    type Packed;
+    /// Packs a segment, oldest message first; `None` keeps the messages as they are.
+    fn pack(&mut self, items: &[T]) -> Option<Self::Packed>;
+    /// Every message `pack` was given, oldest first; `first_seq` is the seq of the first.
+    /// Fewer messages than were packed means the packed form could not be read back; the
+    /// window then refuses the replay whole.
+    fn unpack(&self, packed: &Self::Packed, first_seq: u64) -> Vec<T>;
+    /// The memory the packed segment holds, counted in the window's bytes.
+    fn packed_bytes(&self, packed: &Self::Packed) -> u64;
 }
 
-/// Sent messages, oldest first, with consecutive seqs.
-pub struct ReplayWindow<T> {
+/// Keeps every message as it was pushed (the default).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KeepAsIs;
+
+impl<T> Packer<T> for KeepAsIs {
+    type Packed = std::convert::Infallible;
+    fn pack(&mut self, _: &[T]) -> Option<Self::Packed> {
+        None
+    }
+    fn unpack(&self, packed: &Self::Packed, _: u64) -> Vec<T> {
+        match *packed {}
+    }
+    fn packed_bytes(&self, packed: &Self::Packed) -> u64 {
+        match *packed {}
+    }
+}
+
+/// Messages per segment: a segment is packed once it holds this many.
+pub const SEGMENT_MESSAGES: usize = 64;
+/// A segment is packed earlier once its messages hold this many bytes.
+pub const SEGMENT_BYTES: u64 = 64 * 1024;
+
+/// A run of consecutive messages, packed together once full. Messages leave from the
+/// front one by one; a packed segment frees its memory when its last message leaves.
+struct Segment<T, Q> {
+    /// The seq of the oldest message still kept here.
+    first_seq: u64,
+    base_ms: u64,
+    /// When each kept message was sent, in ms after `base_ms` (4 bytes a message).
+    sent: VecDeque<u32>,
+    body: Body<T, Q>,
+}
+
+enum Body<T, Q> {
+    Open {
+        items: VecDeque<T>,
+        sizes: VecDeque<u64>,
+        bytes: u64,
+        /// Full but kept as it is: the next message starts a new segment.
+        closed: bool,
+    },
+    Packed {
+        packed: Q,
+        /// The seq of the first message `unpack` returns.
+        packed_first_seq: u64,
+        bytes: u64,
+    },
+}
+
+impl<T, Q> Segment<T, Q> {
+    fn len(&self) -> usize {
+        self.sent.len()
+    }
+
+    fn sent_ms(&self, index: usize) -> u64 {
+        self.base_ms + u64::from(self.sent[index])
+    }
+}
+
+/// A message of a replay: a reference to the one kept, or a copy unpacked from a packed
+/// segment.
+pub enum Replayed<'a, T> {
+    Kept(&'a T),
+    Unpacked(T),
+}
+
+impl<T> std::ops::Deref for Replayed<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        match self {
+            Replayed::Kept(item) => item,
+            Replayed::Unpacked(item) => item,
+        }
+    }
+}
+
+impl<T: Clone> Replayed<'_, T> {
+    pub fn into_owned(self) -> T {
+        match self {
+            Replayed::Kept(item) => item.clone(),
+            Replayed::Unpacked(item) => item,
+        }
+    }
+}
+
+/// Sent messages, oldest first, with consecutive seqs, in segments that `P` packs once
+/// full (see [`Packer`]).
+pub struct ReplayWindow<T, P: Packer<T> = KeepAsIs> {
     config: ReplayConfig,
-    entries: VecDeque<Entry<T>>,
+    segments: VecDeque<Segment<T, P::Packed>>,
+    packer: P,
+    len: usize,
     bytes: u64,
     last_seq: u64,
 }
 
-impl<T> ReplayWindow<T> {
-    pub fn new(config: ReplayConfig) -> ReplayWindow<T> {
+impl<T> ReplayWindow<T, KeepAsIs> {
+    pub fn new(config: ReplayConfig) -> ReplayWindow<T, KeepAsIs> {
+        ReplayWindow::with_packer(config, KeepAsIs)
+    }
+}
+
+impl<T, P: Packer<T>> ReplayWindow<T, P> {
+    pub fn with_packer(config: ReplayConfig, packer: P) -> ReplayWindow<T, P> {
         ReplayWindow {
             config,
-            entries: VecDeque::new(),
+            segments: VecDeque::new(),
+            packer,
+            len: 0,
             bytes: 0,
             last_seq: 0,
         }
@@ -76,31 +182,122 @@ impl<T> ReplayWindow<T> {
         if seq != self.last_seq + 1 {
             return Err(self.last_seq + 1);
         }
-        self.entries.push_back(Entry {
-            seq,
-            sent_ms: now_ms,
-            bytes,
-            item,
+        let offset = |s: &Segment<T, P::Packed>| u32::try_from(now_ms.saturating_sub(s.base_ms));
+        let fits = self.segments.back().is_some_and(|s| {
+            matches!(s.body, Body::Open { closed: false, .. })
+                && s.len() < SEGMENT_MESSAGES
+                && offset(s).is_ok()
         });
+        if !fits {
+            self.segments.push_back(Segment {
+                first_seq: seq,
+                base_ms: now_ms,
+                sent: VecDeque::with_capacity(SEGMENT_MESSAGES),
+                body: Body::Open {
+                    items: VecDeque::with_capacity(SEGMENT_MESSAGES),
+                    sizes: VecDeque::with_capacity(SEGMENT_MESSAGES),
+                    bytes: 0,
+                    closed: false,
+                },
+            });
+        }
+        let back = self
+            .segments
+            .back_mut()
+            .expect("a segment was just ensured");
+        back.sent.push_back(offset(back).unwrap_or(0));
+        let full = match &mut back.body {
+            Body::Open {
+                items,
+                sizes,
+                bytes: held,
+                ..
+            } => {
+                items.push_back(item);
+                sizes.push_back(bytes);
+                *held += bytes;
+                items.len() >= SEGMENT_MESSAGES || *held >= SEGMENT_BYTES
+            }
+            Body::Packed { .. } => unreachable!("only an open segment takes messages"),
+        };
+        self.len += 1;
         self.bytes += bytes;
         self.last_seq = seq;
+        if full {
+            self.pack_back();
+        }
         self.evict(now_ms);
         Ok(())
     }
 
+    /// Packs the newest segment; if the packer keeps it as it is, the next message starts
+    /// a new segment all the same.
+    fn pack_back(&mut self) {
+        let Some(back) = self.segments.back_mut() else {
+            return;
+        };
+        let Body::Open { items, bytes, .. } = &mut back.body else {
+            return;
+        };
+        match self.packer.pack(items.make_contiguous()) {
+            Some(packed) => {
+                let packed_bytes = self.packer.packed_bytes(&packed);
+                self.bytes = self.bytes - *bytes + packed_bytes;
+                back.body = Body::Packed {
+                    packed,
+                    packed_first_seq: back.first_seq,
+                    bytes: packed_bytes,
+                };
+            }
+            None => {
+                if let Body::Open { closed, .. } = &mut back.body {
+                    *closed = true;
+                }
+            }
+        }
+    }
+
+    /// Drops the oldest kept message.
+    fn pop_oldest(&mut self) -> bool {
+        let Some(front) = self.segments.front_mut() else {
+            return false;
+        };
+        front.sent.pop_front();
+        front.first_seq += 1;
+        if let Body::Open {
+            items,
+            sizes,
+            bytes,
+            ..
+        } = &mut front.body
+        {
+            items.pop_front();
+            let size = sizes.pop_front().unwrap_or(0);
+            *bytes -= size;
+            self.bytes -= size;
+        }
+        if front.sent.is_empty() {
+            if let Body::Packed { bytes, .. } = front.body {
+                self.bytes -= bytes;
+            }
+            self.segments.pop_front();
+        }
+        self.len -= 1;
+        true
+    }
+
     /// Drops what the window no longer has to keep at `now_ms`.
     pub fn evict(&mut self, now_ms: u64) {
-        while let Some(front) = self.entries.front() {
-            let beyond_count = self.entries.len() > self.config.keep_newest;
-            let too_old = now_ms.saturating_sub(front.sent_ms) > self.config.keep_for_ms;
+        while let Some(front) = self.segments.front() {
+            let beyond_count = self.len > self.config.keep_newest;
+            let too_old = now_ms.saturating_sub(front.sent_ms(0)) > self.config.keep_for_ms;
             let over_cap =
-                self.entries.len() > self.config.max_messages || self.bytes > self.config.max_bytes;
+                self.len > self.config.max_messages || self.bytes > self.config.max_bytes;
             let evictable = (beyond_count && too_old) || over_cap;
             if !evictable {
                 break;
             }
-            self.bytes -= front.bytes;
-            self.entries.pop_front();
+            self.pop_oldest();
         }
     }
 
@@ -109,12 +306,7 @@ impl<T> ReplayWindow<T> {
     /// that needed them then fails as for any message past the window.
     pub fn shrink_to(&mut self, max_bytes: u64) -> u64 {
         let before = self.bytes;
-        while self.bytes > max_bytes {
-            let Some(front) = self.entries.pop_front() else {
-                break;
-            };
-            self.bytes -= front.bytes;
-        }
+        while self.bytes > max_bytes && self.pop_oldest() {}
         before - self.bytes
     }
 
@@ -124,19 +316,29 @@ impl<T> ReplayWindow<T> {
     }
 
     pub fn oldest_seq(&self) -> Option<u64> {
-        self.entries.front().map(|e| e.seq)
+        self.segments.front().map(|s| s.first_seq)
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len == 0
     }
 
+    /// What the kept messages hold: their sizes as pushed, a packed segment's packed size.
     pub fn bytes(&self) -> u64 {
         self.bytes
+    }
+
+    /// How many messages are kept packed.
+    pub fn packed_len(&self) -> usize {
+        self.segments
+            .iter()
+            .filter(|s| matches!(s.body, Body::Packed { .. }))
+            .map(Segment::len)
+            .sum()
     }
 
     /// Every message from `from_seq` through `to_seq` (or the last sent), in order, or an
@@ -146,7 +348,7 @@ impl<T> ReplayWindow<T> {
         &self,
         from_seq: u64,
         to_seq: Option<u64>,
-    ) -> Result<impl Iterator<Item = &T> + '_, ReplayError> {
+    ) -> Result<std::vec::IntoIter<Replayed<'_, T>>, ReplayError> {
         let from = from_seq.max(1);
         let to = to_seq.unwrap_or(u64::MAX).min(self.last_seq);
         if from <= to && self.oldest_seq().is_none_or(|oldest| from < oldest) {
@@ -155,19 +357,55 @@ impl<T> ReplayWindow<T> {
                 oldest_kept: self.oldest_seq(),
             });
         }
-        let skip = self
-            .oldest_seq()
-            .map_or(0, |oldest| from.saturating_sub(oldest) as usize);
-        let take = if from <= to {
-            (to - from + 1) as usize
-        } else {
-            0
-        };
-        Ok(self.entries.iter().skip(skip).take(take).map(|e| &e.item))
+        let mut out = Vec::new();
+        if from > to {
+            return Ok(out.into_iter());
+        }
+        out.reserve((to - from + 1) as usize);
+        let first = self
+            .segments
+            .partition_point(|s| s.first_seq + (s.len() as u64) <= from);
+        for segment in self.segments.range(first..) {
+            if segment.first_seq > to {
+                break;
+            }
+            let lo = from.max(segment.first_seq);
+            let hi = to.min(segment.first_seq + segment.len() as u64 - 1);
+            match &segment.body {
+                Body::Open { items, .. } => {
+                    let skip = (lo - segment.first_seq) as usize;
+                    let take = (hi - lo + 1) as usize;
+                    out.extend(items.iter().skip(skip).take(take).map(Replayed::Kept));
+                }
+                Body::Packed {
+                    packed,
+                    packed_first_seq,
+                    ..
+                } => {
+                    let unpacked = self.packer.unpack(packed, *packed_first_seq);
+                    let skip = (lo - packed_first_seq) as usize;
+                    let take = (hi - lo + 1) as usize;
+                    if unpacked.len() < skip + take {
+                        return Err(ReplayError::Unreadable { seq: lo });
+                    }
+                    out.extend(
+                        unpacked
+                            .into_iter()
+                            .skip(skip)
+                            .take(take)
+                            .map(Replayed::Unpacked),
+                    );
+                }
+            }
+        }
+        Ok(out.into_iter())
     }
 
     /// What a peer that last received `last_rx_seq` is missing, for resume.
-    pub fn after(&self, last_rx_seq: u64) -> Result<impl Iterator<Item = &T> + '_, ReplayError> {
+    pub fn after(
+        &self,
+        last_rx_seq: u64,
+    ) -> Result<std::vec::IntoIter<Replayed<'_, T>>, ReplayError> {
         if last_rx_seq > self.last_seq {
             return Err(ReplayError::NeverSent {
                 claimed: last_rx_seq,
@@ -193,7 +431,7 @@ mod tests {
         assert_eq!(w.oldest_seq(), Some(7));
         assert!(w.after(5).is_err(), "a resume needing seq 6 fails whole");
         assert_eq!(
-            w.after(6).expect("kept").copied().collect::<Vec<_>>(),
+            w.after(6).expect("kept").map(|m| *m).collect::<Vec<_>>(),
             [7, 8, 9, 10]
         );
     }
@@ -206,8 +444,8 @@ mod tests {
         })
     }
 
-    fn collect<'a>(r: Result<impl Iterator<Item = &'a u64>, ReplayError>) -> Vec<u64> {
-        r.expect("range available").copied().collect()
+    fn collect<'a>(r: Result<impl Iterator<Item = Replayed<'a, u64>>, ReplayError>) -> Vec<u64> {
+        r.expect("range available").map(|m| *m).collect()
     }
 
     #[test]
@@ -320,5 +558,139 @@ mod tests {
         assert!(w.is_empty());
         assert!(w.range(1, None).is_err());
         assert_eq!(collect(w.after(1)), Vec::<u64>::new());
+    }
+
+    /// Packs seqs into one vector and counts what it did; `lossy` drops the last one to
+    /// stand for a packed form that cannot be read back.
+    #[derive(Default)]
+    struct VecPacker {
+        packs: usize,
+        refuse: bool,
+        lossy: bool,
+    }
+
+    impl Packer<u64> for VecPacker {
+        type Packed = Vec<u64>;
+        fn pack(&mut self, items: &[u64]) -> Option<Vec<u64>> {
+            if self.refuse {
+                return None;
+            }
+            self.packs += 1;
+            Some(items.to_vec())
+        }
+        fn unpack(&self, packed: &Vec<u64>, first_seq: u64) -> Vec<u64> {
+            assert_eq!(packed.first(), Some(&first_seq), "first_seq given back");
+            let mut out = packed.clone();
+            if self.lossy {
+                out.pop();
+            }
+            out
+        }
+        fn packed_bytes(&self, packed: &Vec<u64>) -> u64 {
+            packed.len() as u64
+        }
+    }
+
+    fn packing(config: ReplayConfig, packer: VecPacker) -> ReplayWindow<u64, VecPacker> {
+        ReplayWindow::with_packer(config, packer)
+    }
+
+    #[test]
+    fn full_segments_are_packed_and_ranges_cross_them_whole() {
+        let mut w = packing(ReplayConfig::default(), VecPacker::default());
+        let n = SEGMENT_MESSAGES as u64 * 3 + 5;
+        for seq in 1..=n {
+            w.push(seq, seq, 100, seq).unwrap();
+        }
+        assert_eq!(w.packer.packs, 3);
+        assert_eq!(w.packed_len(), SEGMENT_MESSAGES * 3);
+        assert_eq!(w.len(), n as usize);
+        // Three packed segments of 64 count one byte a message; five open ones 100 each.
+        assert_eq!(w.bytes(), SEGMENT_MESSAGES as u64 * 3 + 500);
+        assert_eq!(collect(w.range(1, None)), (1..=n).collect::<Vec<_>>());
+        assert_eq!(
+            collect(w.range(60, Some(70))),
+            (60..=70).collect::<Vec<_>>()
+        );
+        assert_eq!(collect(w.after(n - 2)), vec![n - 1, n]);
+        assert_eq!(collect(w.range(64, Some(64))), vec![64]);
+        assert_eq!(collect(w.range(65, Some(65))), vec![65]);
+    }
+
+    #[test]
+    fn a_packed_segment_keeps_its_memory_until_its_last_message_leaves() {
+        let mut w = packing(
+            ReplayConfig {
+                keep_newest: 0,
+                keep_for_ms: 1_000,
+                ..ReplayConfig::default()
+            },
+            VecPacker::default(),
+        );
+        for seq in 1..=SEGMENT_MESSAGES as u64 {
+            w.push(seq, seq, 100, seq).unwrap();
+        }
+        let before = w.bytes();
+        w.evict(1_019); // seqs 1..=18 are older than 1 000 ms
+        assert_eq!(w.oldest_seq(), Some(19));
+        assert_eq!(w.bytes(), before, "the packed segment is one allocation");
+        assert!(w.range(18, None).is_err());
+        assert_eq!(collect(w.range(19, Some(21))), vec![19, 20, 21]);
+        w.evict(10_000);
+        assert!(w.is_empty());
+        assert_eq!(w.bytes(), 0);
+    }
+
+    #[test]
+    fn a_segment_the_packer_keeps_stays_as_it_is() {
+        let mut w = packing(
+            ReplayConfig::default(),
+            VecPacker {
+                refuse: true,
+                ..VecPacker::default()
+            },
+        );
+        for seq in 1..=200 {
+            w.push(seq, 0, 10, seq).unwrap();
+        }
+        assert_eq!(w.packed_len(), 0);
+        assert_eq!(w.bytes(), 2_000);
+        assert_eq!(collect(w.range(1, None)), (1..=200).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_packed_form_that_cannot_be_read_back_refuses_the_replay_whole() {
+        let mut w = packing(
+            ReplayConfig::default(),
+            VecPacker {
+                lossy: true,
+                ..VecPacker::default()
+            },
+        );
+        for seq in 1..=100 {
+            w.push(seq, 0, 10, seq).unwrap();
+        }
+        assert!(matches!(
+            w.range(1, None).err(),
+            Some(ReplayError::Unreadable { seq: 1 })
+        ));
+        // The open segment after it is still replayed.
+        assert_eq!(collect(w.range(65, None)), (65..=100).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn large_messages_close_a_segment_early_and_time_offsets_never_overflow() {
+        let mut w = packing(ReplayConfig::default(), VecPacker::default());
+        w.push(1, 0, SEGMENT_BYTES, 1).unwrap();
+        assert_eq!(
+            w.packed_len(),
+            1,
+            "a segment reaching SEGMENT_BYTES is packed"
+        );
+        // A message sent more than u32::MAX ms after its segment began starts a new one.
+        w.push(2, 0, 1, 2).unwrap();
+        w.push(3, u64::from(u32::MAX) + 10, 1, 3).unwrap();
+        assert_eq!(w.segments.len(), 3);
+        assert_eq!(collect(w.range(1, None)), vec![1, 2, 3]);
     }
 }

@@ -46,8 +46,13 @@ async fn past_the_soft_mark_the_largest_replay_windows_are_trimmed() {
         c.recv_type("HAI").await;
         conns.push(c);
     }
+    // Random words: the replay log packs what repeats, so the windows fill only with
+    // text that does not.
     let text = (0..6000)
-        .map(|i| format!("w{i:05}"))
+        .map(|_| {
+            let id = || uuid::Uuid::new_v4().simple().to_string();
+            format!("{}{}{}", id(), id(), id())
+        })
         .collect::<Vec<_>>()
         .join(" ");
     for c in &mut conns {

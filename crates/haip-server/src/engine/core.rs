@@ -17,7 +17,7 @@ use haip_protocol::payload::{
     AudioChunk, ChannelRef, ErrorPayload, FlowUpdate, Hai, Nonce, RunFinished, RunStatus, ToolCall,
     ToolDone,
 };
-use haip_protocol::replay::{ReplayConfig, ReplayError, ReplayWindow};
+use haip_protocol::replay::{ReplayConfig, ReplayError, ReplayWindow, Replayed};
 use haip_protocol::runs::{RunError, RunTable, ToolCalls};
 use haip_protocol::sequencer::{Arrival, Sequencer};
 use haip_protocol::{channel, Envelope, ErrorCode, Payload};
@@ -25,6 +25,7 @@ use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
 use super::outbound::{Close, ConnQueue, OutItem, Outgoing};
+use super::replay_pack::OutgoingPacker;
 use crate::agent::RunEnding;
 use crate::tools::{ToolCatalog, ToolOutcome};
 
@@ -210,7 +211,8 @@ pub struct SessionCore {
     limits: Arc<SessionLimits>,
     binary_frames: bool,
     last_sent_seq: u64,
-    replay: ReplayWindow<Arc<Outgoing>>,
+    /// What was sent, kept for replay and resume; full segments are packed (replay_pack.rs).
+    replay: ReplayWindow<Arc<Outgoing>, OutgoingPacker>,
     gate: SendGate<Pending>,
     meter: ReceiveMeter,
     inbound: Sequencer<(Envelope, u64)>,
@@ -263,11 +265,15 @@ impl SessionCore {
         binary_frames: bool,
         now_ms: u64,
     ) -> SessionCore {
+        let shared_id: Arc<str> = Arc::from(id.as_str());
         SessionCore {
-            shared_id: Arc::from(id.as_str()),
+            replay: ReplayWindow::with_packer(
+                limits.replay,
+                OutgoingPacker::new(shared_id.clone()),
+            ),
+            shared_id,
             id,
             subject,
-            replay: ReplayWindow::new(limits.replay),
             gate: SendGate::new(Credit::UNLIMITED),
             meter: ReceiveMeter::new(limits.inbound_credit),
             inbound: Sequencer::with_byte_bound(
@@ -383,7 +389,7 @@ impl SessionCore {
             let replay: Vec<OutItem> = self
                 .replay
                 .after(n)?
-                .map(|o| OutItem::Frame(o.clone()))
+                .map(|o| OutItem::Frame(o.into_owned()))
                 .collect();
             queue.push_replay(replay);
         }
@@ -691,7 +697,10 @@ impl SessionCore {
         self.detached_since_ms = Some(now_ms);
         self.cancel_all();
         self.gate = SendGate::new(Credit::UNLIMITED);
-        self.replay = ReplayWindow::new(self.limits.replay);
+        self.replay = ReplayWindow::with_packer(
+            self.limits.replay,
+            OutgoingPacker::new(self.shared_id.clone()),
+        );
         self.inbound = Sequencer::with_byte_bound(0, 0);
         self.texts.clear();
         self.texts_bytes = 0;
@@ -1021,7 +1030,7 @@ impl SessionCore {
                 let frames: Result<Vec<_>, _> = self
                     .replay
                     .range(r.from_seq, r.to_seq)
-                    .map(|it| it.cloned().collect());
+                    .map(|it| it.map(Replayed::into_owned).collect());
                 match frames {
                     Ok(frames) => {
                         if let Some(q) = &self.attached {

@@ -10,6 +10,7 @@ pub mod connection;
 pub mod core;
 pub mod metrics;
 pub mod outbound;
+pub mod replay_pack;
 pub mod tap;
 pub mod threads;
 

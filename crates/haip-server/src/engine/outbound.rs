@@ -258,6 +258,24 @@ impl Outgoing {
         }
     }
 
+    /// A message whose whole JSON is `json` (a replay unpacked from the compact log).
+    pub fn whole(session: Arc<str>, seq: u64, event_type: EventType, json: Bytes) -> Outgoing {
+        Outgoing {
+            session,
+            seq,
+            event_type,
+            json_len: json.len(),
+            json: Json::Whole(json),
+            two_frame: None,
+        }
+    }
+
+    /// What this message holds in memory, about (its JSON, its two-frame form, itself).
+    pub fn held_bytes(&self) -> usize {
+        let two_frame = self.two_frame.as_ref().map_or(0, |f| f.0.len() + f.1.len());
+        std::mem::size_of::<Outgoing>() + self.json_len + two_frame
+    }
+
     /// A message whose JSON from `channel` on is `tail`, shared with other sessions'
     /// messages (see [`haip_protocol::Envelope::shared_json`]).
     pub fn shared(

@@ -465,11 +465,11 @@ pub type Head = (u16, Vec<(String, String)>);
 enum Io {
     Ws(Box<WsStream>),
     Sse {
-        rx: mpsc::UnboundedReceiver<(Frame, Option<String>)>,
+        rx: mpsc::UnboundedReceiver<(Frame, Option<String>, String)>,
     },
     Stream {
         tx: Option<mpsc::UnboundedSender<Bytes>>,
-        rx: mpsc::UnboundedReceiver<(Frame, Option<String>)>,
+        rx: mpsc::UnboundedReceiver<(Frame, Option<String>, String)>,
         head: Option<oneshot::Receiver<Head>>,
     },
 }
@@ -482,6 +482,8 @@ pub struct Conn {
     done: bool,
     /// Every JSON message received, in order.
     pub log: Vec<Value>,
+    /// The text of each message of `log` as it was received, byte for byte (parallel to it).
+    pub texts: Vec<String>,
     /// SSE only: the `id:` of each message of `log` (parallel to it).
     pub sse_ids: Vec<Option<String>>,
     /// Everything the SSE stream carried, verbatim.
@@ -539,6 +541,7 @@ impl Conn {
             pending: VecDeque::new(),
             done: false,
             log: Vec::new(),
+            texts: Vec::new(),
             sse_ids: Vec::new(),
             sse_raw: Arc::new(Mutex::new(String::new())),
             session: None,
@@ -614,6 +617,7 @@ impl Conn {
             pending: VecDeque::new(),
             done: false,
             log: Vec::new(),
+            texts: Vec::new(),
             sse_ids: Vec::new(),
             sse_raw: Arc::new(Mutex::new(String::new())),
             session: None,
@@ -648,21 +652,23 @@ impl Conn {
         if self.done {
             return Some(Frame::End);
         }
-        let (frame, sse_id) = match &mut self.io {
+        let (frame, sse_id, text) = match &mut self.io {
             Io::Ws(ws) => loop {
                 let left = deadline.saturating_duration_since(Instant::now());
                 match tokio::time::timeout(left, ws.next()).await {
                     Err(_) => return None,
-                    Ok(None) | Ok(Some(Err(_))) => break (Frame::End, None),
+                    Ok(None) | Ok(Some(Err(_))) => break (Frame::End, None, String::new()),
                     Ok(Some(Ok(m))) => match m {
-                        Message::Text(t) => break (parse_text(t.as_str()), None),
-                        Message::Binary(b) => break (Frame::Binary(b.to_vec()), None),
+                        Message::Text(t) => break (parse_text(t.as_str()), None, t.to_string()),
+                        Message::Binary(b) => {
+                            break (Frame::Binary(b.to_vec()), None, String::new())
+                        }
                         Message::Close(cf) => {
                             let (code, reason) = match cf {
                                 Some(cf) => (Some(u16::from(cf.code)), cf.reason.to_string()),
                                 None => (None, String::new()),
                             };
-                            break (Frame::Close(code, reason), None);
+                            break (Frame::Close(code, reason), None, String::new());
                         }
                         _ => continue,
                     },
@@ -672,7 +678,7 @@ impl Conn {
                 let left = deadline.saturating_duration_since(Instant::now());
                 match tokio::time::timeout(left, rx.recv()).await {
                     Err(_) => return None,
-                    Ok(None) => (Frame::End, None),
+                    Ok(None) => (Frame::End, None, String::new()),
                     Ok(Some(item)) => item,
                 }
             }
@@ -686,6 +692,7 @@ impl Conn {
                     }
                 }
                 self.log.push(v.clone());
+                self.texts.push(text);
                 self.sse_ids.push(sse_id);
             }
             _ => {}
@@ -996,7 +1003,7 @@ pub async fn post_messages(
 
 async fn read_sse(
     resp: reqwest::Response,
-    tx: mpsc::UnboundedSender<(Frame, Option<String>)>,
+    tx: mpsc::UnboundedSender<(Frame, Option<String>, String)>,
     raw: Arc<Mutex<String>>,
 ) {
     let mut stream = resp.bytes_stream();
@@ -1018,7 +1025,7 @@ async fn read_sse(
                 if !data.is_empty() {
                     let text = data.join("\n");
                     data.clear();
-                    let _ = tx.send((parse_text(&text), id.take()));
+                    let _ = tx.send((parse_text(&text), id.take(), text));
                 }
                 id = None;
             } else if let Some(v) = line.strip_prefix("data:") {
@@ -1029,18 +1036,18 @@ async fn read_sse(
             // retry:, event: and comments are kept in `raw` only.
         }
     }
-    let _ = tx.send((Frame::End, None));
+    let _ = tx.send((Frame::End, None, String::new()));
 }
 
 async fn read_ndjson(
     req: reqwest::RequestBuilder,
-    tx: mpsc::UnboundedSender<(Frame, Option<String>)>,
+    tx: mpsc::UnboundedSender<(Frame, Option<String>, String)>,
     head: oneshot::Sender<Head>,
 ) {
     let resp = match req.send().await {
         Ok(r) => r,
         Err(_) => {
-            let _ = tx.send((Frame::End, None));
+            let _ = tx.send((Frame::End, None, String::new()));
             return;
         }
     };
@@ -1048,8 +1055,8 @@ async fn read_ndjson(
     let _ = head.send((status, header_list(resp.headers())));
     if status != 200 {
         let text = resp.text().await.unwrap_or_default();
-        let _ = tx.send((Frame::NonJson(text), None));
-        let _ = tx.send((Frame::End, None));
+        let _ = tx.send((Frame::NonJson(text.clone()), None, text));
+        let _ = tx.send((Frame::End, None, String::new()));
         return;
     }
     let mut stream = resp.bytes_stream();
@@ -1061,9 +1068,9 @@ async fn read_ndjson(
             let line: Vec<u8> = buf.drain(..=pos).collect();
             let text = String::from_utf8_lossy(&line[..line.len() - 1]).to_string();
             if !text.trim().is_empty() {
-                let _ = tx.send((parse_text(&text), None));
+                let _ = tx.send((parse_text(&text), None, text));
             }
         }
     }
-    let _ = tx.send((Frame::End, None));
+    let _ = tx.send((Frame::End, None, String::new()));
 }

@@ -57,7 +57,10 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(args) => serve::run(&args),
+        Command::Serve(args) => {
+            memory::run_with_allocator_settings();
+            serve::run(&args)
+        }
         Command::Token(args) => token::run(&args),
         Command::Validate(args) => validate::run(&args),
         Command::Chat(args) => chat::run(&args),

@@ -13,6 +13,10 @@ use std::time::{Duration, Instant};
 use super::report::{Progress, Report};
 use super::{long_text, open_all, rss_kib, until_finished, BenchArgs, Received};
 
+/// How long memory is left to settle before it is read: the server's workers give freed
+/// memory back to the system when idle, at most once a second each.
+const SETTLE: Duration = Duration::from_secs(2);
+
 pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     let Some(server) = args.server_cpu() else {
         anyhow::bail!(
@@ -25,7 +29,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     let text = Arc::new(long_text(words));
     let sessions = open_all(args, &args.connect.config(), args.sessions, "retention").await?;
     // Settle, then the baseline: sessions open, nothing streamed yet.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(SETTLE).await;
     let before = rss_kib(pid).ok_or_else(|| anyhow::anyhow!("cannot read /proc/{pid}"))?;
     let delivered = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -61,7 +65,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
         kept += t.await??;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(SETTLE).await;
     let after = rss_kib(pid).unwrap_or(0);
     peak = peak.max(after);
     let grown = after.saturating_sub(before) as f64 * 1024.0;

@@ -25,7 +25,7 @@ use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
 use super::outbound::{Close, ConnQueue, OutItem, Outgoing};
-use super::replay_pack::OutgoingPacker;
+use super::replay_pack::{MessageIds, OutgoingPacker};
 use crate::agent::RunEnding;
 use crate::tools::{ToolCatalog, ToolOutcome};
 
@@ -211,6 +211,9 @@ pub struct SessionCore {
     limits: Arc<SessionLimits>,
     binary_frames: bool,
     last_sent_seq: u64,
+    /// The ids of the session's own messages, made from their seqs so that the replay log
+    /// need not keep them.
+    ids: MessageIds,
     /// What was sent, kept for replay and resume; full segments are packed (replay_pack.rs).
     replay: ReplayWindow<Arc<Outgoing>, OutgoingPacker>,
     gate: SendGate<Pending>,
@@ -266,11 +269,13 @@ impl SessionCore {
         now_ms: u64,
     ) -> SessionCore {
         let shared_id: Arc<str> = Arc::from(id.as_str());
+        let ids = MessageIds::random();
         SessionCore {
             replay: ReplayWindow::with_packer(
                 limits.replay,
-                OutgoingPacker::new(shared_id.clone()),
+                OutgoingPacker::new(shared_id.clone(), ids),
             ),
+            ids,
             shared_id,
             id,
             subject,
@@ -423,16 +428,10 @@ impl SessionCore {
         }
     }
 
-    /// An envelope of this session on `channel` with seq and ts still to be set.
+    /// An envelope of this session on `channel` with id, seq and ts still to be set: they
+    /// are given as it is sent (the id from the seq, see [`MessageIds`]).
     pub fn envelope(&self, channel: &str, payload: Payload) -> Envelope {
-        Envelope::new(
-            uuid::Uuid::new_v4().to_string(),
-            self.id.clone(),
-            0,
-            0,
-            channel,
-            payload,
-        )
+        Envelope::new(String::new(), self.id.clone(), 0, 0, channel, payload)
     }
 
     fn system(&self, payload: Payload) -> Envelope {
@@ -522,7 +521,14 @@ impl SessionCore {
             .is_some_and(|f| f.load(Ordering::Acquire));
         if followed {
             if let Some(thread) = self.thread_of(&env) {
+                // The copies of a thread message carry the id it has here, fixed now.
+                let mut env = env;
+                if env.id.is_empty() {
+                    env.id = uuid::Uuid::new_v4().to_string();
+                }
                 self.thread_output.push((thread, env.clone()));
+                self.deliver(Pending::Own(env), now_ms);
+                return;
             }
         }
         self.deliver(Pending::Own(env), now_ms);
@@ -604,7 +610,13 @@ impl SessionCore {
             Pending::Own(env) => {
                 let as_is =
                     Envelope::json_head_len(&env.id, &env.session, env.seq, env.ack, env.ts);
-                let as_sent = Envelope::json_head_len(&env.id, &env.session, seq, ack, now_ms);
+                // An id still to be given is a UUID as long as this one.
+                let id = if env.id.is_empty() {
+                    "00000000-0000-4000-8000-000000000000"
+                } else {
+                    &env.id
+                };
+                let as_sent = Envelope::json_head_len(id, &env.session, seq, ack, now_ms);
                 env.to_json().len() - as_is + as_sent
             }
             Pending::Shared(shared) => {
@@ -699,7 +711,7 @@ impl SessionCore {
         self.gate = SendGate::new(Credit::UNLIMITED);
         self.replay = ReplayWindow::with_packer(
             self.limits.replay,
-            OutgoingPacker::new(self.shared_id.clone()),
+            OutgoingPacker::new(self.shared_id.clone(), self.ids),
         );
         self.inbound = Sequencer::with_byte_bound(0, 0);
         self.texts.clear();
@@ -734,6 +746,9 @@ impl SessionCore {
         let ack = self.inbound.last_delivered();
         let out = match pending {
             Pending::Own(mut env) => {
+                if env.id.is_empty() {
+                    env.id = self.ids.id(seq).to_string();
+                }
                 env.seq = seq;
                 env.ts = now_ms;
                 env.ack = ack;
@@ -745,7 +760,7 @@ impl SessionCore {
             Pending::Shared(shared) => {
                 let env = &shared.env;
                 let id: Arc<str> = if shared.fresh_ids {
-                    Arc::from(uuid::Uuid::new_v4().to_string())
+                    Arc::from(self.ids.id(seq).to_string())
                 } else {
                     shared.id.clone()
                 };

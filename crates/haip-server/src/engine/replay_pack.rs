@@ -3,44 +3,71 @@
 //!
 //! The replay window ([`haip_protocol::replay::ReplayWindow`]) keeps the rules of what
 //! stays and hands each full segment of 64 messages to [`OutgoingPacker`]. The packer
-//! writes every message's exact JSON into one buffer, cuts out what it can put back
-//! itself (the envelope id as 16 bytes instead of 36 characters, the session id, which
-//! every message of the session repeats), and compresses the buffer with LZ4: a streamed
-//! token's envelope differs from the one before in a few bytes (its id, seq, ts and text),
-//! so a segment compresses to a small fraction. Unpacking writes the same bytes back, so a
-//! replay returns each envelope byte for byte as it was first sent (same id, seq, ts).
-//!
-//! Messages also kept in their two-frame form (an AUDIO_CHUNK for a client taking binary
-//! frames) stay whole beside the packed bytes.
+//! writes one record per message into a buffer and compresses the buffer with LZ4. A
+//! record keeps only what the packer cannot put back itself: of the envelope's head
+//! (`{"id":…,"session":…,"seq":…,"ack":…,"ts":…,`) the session and seq are known, the id
+//! is re-derived from the seq when the session made it ([`MessageIds`]) or kept as 16
+//! bytes, ack is a number and ts a difference to the message before; the rest of the JSON
+//! is kept as it was written. A streamed token's rest differs from the one before only in
+//! its text, so LZ4 reduces it to that text and a reference. Unpacking writes the head
+//! again with the writer that wrote it first ([`Envelope::write_json_head`]), and a head is
+//! only cut when writing it again gives the same bytes: a replay returns each envelope byte
+//! for byte as it was first sent (same id, seq, ts). Anything else is kept as its whole
+//! JSON, and messages also kept in their two-frame form (an AUDIO_CHUNK for a client taking
+//! binary frames) stay whole beside the packed bytes.
 
 use std::cell::RefCell;
+use std::hash::Hasher;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use haip_protocol::replay::Packer;
-use haip_protocol::EventType;
+use haip_protocol::{Envelope, EventType};
+use siphasher::sip128::{Hasher128, SipHasher13};
 
 use super::outbound::Outgoing;
 
 /// A record's flags.
 const KEPT_WHOLE: u8 = 1;
-const ID_CUT: u8 = 2;
-const SESSION_CUT: u8 = 4;
+/// The head was cut: the record has the id (unless derived), ack and ts.
+const HEAD_CUT: u8 = 2;
+/// The id is the session's own for this seq ([`MessageIds`]).
+const ID_DERIVED: u8 = 4;
+const HAS_ACK: u8 = 8;
 
-/// Every envelope the server writes starts with its id (see `Envelope::write_json_head`).
-const ID_PREFIX: &[u8] = b"{\"id\":\"";
-const ID_TEXT_LEN: usize = 36;
-const SESSION_PREFIX: &[u8] = b",\"session\":\"";
+/// The ids a session gives its own messages: a UUIDv4 made from a key of the session and
+/// the message's seq, so that the replay log can write an id again instead of keeping it.
+/// The key is random, so the ids are as unpredictable as drawn ones.
+#[derive(Debug, Clone, Copy)]
+pub struct MessageIds {
+    key: [u8; 16],
+}
 
-/// Packs one session's segments; it knows the session's id, which it cuts out of every
-/// message and puts back.
+impl MessageIds {
+    pub fn random() -> MessageIds {
+        MessageIds {
+            key: rand::random(),
+        }
+    }
+
+    /// The id of the session's message with this seq.
+    pub fn id(&self, seq: u64) -> uuid::Uuid {
+        let mut hasher = SipHasher13::new_with_key(&self.key);
+        hasher.write_u64(seq);
+        let bytes = hasher.finish128().as_bytes();
+        uuid::Builder::from_random_bytes(bytes).into_uuid()
+    }
+}
+
+/// Packs one session's segments; it knows the session's id and its [`MessageIds`].
 pub struct OutgoingPacker {
     session: Arc<str>,
+    ids: MessageIds,
 }
 
 impl OutgoingPacker {
-    pub fn new(session: Arc<str>) -> OutgoingPacker {
-        OutgoingPacker { session }
+    pub fn new(session: Arc<str>, ids: MessageIds) -> OutgoingPacker {
+        OutgoingPacker { session, ids }
     }
 }
 
@@ -52,9 +79,17 @@ pub struct PackedOutgoing {
     kept: Box<[Arc<Outgoing>]>,
 }
 
+/// Scratch buffers of a packing thread, reused: a session keeps only what it packed.
+#[derive(Default)]
+struct Scratch {
+    json: BytesMut,
+    head: String,
+    records: Vec<u8>,
+    compressed: Vec<u8>,
+}
+
 thread_local! {
-    /// Scratch buffers of the packing thread, reused: a session keeps only what it packed.
-    static SCRATCH: RefCell<(BytesMut, Vec<u8>, Vec<u8>)> = RefCell::default();
+    static SCRATCH: RefCell<Scratch> = RefCell::default();
 }
 
 impl Packer<Arc<Outgoing>> for OutgoingPacker {
@@ -64,20 +99,25 @@ impl Packer<Arc<Outgoing>> for OutgoingPacker {
         if items.iter().all(|o| o.two_frame.is_some()) {
             return None;
         }
-        SCRATCH.with_borrow_mut(|(json, records, compressed)| {
-            records.clear();
+        SCRATCH.with_borrow_mut(|scratch| {
+            scratch.records.clear();
             let mut kept = Vec::new();
+            let mut last_ts = 0;
             for out in items {
                 if out.two_frame.is_some() {
-                    records.extend_from_slice(&[out.event_type as u8, KEPT_WHOLE]);
+                    scratch
+                        .records
+                        .extend_from_slice(&[out.event_type as u8, KEPT_WHOLE]);
                     kept.push(out.clone());
                     continue;
                 }
-                json.clear();
-                out.put_json(json);
-                write_record(records, out.event_type, json, &self.session);
+                scratch.json.clear();
+                out.put_json(&mut scratch.json);
+                self.write_record(scratch, out, &mut last_ts);
             }
+            let records = &scratch.records;
             let raw_len = u32::try_from(records.len()).ok()?;
+            let compressed = &mut scratch.compressed;
             compressed.clear();
             compressed.resize(
                 4 + lz4_flex::block::get_maximum_output_size(records.len()),
@@ -103,19 +143,19 @@ impl Packer<Arc<Outgoing>> for OutgoingPacker {
         };
         let mut reader = Reader {
             rest: &records,
-            session: &self.session,
+            last_ts: 0,
         };
         let mut kept = packed.kept.iter();
         let mut seq = first_seq;
         while !reader.rest.is_empty() {
-            let Some((event_type, flags)) = reader.head() else {
+            let Some((event_type, flags)) = reader.kind() else {
                 break;
             };
             if flags & KEPT_WHOLE != 0 {
                 let Some(whole) = kept.next() else { break };
                 out.push(whole.clone());
             } else {
-                let Some(json) = reader.json(flags) else {
+                let Some(json) = reader.json(flags, seq, self) else {
                     break;
                 };
                 out.push(Arc::new(Outgoing::whole(
@@ -136,49 +176,131 @@ impl Packer<Arc<Outgoing>> for OutgoingPacker {
     }
 }
 
-/// Appends one message's record: type, flags, the id as 16 bytes when it was cut, the
-/// length of the rest and the rest of the JSON.
-fn write_record(records: &mut Vec<u8>, event_type: EventType, json: &[u8], session: &str) {
-    let mut flags = 0;
-    let mut id = None;
-    let mut rest = json;
-    if let Some(uuid) = canonical_id(json) {
-        flags |= ID_CUT;
-        id = Some(uuid);
-        rest = &json[ID_PREFIX.len() + ID_TEXT_LEN + 1..];
-        if let Some(after) = rest
-            .strip_prefix(SESSION_PREFIX)
-            .and_then(|r| r.strip_prefix(session.as_bytes()))
-            .and_then(|r| r.strip_prefix(b"\""))
-        {
-            flags |= SESSION_CUT;
-            rest = after;
-        }
-    }
-    records.extend_from_slice(&[event_type as u8, flags]);
-    if let Some(uuid) = id {
-        records.extend_from_slice(uuid.as_bytes());
-    }
-    write_varint(records, rest.len() as u64);
-    records.extend_from_slice(rest);
+/// An envelope's head as the server writes it.
+struct Head {
+    id: uuid::Uuid,
+    seq: u64,
+    ack: Option<u64>,
+    ts: u64,
+    /// Its length in the JSON.
+    len: usize,
 }
 
-/// The envelope's id when the JSON starts with it in the canonical form (lowercase,
-/// hyphenated) that writing it back from 16 bytes gives again.
-fn canonical_id(json: &[u8]) -> Option<uuid::Uuid> {
-    let text = json.strip_prefix(ID_PREFIX)?.get(..ID_TEXT_LEN + 1)?;
-    if text[ID_TEXT_LEN] != b'"' {
-        return None;
+impl OutgoingPacker {
+    /// Appends one message's record: type and flags, then either the cut head (the id
+    /// unless derived, ack, ts as a difference), the length of the rest and the rest, or
+    /// the length of the whole JSON and the JSON.
+    fn write_record(&self, scratch: &mut Scratch, out: &Outgoing, last_ts: &mut u64) {
+        let json = &scratch.json[..];
+        let records = &mut scratch.records;
+        let head = read_head(json).filter(|h| {
+            h.seq == out.seq && writes_again(h, &self.session, json, &mut scratch.head)
+        });
+        let Some(head) = head else {
+            records.extend_from_slice(&[out.event_type as u8, 0]);
+            write_varint(records, json.len() as u64);
+            records.extend_from_slice(json);
+            return;
+        };
+        let derived = head.id == self.ids.id(head.seq);
+        let mut flags = HEAD_CUT;
+        if derived {
+            flags |= ID_DERIVED;
+        }
+        if head.ack.is_some() {
+            flags |= HAS_ACK;
+        }
+        records.extend_from_slice(&[out.event_type as u8, flags]);
+        if !derived {
+            records.extend_from_slice(head.id.as_bytes());
+        }
+        if let Some(ack) = head.ack {
+            write_varint(records, ack);
+        }
+        write_varint(records, zigzag(head.ts.wrapping_sub(*last_ts)));
+        *last_ts = head.ts;
+        let rest = &json[head.len..];
+        write_varint(records, rest.len() as u64);
+        records.extend_from_slice(rest);
     }
-    let text = &text[..ID_TEXT_LEN];
-    let id = uuid::Uuid::try_parse_ascii(text).ok()?;
-    let mut again = [0u8; ID_TEXT_LEN];
-    (id.hyphenated().encode_lower(&mut again).as_bytes() == text).then_some(id)
+}
+
+/// Reads `{"id":"<uuid>","session":"…","seq":"N",["ack":"N",]"ts":"N"` (the session is
+/// checked by [`writes_again`]).
+fn read_head(json: &[u8]) -> Option<Head> {
+    let mut at = Cursor { json, pos: 0 };
+    at.expect(b"{\"id\":\"")?;
+    let id = uuid::Uuid::try_parse_ascii(at.take(36)?).ok()?;
+    at.expect(b"\",\"session\":\"")?;
+    at.skip_to(b'"')?;
+    at.expect(b"\",\"seq\":\"")?;
+    let seq = at.number()?;
+    let ack = if at.expect(b",\"ack\":\"").is_some() {
+        Some(at.number()?)
+    } else {
+        None
+    };
+    at.expect(b",\"ts\":\"")?;
+    let ts = at.number()?;
+    Some(Head {
+        id,
+        seq,
+        ack,
+        ts,
+        len: at.pos,
+    })
+}
+
+/// Whether writing `head` again gives exactly the first `head.len` bytes of `json`.
+fn writes_again(head: &Head, session: &str, json: &[u8], buf: &mut String) -> bool {
+    buf.clear();
+    let mut id = [0u8; 36];
+    let id = head.id.hyphenated().encode_lower(&mut id);
+    Envelope::write_json_head(buf, id, session, head.seq, head.ack, head.ts).is_ok()
+        && buf.as_bytes() == &json[..head.len]
+}
+
+struct Cursor<'a> {
+    json: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn expect(&mut self, text: &[u8]) -> Option<()> {
+        self.json[self.pos..]
+            .starts_with(text)
+            .then(|| self.pos += text.len())
+    }
+
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let taken = self.json.get(self.pos..self.pos + n)?;
+        self.pos += n;
+        Some(taken)
+    }
+
+    /// Moves to the next `byte`.
+    fn skip_to(&mut self, byte: u8) -> Option<()> {
+        let at = self.json[self.pos..].iter().position(|&b| b == byte)?;
+        self.pos += at;
+        Some(())
+    }
+
+    /// Reads `N"` (a quoted number's digits and closing quote).
+    fn number(&mut self) -> Option<u64> {
+        let digits = self.json[self.pos..]
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .count();
+        let text = std::str::from_utf8(self.take(digits)?).ok()?;
+        let n = text.parse().ok()?;
+        self.expect(b"\"")?;
+        Some(n)
+    }
 }
 
 struct Reader<'a> {
     rest: &'a [u8],
-    session: &'a str,
+    last_ts: u64,
 }
 
 impl Reader<'_> {
@@ -191,37 +313,52 @@ impl Reader<'_> {
         Some(head)
     }
 
-    fn head(&mut self) -> Option<(EventType, u8)> {
-        let head = self.take(2)?;
-        let (event_type, flags) = (head[0], head[1]);
+    fn kind(&mut self) -> Option<(EventType, u8)> {
+        let kind = self.take(2)?;
+        let (event_type, flags) = (kind[0], kind[1]);
         Some((*EventType::ALL.get(event_type as usize)?, flags))
     }
 
     /// The JSON of a record, as it was first written.
-    fn json(&mut self, flags: u8) -> Option<Bytes> {
-        let id = if flags & ID_CUT != 0 {
-            Some(uuid::Uuid::from_slice(self.take(16)?).ok()?)
+    fn json(&mut self, flags: u8, seq: u64, packer: &OutgoingPacker) -> Option<Bytes> {
+        if flags & HEAD_CUT == 0 {
+            let len = read_varint(&mut self.rest)? as usize;
+            return Some(Bytes::copy_from_slice(self.take(len)?));
+        }
+        let id = if flags & ID_DERIVED != 0 {
+            packer.ids.id(seq)
+        } else {
+            uuid::Uuid::from_slice(self.take(16)?).ok()?
+        };
+        let ack = if flags & HAS_ACK != 0 {
+            Some(read_varint(&mut self.rest)?)
         } else {
             None
         };
+        let ts = self
+            .last_ts
+            .wrapping_add(unzigzag(read_varint(&mut self.rest)?));
+        self.last_ts = ts;
         let len = read_varint(&mut self.rest)? as usize;
-        let session = self.session;
         let rest = self.take(len)?;
-        let mut json = Vec::with_capacity(len + 100);
-        if let Some(id) = id {
-            json.extend_from_slice(ID_PREFIX);
-            let mut text = [0u8; ID_TEXT_LEN];
-            json.extend_from_slice(id.hyphenated().encode_lower(&mut text).as_bytes());
-            json.push(b'"');
-            if flags & SESSION_CUT != 0 {
-                json.extend_from_slice(SESSION_PREFIX);
-                json.extend_from_slice(session.as_bytes());
-                json.push(b'"');
-            }
-        }
+        let mut json = String::with_capacity(len + 160);
+        let mut text = [0u8; 36];
+        let id = id.hyphenated().encode_lower(&mut text);
+        Envelope::write_json_head(&mut json, id, &packer.session, seq, ack, ts).ok()?;
+        let mut json = json.into_bytes();
         json.extend_from_slice(rest);
         Some(Bytes::from(json))
     }
+}
+
+/// A signed difference as an unsigned number that stays small when the difference is.
+fn zigzag(diff: u64) -> u64 {
+    let diff = diff as i64;
+    ((diff << 1) ^ (diff >> 63)) as u64
+}
+
+fn unzigzag(value: u64) -> u64 {
+    ((value >> 1) as i64 ^ -((value & 1) as i64)) as u64
 }
 
 fn write_varint(out: &mut Vec<u8>, mut value: u64) {
@@ -251,11 +388,23 @@ mod tests {
     use haip_protocol::replay::{ReplayConfig, ReplayWindow, SEGMENT_MESSAGES};
 
     const SESSION: &str = "c0dba1a9-4c6a-41f6-81ac-38a6f581cd74";
+    const IDS: MessageIds = MessageIds { key: [7; 16] };
+
+    fn packer() -> OutgoingPacker {
+        OutgoingPacker::new(Arc::from(SESSION), IDS)
+    }
+
+    fn own(seq: u64) -> String {
+        IDS.id(seq).to_string()
+    }
 
     fn part(seq: u64, id: &str, text: &str) -> Arc<Outgoing> {
+        part_at(seq, id, text, 1_796_419_126_147 + seq)
+    }
+
+    fn part_at(seq: u64, id: &str, text: &str, ts: u64) -> Arc<Outgoing> {
         let json = format!(
-            r#"{{"id":"{id}","session":"{SESSION}","seq":"{seq}","ack":"4","ts":"{}","channel":"AGENT","type":"MESSAGE_PART","payload":{{"message_id":"73740d0a-5032-40e1-82b6-fa26a3317804","text":"{text}"}},"run_id":"41317e19-814a-4885-b3a2-d104a614e0ab"}}"#,
-            1_796_419_126_147 + seq
+            r#"{{"id":"{id}","session":"{SESSION}","seq":"{seq}","ack":"4","ts":"{ts}","channel":"AGENT","type":"MESSAGE_PART","payload":{{"message_id":"73740d0a-5032-40e1-82b6-fa26a3317804","text":"{text}"}},"run_id":"41317e19-814a-4885-b3a2-d104a614e0ab"}}"#
         );
         Arc::new(Outgoing::new(
             Arc::from(SESSION),
@@ -287,30 +436,45 @@ mod tests {
 
     #[test]
     fn every_shape_of_message_comes_back_byte_for_byte() {
+        let whole = |seq: u64, event_type: EventType, json: String| {
+            Arc::new(Outgoing::new(Arc::from(SESSION), seq, event_type, json))
+        };
+        let wrong_seq = part(3, &own(3), "x").json();
+        let wrong_seq = String::from_utf8_lossy(&wrong_seq).replace(r#""seq":"3""#, r#""seq":"9""#);
         let items: Vec<Arc<Outgoing>> = vec![
             part(1, "dc7e1b82-3ab0-4fc9-9687-8fcc4c3e08d1", "word "),
+            // The session's own id for the seq: not kept at all.
+            part(2, &own(2), "own"),
+            // The seq in the JSON is not the message's: kept whole.
+            whole(3, EventType::MessagePart, wrong_seq),
+            // Without ack, and with a leading zero in ts that writing again would lose.
+            whole(
+                4,
+                EventType::Pong,
+                format!(
+                    r#"{{"id":"{}","session":"{SESSION}","seq":"4","ts":"0123","channel":"SYSTEM"}}"#,
+                    own(4)
+                ),
+            ),
             // Not canonical (uppercase): kept as text.
-            part(2, "DC7E1B82-3AB0-4FC9-9687-8FCC4C3E08D1", "é \\\"x\\\""),
+            part(5, "DC7E1B82-3AB0-4FC9-9687-8FCC4C3E08D1", "é \\\"x\\\""),
             // Not a UUID at all.
-            part(3, "client-chosen-id", ""),
-            audio(4),
-            Arc::new(Outgoing::new(
-                Arc::from(SESSION),
-                5,
-                EventType::Ping,
-                r#"{"odd":true}"#.into(),
-            )),
+            part(6, "client-chosen-id", ""),
+            audio(7),
+            whole(8, EventType::Ping, r#"{"odd":true}"#.into()),
             Arc::new(Outgoing::shared(
                 Arc::from(SESSION),
-                6,
+                9,
                 EventType::MessagePart,
                 Arc::from("adfc26ba-1750-4f1e-b958-e9fd84060ecf"),
                 Some(9),
                 1_796_419_126_999,
                 Bytes::from_static(br#","channel":"AGENT","type":"MESSAGE_PART","payload":{}}"#),
             )),
+            // Time going backwards between two messages.
+            part_at(10, &own(10), "late", 1),
         ];
-        let mut packer = OutgoingPacker::new(Arc::from(SESSION));
+        let mut packer = packer();
         let packed = packer.pack(&items).expect("packed");
         assert_eq!(packed.kept.len(), 1);
         let back = packer.unpack(&packed, 1);
@@ -319,45 +483,48 @@ mod tests {
             same(a, b);
         }
         assert!(
-            Arc::ptr_eq(&items[3], &back[3]),
+            Arc::ptr_eq(&items[6], &back[6]),
             "two-frame audio is kept whole"
         );
     }
 
     #[test]
     fn a_segment_of_streamed_tokens_packs_to_a_few_dozen_bytes_a_message() {
-        let items: Vec<Arc<Outgoing>> = (1..=SEGMENT_MESSAGES as u64)
-            .map(|seq| {
-                part(
-                    seq,
-                    &uuid::Uuid::new_v4().to_string(),
-                    &format!("word{seq} "),
-                )
-            })
-            .collect();
-        let mut packer = OutgoingPacker::new(Arc::from(SESSION));
-        let packed = packer.pack(&items).expect("packed");
-        let per_message = packer.packed_bytes(&packed) / SEGMENT_MESSAGES as u64;
-        let whole = items[0].json_len() as u64;
-        assert!(
-            per_message * 5 < whole,
-            "{per_message} bytes a message packed, {whole} as JSON"
-        );
-        for (a, b) in items.iter().zip(&packer.unpack(&packed, 1)) {
-            same(a, b);
+        // Ids of the session's own (re-derived) and drawn ids (kept as 16 bytes).
+        for (own_ids, at_most) in [(true, 16), (false, 32)] {
+            let items: Vec<Arc<Outgoing>> = (1..=SEGMENT_MESSAGES as u64)
+                .map(|seq| {
+                    let id = if own_ids {
+                        own(seq)
+                    } else {
+                        uuid::Uuid::new_v4().to_string()
+                    };
+                    part(seq, &id, &format!("word{seq} "))
+                })
+                .collect();
+            let mut packer = packer();
+            let packed = packer.pack(&items).expect("packed");
+            let per_message = packer.packed_bytes(&packed) / SEGMENT_MESSAGES as u64;
+            let whole = items[0].json_len();
+            assert!(
+                per_message <= at_most,
+                "{per_message} bytes a message packed ({whole} as JSON), own ids: {own_ids}"
+            );
+            for (a, b) in items.iter().zip(&packer.unpack(&packed, 1)) {
+                same(a, b);
+            }
         }
     }
 
     #[test]
     fn a_segment_only_of_two_frame_audio_stays_as_it_is() {
-        let mut packer = OutgoingPacker::new(Arc::from(SESSION));
+        let mut packer = packer();
         assert!(packer.pack(&[audio(1), audio(2)]).is_none());
     }
 
     #[test]
     fn a_window_replays_packed_and_open_segments_alike() {
-        let mut window =
-            ReplayWindow::with_packer(ReplayConfig::default(), OutgoingPacker::new(SESSION.into()));
+        let mut window = ReplayWindow::with_packer(ReplayConfig::default(), packer());
         let sent: Vec<Arc<Outgoing>> = (1..=200)
             .map(|seq| part(seq, &uuid::Uuid::new_v4().to_string(), "token "))
             .collect();
@@ -380,7 +547,7 @@ mod tests {
         let items: Vec<_> = (1..=3)
             .map(|seq| part(seq, &uuid::Uuid::new_v4().to_string(), "a"))
             .collect();
-        let mut packer = OutgoingPacker::new(Arc::from(SESSION));
+        let mut packer = packer();
         let mut packed = packer.pack(&items).expect("packed");
         let mut blob = packed.blob.to_vec();
         blob.truncate(blob.len() / 2);

@@ -192,10 +192,10 @@ impl<T, P: Packer<T>> ReplayWindow<T, P> {
             self.segments.push_back(Segment {
                 first_seq: seq,
                 base_ms: now_ms,
-                sent: VecDeque::with_capacity(SEGMENT_MESSAGES),
+                sent: VecDeque::new(),
                 body: Body::Open {
-                    items: VecDeque::with_capacity(SEGMENT_MESSAGES),
-                    sizes: VecDeque::with_capacity(SEGMENT_MESSAGES),
+                    items: VecDeque::new(),
+                    sizes: VecDeque::new(),
                     bytes: 0,
                     closed: false,
                 },

@@ -189,6 +189,11 @@ impl<T, P: Packer<T>> ReplayWindow<T, P> {
                 && offset(s).is_ok()
         });
         if !fits {
+            if self.segments.capacity() == 0 {
+                // Room for one: most sessions never fill a segment, and an idle one would
+                // otherwise keep room for four.
+                self.segments.reserve_exact(1);
+            }
             self.segments.push_back(Segment {
                 first_seq: seq,
                 base_ms: now_ms,

@@ -6,13 +6,16 @@
 //! through when the owner allocates again. A worker that goes idle after a load therefore
 //! keeps every page such frees would empty: the server's RSS stayed at its peak until new
 //! traffic came. So each worker, when it runs out of work, collects its heap: the delayed
-//! frees are done, and pages left empty go back to the system. At most once a second per
-//! thread, so that a busy server, whose workers park often, pays nothing noticeable.
+//! frees are done, and pages left empty go back to the system. At most every 100 ms per
+//! thread: measured, a busy server (whose workers park often) pays nothing noticeable for
+//! it in `haip bench stream` (docs/PERFORMANCE.md).
 
 use std::cell::Cell;
 use std::time::{Duration, Instant};
 
-/// The least time between two collections on one thread.
+/// The least time between two collections on one thread: short, because a worker that
+/// parks after a load may not wake again for a while, and what it has not collected by
+/// then stays in the RSS.
 const COLLECT_EVERY: Duration = Duration::from_millis(100);
 
 thread_local! {
@@ -46,6 +49,14 @@ pub fn run_with_allocator_settings() {
     let Ok(exe) = std::env::current_exe() else {
         return;
     };
+    // Started through the dynamic loader (`ld-linux… ./haip serve`), the executable is the
+    // loader, which would take `serve` for the program: run as started instead.
+    if exe
+        .file_name()
+        .is_some_and(|name| name.to_string_lossy().starts_with("ld-"))
+    {
+        return;
+    }
     let mut args = std::env::args_os();
     let mut command = std::process::Command::new(exe);
     if let Some(arg0) = args.next() {
@@ -55,8 +66,16 @@ pub fn run_with_allocator_settings() {
     for (name, value) in missing {
         command.env(name, value);
     }
-    // `exec` returns only if it failed.
-    let _ = command.exec();
+    // `exec` returns only if it failed, and then it has already reset SIGPIPE to its
+    // default (for the program it was to run): ignore it again, as Rust programs do, so
+    // that a closed pipe gives an error instead of killing the server.
+    let error = command.exec();
+    // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    eprintln!(
+        "haip serve: could not start again with the allocator's settings ({error}); running \
+         with its defaults. Set MIMALLOC_ARENA_EAGER_COMMIT=0 to use less memory."
+    );
 }
 
 #[cfg(not(unix))]
@@ -73,7 +92,9 @@ pub fn on_worker_idle() {
         }
     });
     if due {
-        // SAFETY: mi_collect only works through this thread's own heap.
+        // SAFETY: mi_collect may be called from any thread at any time; with `force` it
+        // also frees what this thread's heap caches and purges freed pages of the whole
+        // process.
         unsafe { libmimalloc_sys::mi_collect(true) };
     }
 }

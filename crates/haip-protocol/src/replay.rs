@@ -182,11 +182,17 @@ impl<T, P: Packer<T>> ReplayWindow<T, P> {
         if seq != self.last_seq + 1 {
             return Err(self.last_seq + 1);
         }
-        let offset = |s: &Segment<T, P::Packed>| u32::try_from(now_ms.saturating_sub(s.base_ms));
+        // A message sent before its segment began (the clock went back) or more than
+        // u32::MAX ms after starts a segment of its own, so its time is kept exactly.
+        let offset = |s: &Segment<T, P::Packed>| {
+            now_ms
+                .checked_sub(s.base_ms)
+                .and_then(|d| u32::try_from(d).ok())
+        };
         let fits = self.segments.back().is_some_and(|s| {
             matches!(s.body, Body::Open { closed: false, .. })
                 && s.len() < SEGMENT_MESSAGES
-                && offset(s).is_ok()
+                && offset(s).is_some()
         });
         if !fits {
             if self.segments.capacity() == 0 {
@@ -697,5 +703,19 @@ mod tests {
         w.push(3, u64::from(u32::MAX) + 10, 1, 3).unwrap();
         assert_eq!(w.segments.len(), 3);
         assert_eq!(collect(w.range(1, None)), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn a_clock_going_back_keeps_each_message_time_exactly() {
+        let mut w = window(0, 100);
+        w.push(1, 1_000, 1, 1).unwrap();
+        w.push(2, 500, 1, 2).unwrap(); // the clock went back 500 ms
+        w.evict(1_050);
+        assert_eq!(w.oldest_seq(), Some(1), "seq 1 is 50 ms old");
+        w.evict(1_101);
+        assert!(
+            w.is_empty(),
+            "seq 2 was sent at 500, so it is older than seq 1"
+        );
     }
 }

@@ -14,7 +14,7 @@ use super::report::{Progress, Report};
 use super::{long_text, open_all, rss_kib, until_finished, BenchArgs, Received};
 
 /// How long memory is left to settle before it is read: the server's workers give freed
-/// memory back to the system when idle, at most once a second each.
+/// memory back to the system when idle (at most every 100 ms each, once they park).
 const SETTLE: Duration = Duration::from_secs(2);
 
 pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {

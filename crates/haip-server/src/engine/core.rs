@@ -45,8 +45,11 @@ pub struct SharedMessage {
 }
 
 impl SharedMessage {
-    /// Copies of `env` that keep its id.
-    pub fn copies_of(env: Envelope) -> SharedMessage {
+    /// Copies of `env` that keep its id (one is drawn if it has none yet).
+    pub fn copies_of(mut env: Envelope) -> SharedMessage {
+        if env.id.is_empty() {
+            env.id = uuid::Uuid::new_v4().to_string();
+        }
         SharedMessage {
             id: Arc::from(env.id.as_str()),
             shared_json: env.shared_json().into(),
@@ -63,6 +66,9 @@ impl SharedMessage {
         }
     }
 }
+
+/// Stands for an id given as the message is sent ([`MessageIds`]): a UUID, as long as this.
+const ID_TO_BE_GIVEN: &str = "00000000-0000-4000-8000-000000000000";
 
 /// A message on its way out, held by flow control until credit lets it go.
 // Not boxed: a session's own messages were moved as whole envelopes before this type
@@ -610,9 +616,8 @@ impl SessionCore {
             Pending::Own(env) => {
                 let as_is =
                     Envelope::json_head_len(&env.id, &env.session, env.seq, env.ack, env.ts);
-                // An id still to be given is a UUID as long as this one.
                 let id = if env.id.is_empty() {
-                    "00000000-0000-4000-8000-000000000000"
+                    ID_TO_BE_GIVEN
                 } else {
                     &env.id
                 };
@@ -620,8 +625,12 @@ impl SessionCore {
                 env.to_json().len() - as_is + as_sent
             }
             Pending::Shared(shared) => {
-                Envelope::json_head_len(&shared.id, &self.id, seq, ack, now_ms)
-                    + shared.shared_json.len()
+                let id = if shared.fresh_ids {
+                    ID_TO_BE_GIVEN
+                } else {
+                    &shared.id
+                };
+                Envelope::json_head_len(id, &self.id, seq, ack, now_ms) + shared.shared_json.len()
             }
         };
         pending.env().flow_cost(json_len)
@@ -809,6 +818,26 @@ impl SessionCore {
         {
             self.end_for_held_output("not written to the client", messages, bytes, now_ms);
         }
+    }
+
+    /// Refuses a REPLAY_REQUEST while earlier replays are still queued past the bound.
+    fn replays_must_wait(
+        &mut self,
+        queued: usize,
+        queued_bytes: u64,
+        related: Option<String>,
+        now_ms: u64,
+    ) {
+        self.emit_error(
+            ErrorCode::RateLimited,
+            "earlier replays are still being sent: ask again once they arrived",
+            related,
+            Some(serde_json::json!({
+                "queued_messages": queued,
+                "queued_bytes": queued_bytes,
+            })),
+            now_ms,
+        );
     }
 
     /// The header-plus-bytes form of an AUDIO_CHUNK, when the client said in its HAI that
@@ -1042,34 +1071,38 @@ impl SessionCore {
             }
             Payload::Pong(_) | Payload::Error(_) | Payload::RunError(_) => {}
             Payload::ReplayRequest(r) => {
+                // Replays come from the window, so each is bounded by it; but a client may
+                // ask again and again without reading. Past one held-output bound of
+                // replays still queued, it must wait. Counted before anything is unpacked:
+                // reading packed segments back is work.
+                let backlog = self.attached.as_ref().map(|q| q.replay_backlog());
+                let from = r.from_seq.max(1);
+                let to = r.to_seq.unwrap_or(u64::MAX).min(self.replay.last_seq());
+                let count = if from <= to {
+                    (to - from + 1) as usize
+                } else {
+                    0
+                };
+                if let Some((queued, queued_bytes)) = backlog {
+                    if queued + count > self.limits.max_held_messages {
+                        self.replays_must_wait(queued, queued_bytes, related, now_ms);
+                        return None;
+                    }
+                }
                 let frames: Result<Vec<_>, _> = self
                     .replay
                     .range(r.from_seq, r.to_seq)
                     .map(|it| it.map(Replayed::into_owned).collect());
                 match frames {
                     Ok(frames) => {
-                        if let Some(q) = &self.attached {
-                            // Replays come from the window, so each is bounded by it; but a
-                            // client may ask again and again without reading. Past one
-                            // held-output bound of replays still queued, it must wait.
-                            let (queued, queued_bytes) = q.replay_backlog();
+                        if let Some((queued, queued_bytes)) = backlog {
                             let asked: u64 = frames.iter().map(|f| f.json_len() as u64).sum();
-                            if queued + frames.len() > self.limits.max_held_messages
-                                || queued_bytes + asked > self.limits.max_held_bytes
-                            {
-                                self.emit_error(
-                                    ErrorCode::RateLimited,
-                                    "earlier replays are still being sent: ask again once \
-                                     they arrived",
-                                    related,
-                                    Some(serde_json::json!({
-                                        "queued_messages": queued,
-                                        "queued_bytes": queued_bytes,
-                                    })),
-                                    now_ms,
-                                );
+                            if queued_bytes + asked > self.limits.max_held_bytes {
+                                self.replays_must_wait(queued, queued_bytes, related, now_ms);
                                 return None;
                             }
+                        }
+                        if let Some(q) = &self.attached {
                             q.push_replay(frames.into_iter().map(OutItem::Frame));
                         }
                     }

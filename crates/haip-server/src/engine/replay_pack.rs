@@ -88,6 +88,21 @@ struct Scratch {
     compressed: Vec<u8>,
 }
 
+/// Scratch kept between packs; a segment with a larger message grows it only for a while.
+const SCRATCH_KEPT: usize = 256 * 1024;
+
+impl Scratch {
+    /// Gives back what one large segment made the buffers grow to.
+    fn trim(&mut self) {
+        if self.records.capacity() > SCRATCH_KEPT || self.compressed.capacity() > SCRATCH_KEPT {
+            *self = Scratch::default();
+        }
+        if self.json.capacity() > SCRATCH_KEPT {
+            self.json = BytesMut::new();
+        }
+    }
+}
+
 thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::default();
 }
@@ -125,10 +140,12 @@ impl Packer<Arc<Outgoing>> for OutgoingPacker {
             );
             compressed[..4].copy_from_slice(&raw_len.to_le_bytes());
             let n = lz4_flex::block::compress_into(records, &mut compressed[4..]).ok()?;
-            Some(PackedOutgoing {
+            let packed = PackedOutgoing {
                 blob: compressed[..4 + n].into(),
                 kept: kept.into_boxed_slice(),
-            })
+            };
+            scratch.trim();
+            Some(packed)
         })
     }
 

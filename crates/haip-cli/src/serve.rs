@@ -75,6 +75,10 @@ pub struct Settings {
     /// [default: /haip/agent]
     #[arg(long, env = "AGENT_PATH")]
     agent_path: Option<String>,
+    /// This node's name in /health, /stats and /metrics [default: the host name and the
+    /// port, e.g. web-1:8080]
+    #[arg(long, env = "NODE_ID")]
+    node_id: Option<String>,
     /// Path of the AI SDK `useChat` endpoints (POST, WebSocket, {id}/stream)
     /// [default: /api/chat]
     #[arg(long, env = "AISDK_PATH")]
@@ -311,6 +315,7 @@ pub fn resolve(args: &ServeArgs) -> anyhow::Result<Resolved> {
         http_stream_path,
         aisdk_path,
         agent_path,
+        node_id,
         websocket_max_payload,
         websocket_per_message_deflate,
         websocket_compression_threshold,
@@ -423,6 +428,12 @@ pub fn resolve(args: &ServeArgs) -> anyhow::Result<Resolved> {
         http_stream_path: path("HTTP_STREAM_PATH", s.http_stream_path, d.http_stream_path)?,
         aisdk_path: path("AISDK_PATH", s.aisdk_path, d.aisdk_path)?,
         agent_path: path("AGENT_PATH", s.agent_path, d.agent_path)?,
+        node_id: match s.node_id {
+            Some(id) if id.trim().is_empty() || id.chars().count() > 128 => {
+                bail!("NODE_ID must be 1 to 128 characters, got {id:?}")
+            }
+            id => id,
+        },
         websocket_max_payload: positive("WEBSOCKET_MAX_PAYLOAD", s.websocket_max_payload)?
             .unwrap_or(d.websocket_max_payload),
         websocket_per_message_deflate: s

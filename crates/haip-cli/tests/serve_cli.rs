@@ -16,6 +16,7 @@ fn haip() -> Command {
         "MAX_CONNECTIONS",
         "HAIP_CONFIG",
         "LOG_FORMAT",
+        "NODE_ID",
     ] {
         c.env_remove(key);
     }
@@ -146,9 +147,15 @@ fn flag_beats_environment_beats_file() {
         "--port",
         &p_flag.to_string(),
     ])
-    .env("PORT", p_env.to_string());
+    .env("PORT", p_env.to_string())
+    .env("NODE_ID", "edge-7");
     let (child, lines) = start(cmd);
     assert_eq!(listen_port(&lines), p_flag);
+    let health = http_get(p_flag, "/health", None);
+    assert!(
+        health.contains(r#""node":"edge-7""#) && health.contains(r#""mode":"memory""#),
+        "{health}"
+    );
     stop(child);
 }
 
@@ -181,6 +188,10 @@ fn invalid_values_stop_start_up_naming_the_key() {
     let (code, err) = start_error(&["serve"], &[("LOG_FORMAT", "xml")]);
     assert_ne!(code, Some(0));
     assert!(err.contains("LOG_FORMAT"), "{err}");
+
+    let (code, err) = start_error(&["serve", "--node-id", " "], &[]);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("NODE_ID"), "{err}");
 
     let dir = std::env::temp_dir().join(format!("haip-cli-bad-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -233,6 +244,7 @@ fn serve_help_lists_every_setting() {
         "ENABLE_COMPRESSION",
         "ENABLE_LOGGING",
         "LOG_FORMAT",
+        "NODE_ID",
     ] {
         assert!(help.contains(&format!("env: {key}")), "--help lacks {key}");
     }

@@ -112,6 +112,8 @@ async fn health(axum::extract::State(state): axum::extract::State<SharedState>) 
     let m = &state.engine.metrics;
     Json(json!({
         "status": "ok",
+        "node": state.node_id(),
+        "mode": state.mode(),
         "uptime": state.started.elapsed().as_millis() as u64,
         "activeConnections": m.active_connections.load(Ordering::Relaxed),
         "totalConnections": m.total_connections.load(Ordering::Relaxed),
@@ -140,6 +142,8 @@ async fn stats(axum::extract::State(state): axum::extract::State<SharedState>) -
     let uptime_ms = state.started.elapsed().as_millis() as u64;
     let total = m.messages_in.load(Ordering::Relaxed) + m.messages_out.load(Ordering::Relaxed);
     Json(json!({
+        "node": state.node_id(),
+        "mode": state.mode(),
         "totalConnections": m.total_connections.load(Ordering::Relaxed),
         "activeConnections": m.active_connections.load(Ordering::Relaxed),
         "totalMessages": total,
@@ -184,6 +188,19 @@ async fn metrics(axum::extract::State(state): axum::extract::State<SharedState>)
             })
             .collect::<Vec<_>>()
     };
+    metric(
+        "haip_node_info",
+        "gauge",
+        "This node (NODE_ID) and where its sessions live (mode); always 1.",
+        &[(
+            format!(
+                "{{node=\"{}\",mode=\"{}\"}}",
+                prometheus_label(state.node_id()),
+                state.mode()
+            ),
+            "1".to_string(),
+        )],
+    );
     metric(
         "haip_connections_active",
         "gauge",
@@ -304,4 +321,12 @@ async fn metrics(axum::extract::State(state): axum::extract::State<SharedState>)
         &bytes(&memory["connectionsRefused"]),
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+/// A label value as Prometheus' text format writes it: backslash, quote and newline escaped.
+fn prometheus_label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }

@@ -26,6 +26,9 @@ pub struct ServerConfig {
     pub aisdk_path: String,
     /// Where agent workers attach (contract section 12.2).
     pub agent_path: String,
+    /// This node's name in /health, /stats and /metrics (contract section 13); by default
+    /// the machine's host name and the port listened on.
+    pub node_id: Option<String>,
     pub websocket_max_payload: usize,
     pub websocket_per_message_deflate: bool,
     /// WebSocket messages smaller than this many bytes are sent uncompressed. Without
@@ -116,6 +119,7 @@ impl Default for ServerConfig {
             http_stream_path: "/haip/stream".into(),
             aisdk_path: "/api/chat".into(),
             agent_path: "/haip/agent".into(),
+            node_id: None,
             websocket_max_payload: 1024 * 1024,
             websocket_per_message_deflate: true,
             websocket_compression_threshold: 1024,

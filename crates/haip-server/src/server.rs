@@ -23,6 +23,7 @@ pub const MAX_REQUEST_HEAD: usize = 64 * 1024;
 /// Serves `state` on `listener` until `state.shutdown` is cancelled; then every connection
 /// is told (WebSocket 1001, streams end) and the server returns.
 pub async fn serve(listener: TcpListener, state: SharedState) -> std::io::Result<()> {
+    state.name_node(listener.local_addr()?.port());
     let reaper = {
         let state = state.clone();
         tokio::spawn(async move {

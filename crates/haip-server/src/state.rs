@@ -37,6 +37,8 @@ pub struct AppState {
     pub chats: Chats,
     /// The agent workers, when the agent hands the work to them (`--agent workers`).
     pub workers: Option<Arc<WorkerPool>>,
+    /// This node's name, fixed once it listens (see [`AppState::node_id`]).
+    node_id: std::sync::OnceLock<String>,
     live_connections: AtomicUsize,
     live_sse: AtomicUsize,
 }
@@ -100,6 +102,7 @@ impl AppState {
             started: Instant::now(),
             chats: Chats::default(),
             workers,
+            node_id: std::sync::OnceLock::new(),
             live_connections: AtomicUsize::new(0),
             live_sse: AtomicUsize::new(0),
         })
@@ -136,6 +139,27 @@ impl AppState {
             },
             end_when_answered: false,
         }
+    }
+
+    /// Names this node: `NODE_ID` when given, else the host name and the port it listens
+    /// on. The first call wins.
+    pub fn name_node(&self, port: u16) {
+        self.node_id.get_or_init(|| {
+            self.config
+                .node_id
+                .clone()
+                .unwrap_or_else(|| format!("{}:{port}", host_name()))
+        });
+    }
+
+    /// This node's name (contract section 13).
+    pub fn node_id(&self) -> &str {
+        self.node_id.get().map_or("", String::as_str)
+    }
+
+    /// Where sessions live: `memory` (this process) until the cluster mode exists.
+    pub fn mode(&self) -> &'static str {
+        "memory"
     }
 
     /// Reserves a connection slot, or answers 503 (contract section 4.5).
@@ -227,4 +251,14 @@ pub fn authenticate(state: &AppState, token: Option<&str>) -> Result<Identity, R
         .auth
         .verify_user(token)
         .map_err(|e| unauthorized(&e.to_string()))
+}
+
+/// The machine's host name (Linux: the kernel's; else `HOSTNAME`), or `localhost`.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
 }

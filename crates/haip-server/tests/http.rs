@@ -32,11 +32,12 @@ async fn health_shape_and_connection_counts() {
     assert!(health["uptime"].is_u64(), "{health}");
     assert_eq!(health["activeConnections"], 0);
     assert_eq!(health["totalConnections"], 0);
+    // Section 4.5's four fields, and the node's name and mode (section 13).
     let keys: Vec<&String> = health.as_object().unwrap().keys().collect();
     assert_eq!(
         keys.len(),
-        4,
-        "status, uptime, activeConnections, totalConnections: {health}"
+        6,
+        "status, uptime, activeConnections, totalConnections, node, mode: {health}"
     );
 
     let mut ws = srv.connect(Kind::Ws).await;
@@ -213,4 +214,40 @@ async fn cors_preflight_allows_authorization_and_session_header() {
         .to_ascii_lowercase();
     assert!(allowed.contains("authorization"), "{allowed}");
     assert!(allowed.contains("x-haip-session"), "{allowed}");
+}
+
+/// Contract section 13: /health, /stats and /metrics name the node and its mode; the name
+/// is NODE_ID when given, else the host name and the port the node listens on.
+#[tokio::test]
+async fn the_node_is_named_with_its_mode() {
+    let srv = Server::start().await;
+    let (_, health) = srv.get_json("/health").await;
+    let port = srv.addr.port();
+    let node = health["node"].as_str().expect("node");
+    assert!(
+        node.ends_with(&format!(":{port}")) && node.len() > format!(":{port}").len(),
+        "host name and port: {health}"
+    );
+    assert_eq!(health["mode"], "memory");
+    let (_, stats) = srv.get_json("/stats").await;
+    assert_eq!(
+        (&stats["node"], &stats["mode"]),
+        (&health["node"], &health["mode"])
+    );
+
+    let named = Server::start_with(|c| c.node_id = Some("web-\"1\"".into())).await;
+    let (_, health) = named.get_json("/health").await;
+    assert_eq!(health["node"], "web-\"1\"");
+    let metrics = http()
+        .get(named.url("/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("body");
+    assert!(
+        metrics.contains("haip_node_info{node=\"web-\\\"1\\\"\",mode=\"memory\"} 1"),
+        "{metrics}"
+    );
 }

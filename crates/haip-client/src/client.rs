@@ -304,30 +304,15 @@ impl Connection {
         thread_id: Option<&str>,
     ) -> Result<String, ClientError> {
         use haip_protocol::channel;
-        use haip_protocol::payload::{MessageEnd, MessagePart, MessageStart};
         let id = format!(
             "text-{}-{}",
             now_ms(),
             jitter_unit().to_bits() & 0xffff_ffff
         );
-        let extra = serde_json::Map::new;
         let payloads = [
-            Payload::MessageStart(MessageStart {
-                message_id: id.clone(),
-                author: Some("user".into()),
-                text: None,
-                extra: extra(),
-            }),
-            Payload::MessagePart(MessagePart {
-                message_id: id.clone(),
-                text: text.to_string(),
-                extra: extra(),
-            }),
-            Payload::MessageEnd(MessageEnd {
-                message_id: id.clone(),
-                tokens: None,
-                extra: extra(),
-            }),
+            Payload::message_start(id.clone(), Some("user")),
+            Payload::message_part(id.clone(), text),
+            Payload::message_end(id.clone(), None),
         ];
         for payload in payloads {
             let mut env = Envelope::new(String::new(), "-", 0, 0, channel::USER, payload);

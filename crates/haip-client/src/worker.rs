@@ -32,9 +32,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use haip_protocol::payload::{
-    ErrorPayload, MessageEnd, MessagePart, MessageStart, RunFinished, RunStatus,
-};
+use haip_protocol::payload::{ErrorPayload, RunFinished, RunStatus};
 use haip_protocol::{channel, Envelope, ErrorCode, Payload};
 use serde_json::{Map, Value};
 use tokio::sync::watch;
@@ -273,37 +271,21 @@ impl WorkerRun {
         let message_id = format!("{}-m{n}", self.run_id);
         self.send(
             channel::AGENT,
-            Payload::MessageStart(MessageStart {
-                message_id: message_id.clone(),
-                author: Some(author.to_string()),
-                text: None,
-                extra: Map::new(),
-            }),
+            Payload::message_start(message_id.clone(), Some(author)),
         )
         .await?;
         Ok(message_id)
     }
 
     pub async fn message_part(&self, message_id: &str, text: &str) -> Result<(), ClientError> {
-        self.send(
-            channel::AGENT,
-            Payload::MessagePart(MessagePart {
-                message_id: message_id.to_string(),
-                text: text.to_string(),
-                extra: Map::new(),
-            }),
-        )
-        .await
+        self.send(channel::AGENT, Payload::message_part(message_id, text))
+            .await
     }
 
     pub async fn message_end(&self, message_id: &str, tokens: u64) -> Result<(), ClientError> {
         self.send(
             channel::AGENT,
-            Payload::MessageEnd(MessageEnd {
-                message_id: message_id.to_string(),
-                tokens: Some(tokens),
-                extra: Map::new(),
-            }),
+            Payload::message_end(message_id, Some(tokens)),
         )
         .await
     }

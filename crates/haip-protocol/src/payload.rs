@@ -327,6 +327,34 @@ pub enum Payload {
 pub const MAX_ID_CHARS: usize = 128;
 
 impl Payload {
+    /// MESSAGE_START of a streamed text message by `author`.
+    pub fn message_start(message_id: impl Into<String>, author: Option<&str>) -> Payload {
+        Payload::MessageStart(MessageStart {
+            message_id: message_id.into(),
+            author: author.map(str::to_string),
+            text: None,
+            extra: Extra::new(),
+        })
+    }
+
+    /// MESSAGE_PART: the next piece of a text message.
+    pub fn message_part(message_id: impl Into<String>, text: impl Into<String>) -> Payload {
+        Payload::MessagePart(MessagePart {
+            message_id: message_id.into(),
+            text: text.into(),
+            extra: Extra::new(),
+        })
+    }
+
+    /// MESSAGE_END, with the count of tokens (parts) when the sender knows it.
+    pub fn message_end(message_id: impl Into<String>, tokens: Option<u64>) -> Payload {
+        Payload::MessageEnd(MessageEnd {
+            message_id: message_id.into(),
+            tokens,
+            extra: Extra::new(),
+        })
+    }
+
     pub fn event_type(&self) -> EventType {
         match self {
             Payload::Hai(_) => EventType::Hai,

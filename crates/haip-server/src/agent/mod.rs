@@ -15,7 +15,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use haip_protocol::payload::{AudioChunk, MessageEnd, MessagePart, MessageStart, RunStatus};
+use haip_protocol::payload::{AudioChunk, RunStatus};
 use haip_protocol::{channel, ErrorCode, Payload};
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
@@ -273,37 +273,21 @@ impl Run {
         let message_id = uuid::Uuid::new_v4().to_string();
         self.send(
             channel::AGENT,
-            Payload::MessageStart(MessageStart {
-                message_id: message_id.clone(),
-                author: Some(author.to_string()),
-                text: None,
-                extra: Map::new(),
-            }),
+            Payload::message_start(message_id.clone(), Some(author)),
         )
         .await;
         message_id
     }
 
     pub async fn message_part(&self, message_id: &str, text: &str) {
-        self.send(
-            channel::AGENT,
-            Payload::MessagePart(MessagePart {
-                message_id: message_id.to_string(),
-                text: text.to_string(),
-                extra: Map::new(),
-            }),
-        )
-        .await;
+        self.send(channel::AGENT, Payload::message_part(message_id, text))
+            .await;
     }
 
     pub async fn message_end(&self, message_id: &str, tokens: u64) {
         self.send(
             channel::AGENT,
-            Payload::MessageEnd(MessageEnd {
-                message_id: message_id.to_string(),
-                tokens: Some(tokens),
-                extra: Map::new(),
-            }),
+            Payload::message_end(message_id, Some(tokens)),
         )
         .await;
     }

@@ -248,14 +248,7 @@ impl ConnQueue {
 
 impl Outgoing {
     pub fn new(session: Arc<str>, seq: u64, event_type: EventType, json: String) -> Outgoing {
-        Outgoing {
-            session,
-            seq,
-            event_type,
-            json_len: json.len(),
-            json: Json::Whole(Bytes::from(json)),
-            two_frame: None,
-        }
+        Outgoing::whole(session, seq, event_type, Bytes::from(json))
     }
 
     /// A message whose whole JSON is `json` (a replay unpacked from the compact log).

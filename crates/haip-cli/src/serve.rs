@@ -79,6 +79,14 @@ pub struct Settings {
     /// port, e.g. web-1:8080]
     #[arg(long, env = "NODE_ID")]
     node_id: Option<String>,
+    /// Cluster mode: the Redis where the sessions of every node that shares it live
+    /// (redis:// or rediss://; several comma-separated URLs are the seed nodes of a Redis
+    /// Cluster) [default: none, sessions live in this process]
+    #[arg(long, env = "REDIS_URL")]
+    redis_url: Option<String>,
+    /// Treat a single REDIS_URL as a seed node of a Redis Cluster [default: false]
+    #[arg(long, env = "REDIS_CLUSTER")]
+    redis_cluster: Option<bool>,
     /// Path of the AI SDK `useChat` endpoints (POST, WebSocket, {id}/stream)
     /// [default: /api/chat]
     #[arg(long, env = "AISDK_PATH")]
@@ -316,6 +324,8 @@ pub fn resolve(args: &ServeArgs) -> anyhow::Result<Resolved> {
         aisdk_path,
         agent_path,
         node_id,
+        redis_url,
+        redis_cluster,
         websocket_max_payload,
         websocket_per_message_deflate,
         websocket_compression_threshold,
@@ -434,6 +444,11 @@ pub fn resolve(args: &ServeArgs) -> anyhow::Result<Resolved> {
             }
             id => id,
         },
+        redis_url: match s.redis_url {
+            Some(url) => Some(redis_url(&url)?),
+            None => None,
+        },
+        redis_cluster: s.redis_cluster.unwrap_or(d.redis_cluster),
         websocket_max_payload: positive("WEBSOCKET_MAX_PAYLOAD", s.websocket_max_payload)?
             .unwrap_or(d.websocket_max_payload),
         websocket_per_message_deflate: s
@@ -726,6 +741,31 @@ async fn wait_for_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+/// Checks REDIS_URL: one or more comma-separated redis:// or rediss:// URLs. The URL is
+/// never printed back: it may carry a password.
+fn redis_url(urls: &str) -> anyhow::Result<String> {
+    let parts: Vec<&str> = urls.split(',').map(str::trim).collect();
+    for part in &parts {
+        let scheme_ok = part.starts_with("redis://") || part.starts_with("rediss://");
+        if !scheme_ok || redis_url_host(part).is_empty() {
+            bail!(
+                "REDIS_URL must be redis://HOST:PORT or rediss://HOST:PORT (several separated \
+                 by commas for a Redis Cluster)"
+            );
+        }
+    }
+    Ok(parts.join(","))
+}
+
+/// The host part of a Redis URL (after any user and password).
+fn redis_url_host(url: &str) -> &str {
+    let rest = url.split_once("://").map_or("", |(_, rest)| rest);
+    let authority = rest.split('/').next().unwrap_or("");
+    authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host)
 }
 
 #[cfg(test)]

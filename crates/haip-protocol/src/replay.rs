@@ -176,6 +176,17 @@ impl<T, P: Packer<T>> ReplayWindow<T, P> {
         }
     }
 
+    /// Makes an empty window continue a session whose messages up to `last_seq` were
+    /// sent elsewhere (a session taken over from another node): the next push is
+    /// `last_seq + 1`. Refused (false) once the window holds anything.
+    pub fn start_after(&mut self, last_seq: u64) -> bool {
+        if !self.segments.is_empty() {
+            return false;
+        }
+        self.last_seq = last_seq;
+        true
+    }
+
     /// Records a sent message. Seqs must be pushed in order without gaps, starting at 1;
     /// a seq that breaks this is a bug in the caller and is refused.
     pub fn push(&mut self, seq: u64, now_ms: u64, bytes: u64, item: T) -> Result<(), u64> {
@@ -445,6 +456,19 @@ mod tests {
             w.after(6).expect("kept").map(|m| *m).collect::<Vec<_>>(),
             [7, 8, 9, 10]
         );
+    }
+
+    #[test]
+    fn a_window_started_after_a_seq_continues_from_it_and_refuses_older_resumes() {
+        let mut w = ReplayWindow::new(ReplayConfig::default());
+        assert!(w.start_after(40));
+        assert_eq!(w.last_seq(), 40);
+        assert!(w.after(40).expect("nothing to replay").next().is_none());
+        assert!(w.after(39).is_err(), "seq 40 is not kept here");
+        assert_eq!(w.push(42, 0, 1, 42), Err(41));
+        w.push(41, 0, 1, 41).expect("next in order");
+        assert_eq!(collect(w.after(40)), vec![41]);
+        assert!(!w.start_after(100), "refused once something is kept");
     }
 
     fn window(keep_newest: usize, keep_for_ms: u64) -> ReplayWindow<u64> {

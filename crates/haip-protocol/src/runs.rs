@@ -98,6 +98,11 @@ impl RunTable {
         self.open.get(run_id).is_some_and(|r| r.cancelled)
     }
 
+    /// The open runs, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &OpenRun)> {
+        self.open.iter().map(|(id, run)| (id.as_str(), run))
+    }
+
     pub fn open_count(&self) -> usize {
         self.open.len()
     }

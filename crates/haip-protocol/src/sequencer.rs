@@ -70,6 +70,17 @@ impl<T> Sequencer<T> {
         }
     }
 
+    /// Continues after `last`, delivered before (by another node that served the session):
+    /// the next message expected is `last + 1`. Only before anything arrived or is held.
+    pub fn start_after(&mut self, last: u64) -> bool {
+        if !self.held.is_empty() {
+            return false;
+        }
+        self.next = Some(u128::from(last) + 1);
+        self.last_delivered = Some(last);
+        true
+    }
+
     /// The highest seq delivered in order so far: the value of `ack`.
     pub fn last_delivered(&self) -> Option<u64> {
         self.last_delivered
@@ -163,6 +174,21 @@ mod tests {
             Arrival::Deliver(v) => v,
             other => panic!("expected delivery, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_sequencer_started_after_a_seq_continues_from_it() {
+        let mut s = Sequencer::new(10);
+        assert!(s.start_after(7));
+        assert_eq!(s.last_delivered(), Some(7));
+        assert_eq!(
+            s.accept(7, 7, 0),
+            Arrival::Duplicate,
+            "already processed elsewhere"
+        );
+        assert_eq!(s.accept(9, 9, 0), Arrival::Held);
+        assert!(!s.start_after(3), "refused while something is held");
+        assert_eq!(delivered(s.accept(8, 8, 0)), vec![8, 9]);
     }
 
     #[test]

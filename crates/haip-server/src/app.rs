@@ -110,15 +110,21 @@ fn cors_layer(origins: &[String]) -> CorsLayer {
 
 async fn health(axum::extract::State(state): axum::extract::State<SharedState>) -> Response {
     let m = &state.engine.metrics;
-    Json(json!({
-        "status": "ok",
+    let available = state.store_available();
+    let status = if available {
+        axum::http::StatusCode::OK
+    } else {
+        axum::http::StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = Json(json!({
+        "status": if available { "ok" } else { "unavailable" },
         "node": state.node_id(),
         "mode": state.mode(),
         "uptime": state.started.elapsed().as_millis() as u64,
         "activeConnections": m.active_connections.load(Ordering::Relaxed),
         "totalConnections": m.total_connections.load(Ordering::Relaxed),
-    }))
-    .into_response()
+    }));
+    (status, body).into_response()
 }
 
 /// Per-transport counts, as a JSON object keyed by transport name.

@@ -29,6 +29,12 @@ pub struct ServerConfig {
     /// This node's name in /health, /stats and /metrics (contract section 13); by default
     /// the machine's host name and the port listened on.
     pub node_id: Option<String>,
+    /// Cluster mode (contract section 13): where the sessions of every node live. One
+    /// `redis://`/`rediss://` URL, or several comma-separated seed nodes of a Redis
+    /// Cluster. None: each node keeps its sessions in its own memory.
+    pub redis_url: Option<String>,
+    /// Treat a single `redis_url` as a seed of a Redis Cluster.
+    pub redis_cluster: bool,
     pub websocket_max_payload: usize,
     pub websocket_per_message_deflate: bool,
     /// WebSocket messages smaller than this many bytes are sent uncompressed. Without
@@ -120,6 +126,8 @@ impl Default for ServerConfig {
             aisdk_path: "/api/chat".into(),
             agent_path: "/haip/agent".into(),
             node_id: None,
+            redis_url: None,
+            redis_cluster: false,
             websocket_max_payload: 1024 * 1024,
             websocket_per_message_deflate: true,
             websocket_compression_threshold: 1024,

@@ -13,6 +13,7 @@ pub mod agent;
 pub mod aisdk;
 pub mod app;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod engine;
 pub mod server;

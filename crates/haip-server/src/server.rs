@@ -17,6 +17,8 @@ use crate::tls::ServerTls;
 /// How long a connection may take to send a request head, from when it opens or from its
 /// previous response.
 pub const REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often cluster mode checks the nodes of runs and renews sessions in Redis.
+const CLUSTER_UPKEEP: Duration = Duration::from_secs(2);
 /// The largest request head (request line and headers) read, in bytes; larger gets 431.
 pub const MAX_REQUEST_HEAD: usize = 64 * 1024;
 
@@ -24,15 +26,21 @@ pub const MAX_REQUEST_HEAD: usize = 64 * 1024;
 /// is told (WebSocket 1001, streams end) and the server returns.
 pub async fn serve(listener: TcpListener, state: SharedState) -> std::io::Result<()> {
     state.name_node(listener.local_addr()?.port());
+    state.start_cluster().map_err(std::io::Error::other)?;
     let reaper = {
         let state = state.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(SAMPLE_INTERVAL);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut last_reap = tokio::time::Instant::now();
+            let mut last_upkeep = tokio::time::Instant::now();
             loop {
                 tick.tick().await;
                 state.engine.enforce_budget(state.live_connections());
+                if last_upkeep.elapsed() >= CLUSTER_UPKEEP {
+                    last_upkeep = tokio::time::Instant::now();
+                    state.engine.cluster_upkeep().await;
+                }
                 if last_reap.elapsed() >= Duration::from_secs(5) {
                     last_reap = tokio::time::Instant::now();
                     let n = state.engine.reap();

@@ -157,9 +157,39 @@ impl AppState {
         self.node_id.get().map_or("", String::as_str)
     }
 
-    /// Where sessions live: `memory` (this process) until the cluster mode exists.
+    /// Where sessions live: `memory` (this process) or `redis` (cluster mode).
     pub fn mode(&self) -> &'static str {
-        "memory"
+        if self.config.redis_url.is_some() {
+            "redis"
+        } else {
+            "memory"
+        }
+    }
+
+    /// Starts cluster mode when `REDIS_URL` is set (once the node is named). Fails only on
+    /// a URL that cannot be read; an unreachable Redis is waited for.
+    pub fn start_cluster(&self) -> Result<(), String> {
+        let Some(url) = &self.config.redis_url else {
+            return Ok(());
+        };
+        let target = crate::cluster::Target::parse(url, self.config.redis_cluster)
+            .map_err(|e| format!("REDIS_URL cannot be used: {e}"))?;
+        crate::cluster::RedisStore::start(
+            target,
+            crate::cluster::ClusterSettings {
+                node_id: self.node_id().to_string(),
+                session_ttl_ms: self.config.session_ttl.as_millis() as u64,
+                replay: self.engine.replay_config(),
+            },
+            &self.engine,
+            self.shutdown.clone(),
+        );
+        Ok(())
+    }
+
+    /// Whether the store of cluster mode answers (always in memory mode).
+    pub fn store_available(&self) -> bool {
+        self.engine.store().is_none_or(|s| s.is_available())
     }
 
     /// Reserves a connection slot, or answers 503 (contract section 4.5).
@@ -179,6 +209,11 @@ impl AppState {
         };
         if live >= self.config.max_connections {
             return Err(unavailable("too many connections"));
+        }
+        if !self.store_available() {
+            return Err(unavailable(
+                "the session store (Redis) is out of reach; try again shortly",
+            ));
         }
         if !self.engine.budget.admits_connections() {
             return Err(unavailable(

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::core::Violation;
 use super::outbound::{Close, ConnQueue, OutItem, Outgoing};
-use super::{now_ms, Engine, Session};
+use super::{now_ms, Engine, Move, Session};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
@@ -105,7 +105,14 @@ pub struct Connection {
     /// (the text frame plus `bin_len`).
     /// Boxed: it is rare, and the connection's task would otherwise carry its size always.
     pending_binary: Option<Box<(Envelope, u64)>>,
+    /// Cluster mode: what the client sent after a HAI that resumes a session being
+    /// claimed, handled once the connection is on it (see [`Connection::switch_to`]).
+    #[allow(clippy::box_collection)] // one pointer in every connection's task until used
+    held_for_switch: Option<Box<Vec<(Envelope, u64)>>>,
 }
+
+/// The most messages held while a resume is claimed from the store.
+const MAX_HELD_FOR_SWITCH: usize = 1024;
 
 /// A resume asked for at connect time: the session id and last_rx_seq, or why the request
 /// could not be read (it then fails with RESUME_FAILED, never quietly becomes a fresh
@@ -121,6 +128,25 @@ pub struct BadResume {
 }
 
 impl Connection {
+    /// In cluster mode, brings the session a connection resumes to this node before the
+    /// connection opens (contract section 13); a session that cannot be claimed fails the
+    /// resume with the reason. Nothing to do in memory mode.
+    pub async fn claim_resumed(
+        engine: &Arc<Engine>,
+        subject: &str,
+        resume: Option<ResumeRequest>,
+    ) -> Option<ResumeRequest> {
+        if let Some(Ok((id, _))) = &resume {
+            if let Err(e) = engine.claim_for_resume(subject, id).await {
+                return Some(Err(BadResume {
+                    session: id.clone(),
+                    reason: e.to_string(),
+                }));
+            }
+        }
+        resume
+    }
+
     /// Opens a connection for an authenticated `subject`: resumes `resume` (session id,
     /// last_rx_seq) when given and possible, else announces a fresh session. The session
     /// then follows `follow`, a thread id, when given.
@@ -200,6 +226,7 @@ impl Connection {
             queue,
             options,
             pending_binary: None,
+            held_for_switch: None,
         }
     }
 
@@ -274,21 +301,50 @@ impl Connection {
     }
 
     fn deliver(&mut self, env: Envelope, cost: u64) {
+        if let Some(held) = &mut self.held_for_switch {
+            if held.len() >= MAX_HELD_FOR_SWITCH {
+                self.violation(
+                    ErrorCode::ProtocolViolation,
+                    "too many messages sent before the resume completed",
+                    Some(env.id),
+                );
+            } else {
+                held.push((env, cost));
+            }
+            return;
+        }
         if let Payload::Hai(hai) = &env.payload {
             if let Some(last) = hai.last_rx_seq {
                 if env.session != self.session.id {
-                    if let Some(resumed) = self.engine.move_connection(
+                    match self.engine.move_connection(
                         &self.session,
                         &env.session,
                         last,
                         env.id.clone(),
                     ) {
-                        self.session = resumed;
+                        Move::Done(resumed) => self.session = resumed,
+                        Move::Failed => {}
+                        Move::Claiming => {
+                            // Handled on the session the connection lands on.
+                            self.held_for_switch = Some(Box::new(vec![(env, cost)]));
+                            return;
+                        }
                     }
                 }
             }
         }
         self.engine.handle(&self.session, env, cost);
+    }
+
+    /// The connection serves `session` from now on; what the client sent while its
+    /// resume was under way is handled there, in order.
+    fn switch_to(&mut self, session: Arc<Session>) {
+        self.session = session;
+        if let Some(held) = self.held_for_switch.take() {
+            for (env, cost) in *held {
+                self.engine.handle(&self.session, env, cost);
+            }
+        }
     }
 
     fn error(&self, code: ErrorCode, message: &str, related_id: Option<String>) {
@@ -363,7 +419,7 @@ impl Connection {
                         match item {
                             OutItem::Frame(f) => frames.push(f),
                             OutItem::Close(c) => { close = Some(c); break; }
-                            OutItem::Switch(s) => self.session = s,
+                            OutItem::Switch(s) => self.switch_to(s),
                         }
                     }
                     if !frames.is_empty() {
@@ -536,7 +592,7 @@ impl Connection {
 
 /// An ERROR sent outside any session's numbering (seq 0): only the connect-time
 /// RESUME_FAILED, which precedes the fresh session's HAI.
-fn unsequenced_error(code: ErrorCode, message: &str, session: &str) -> Outgoing {
+pub(crate) fn unsequenced_error(code: ErrorCode, message: &str, session: &str) -> Outgoing {
     let env = Envelope::new(
         uuid::Uuid::new_v4().to_string(),
         if (1..=128).contains(&session.chars().count()) {

@@ -29,6 +29,9 @@ use super::replay_pack::{MessageIds, OutgoingPacker};
 use crate::agent::RunEnding;
 use crate::tools::{ToolCatalog, ToolOutcome};
 
+mod durable;
+pub use durable::{PendingWrite, AGENT_NODE_LOST};
+
 /// A message many sessions send alike: another session's message in a thread, to each
 /// follower; the TOOL_LIST and first HAI, to every new session. Serialized once from
 /// `channel` on (see [`Envelope::shared_json`]) and that part is shared: each session adds
@@ -195,6 +198,8 @@ pub enum Action {
     },
     /// The client answered the server's PING after this many ms (for /stats).
     RoundTrip(u64),
+    /// RUN_CANCEL for a run whose agent answers on another node (cluster mode).
+    CancelRunOn { node: String, run_id: String },
 }
 
 /// A rule broken by the client, counted by the connection towards its close thresholds.
@@ -264,6 +269,9 @@ pub struct SessionCore {
     threads_followed: Option<Arc<AtomicBool>>,
     /// Where admins watching get a copy of what is sent (see `engine::tap`).
     tap: Option<Arc<super::tap::Tap>>,
+    /// Set in cluster mode: what waits for the store (see `engine::store`). Boxed: a
+    /// memory-mode session carries one pointer.
+    durable: Option<Box<durable::Durable>>,
 }
 
 impl SessionCore {
@@ -308,6 +316,7 @@ impl SessionCore {
             thread_output: Vec::new(),
             threads_followed: None,
             tap: None,
+            durable: None,
             last_client_activity_ms: now_ms,
             detached_since_ms: Some(now_ms),
             limits,
@@ -397,9 +406,18 @@ impl SessionCore {
         now_ms: u64,
     ) -> Result<(), ReplayError> {
         if let Some(n) = resume_after {
+            // Only what the store has may be written (cluster mode); the rest follows as
+            // the store confirms it.
+            let stored = self.stored_seq();
+            if n > stored {
+                return Err(ReplayError::NeverSent {
+                    claimed: n,
+                    last_sent: stored,
+                });
+            }
             let replay: Vec<OutItem> = self
                 .replay
-                .after(n)?
+                .range(n.saturating_add(1), Some(stored))?
                 .map(|o| OutItem::Frame(o.into_owned()))
                 .collect();
             queue.push_replay(replay);
@@ -521,6 +539,9 @@ impl SessionCore {
                 return;
             }
         }
+        if self.forward_if_elsewhere(&env) {
+            return;
+        }
         let followed = self
             .threads_followed
             .as_ref()
@@ -557,7 +578,7 @@ impl SessionCore {
     }
 
     pub fn emit_shared(&mut self, message: &Arc<SharedMessage>, now_ms: u64) {
-        if self.ended {
+        if self.ended || self.forward_if_elsewhere(&message.env) {
             return;
         }
         self.deliver(Pending::Shared(message.clone()), now_ms);
@@ -706,6 +727,12 @@ impl SessionCore {
             extra: Map::new(),
         }));
         self.send_now(Pending::Own(error), now_ms); // SYSTEM: never held by flow control
+        if let (Some(d), Some(q)) = (&self.durable, &self.attached) {
+            // Written without waiting for the store: the session is over either way.
+            if let Some(error) = d.last_unstored() {
+                q.push(OutItem::Frame(error));
+            }
+        }
         self.close_connection(Close {
             code: 1008,
             reason: close_reason.into(),
@@ -808,6 +835,9 @@ impl SessionCore {
         }
         // Seqs are consecutive by construction, so the push cannot be refused.
         let _ = self.replay.push(seq, now_ms, bytes, out.clone());
+        if self.hold_until_stored(&out, now_ms) {
+            return; // written once the store has it (cluster mode)
+        }
         let Some(q) = &self.attached else {
             return;
         };
@@ -1077,7 +1107,7 @@ impl SessionCore {
                 // reading packed segments back is work.
                 let backlog = self.attached.as_ref().map(|q| q.replay_backlog());
                 let from = r.from_seq.max(1);
-                let to = r.to_seq.unwrap_or(u64::MAX).min(self.replay.last_seq());
+                let to = r.to_seq.unwrap_or(u64::MAX).min(self.stored_seq());
                 let count = if from <= to {
                     (to - from + 1) as usize
                 } else {
@@ -1091,7 +1121,7 @@ impl SessionCore {
                 }
                 let frames: Result<Vec<_>, _> = self
                     .replay
-                    .range(r.from_seq, r.to_seq)
+                    .range(r.from_seq, Some(to))
                     .map(|it| it.map(Replayed::into_owned).collect());
                 match frames {
                     Ok(frames) => {
@@ -1283,7 +1313,14 @@ impl SessionCore {
                             token.cancel();
                         }
                     }
-                    if !self.cancels.contains_key(&c.run_id) {
+                    if let Some(node) = self.remote_run_node(&c.run_id) {
+                        // Its agent answers on another node: stopped there, and its
+                        // RUN_FINISHED comes from there.
+                        actions.push(Action::CancelRunOn {
+                            node,
+                            run_id: c.run_id,
+                        });
+                    } else if !self.cancels.contains_key(&c.run_id) {
                         // A run the client opened itself: nothing to stop, just close it.
                         self.finish_run(&c.run_id, RunStatus::Cancelled, now_ms);
                     }
@@ -1307,6 +1344,7 @@ impl SessionCore {
                 }
                 self.terms = terms;
                 self.negotiated = true;
+                self.keep_client_hai(hai);
             }
             Err(e) => {
                 self.emit_error(

@@ -11,12 +11,13 @@ pub mod core;
 pub mod metrics;
 pub mod outbound;
 pub mod replay_pack;
+pub mod store;
 pub mod tap;
 pub mod threads;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use haip_protocol::payload::{RunStatus, ToolDone, ToolProgress, ToolUpdate};
@@ -32,6 +33,7 @@ use budget::{plan, Enforcement, MemoryBudget, Usage, CONNECTION_BYTES};
 use core::{Action, SessionCore, SessionLimits, SessionUsage, SharedMessage};
 use metrics::Metrics;
 use outbound::ConnQueue;
+use store::{ClaimedSession, Delivery, Forwarded, SessionStore, StoreError, WriteOutcome};
 use threads::Threads;
 
 /// Milliseconds since the epoch: the `ts` of every message the server sends.
@@ -51,6 +53,10 @@ pub struct Session {
     /// Work its messages started that has not ended yet: agents answering, tools running
     /// (see [`InFlight`]).
     in_flight: AtomicU32,
+    /// Where it is kept beyond this process (cluster mode), and the session itself for
+    /// the store to pull from.
+    store: Option<Arc<dyn SessionStore>>,
+    this: Weak<Session>,
 }
 
 impl std::fmt::Debug for Session {
@@ -64,6 +70,16 @@ impl Session {
     /// still working on its messages and no run is open.
     pub fn is_answered(&self) -> bool {
         self.in_flight.load(Ordering::Acquire) == 0 && self.lock().open_run_count() == 0
+    }
+
+    /// What the store keeps next of this session (cluster mode).
+    pub fn take_write(&self) -> Option<core::PendingWrite> {
+        self.lock().take_write()
+    }
+
+    /// The store's answer to the session's last write.
+    pub fn written(&self, outcome: WriteOutcome) {
+        self.lock().written(outcome, now_ms());
     }
 
     pub fn lock(&self) -> SessionGuard<'_> {
@@ -103,6 +119,13 @@ impl Drop for SessionGuard<'_> {
         let Some(mut core) = self.core.take() else {
             return;
         };
+        if let Some(store) = &self.session.store {
+            if core.wants_write() {
+                if let Some(session) = self.session.this.upgrade() {
+                    store.schedule(session);
+                }
+            }
+        }
         let sent = core.take_thread_output();
         if sent.is_empty() {
             return;
@@ -111,6 +134,17 @@ impl Drop for SessionGuard<'_> {
         drop(core);
         dispatch.run();
     }
+}
+
+/// What became of a resume asked for by a client HAI on a connection.
+pub enum Move {
+    /// The connection serves the resumed session now.
+    Done(Arc<Session>),
+    /// RESUME_FAILED was sent; the connection stays on its session.
+    Failed,
+    /// Cluster mode: the session is being claimed from the store; an OutItem::Switch
+    /// follows either way.
+    Claiming,
 }
 
 /// The most sessions one user (token subject) keeps; see [`Engine::make_room_for`].
@@ -129,6 +163,8 @@ pub enum ResumeError {
     Ended(String),
     #[error("{0}")]
     Replay(#[from] ReplayError),
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// A user's sessions, for the bound on how many are kept.
@@ -160,6 +196,8 @@ pub struct Engine {
     /// The conversation before a session's next user message, given by a client that
     /// keeps it itself (the AI SDK endpoints), by session id; taken by that message.
     histories: Mutex<HashMap<String, Vec<Turn>>>,
+    /// Where sessions are kept beyond this process: set in cluster mode (see [`store`]).
+    store: OnceLock<Arc<dyn SessionStore>>,
 }
 
 impl Engine {
@@ -183,6 +221,7 @@ impl Engine {
             session_ttl_ms,
             greetings: Default::default(),
             histories: Mutex::default(),
+            store: OnceLock::new(),
         })
     }
 
@@ -223,17 +262,270 @@ impl Engine {
             let tools = core.envelope(channel::SYSTEM, Payload::ToolList(self.tools.list()));
             [hai, tools].map(|env| Arc::new(SharedMessage::for_each_session(env)))
         });
+        let store = self.store().cloned();
+        if let Some(store) = &store {
+            core.keep_in_store(Arc::from(store.owner()), 1);
+        }
         core.emit_shared(hai, now);
         core.emit_shared(tool_list, now);
-        let session = Arc::new(Session {
-            id: id.clone(),
+        let session = self.new_session(id.clone(), subject, core, store);
+        // The greeting waits for the store (cluster mode): the first write creates the
+        // session there.
+        drop(session.lock());
+        self.registry().insert(id, session.clone());
+        session
+    }
+
+    fn new_session(
+        &self,
+        id: String,
+        subject: &str,
+        core: SessionCore,
+        store: Option<Arc<dyn SessionStore>>,
+    ) -> Arc<Session> {
+        Arc::new_cyclic(|this| Session {
+            id,
             subject: subject.to_string(),
             core: Mutex::new(core),
             threads: self.threads.clone(),
             in_flight: AtomicU32::new(0),
-        });
-        self.registry().insert(id, session.clone());
+            store,
+            this: this.clone(),
+        })
+    }
+
+    /// The replay window's rules, which the store trims by too.
+    pub fn replay_config(&self) -> haip_protocol::replay::ReplayConfig {
+        self.limits.replay
+    }
+
+    /// Keeps sessions in `store` from now on (cluster mode); set once, before serving.
+    pub fn set_store(&self, store: Arc<dyn SessionStore>) {
+        let _ = self.store.set(store);
+    }
+
+    pub fn store(&self) -> Option<&Arc<dyn SessionStore>> {
+        self.store.get()
+    }
+
+    /// In cluster mode, makes sure a session another node drove (or drives) is here, to be
+    /// resumed: claims it from the store. Nothing to do in memory mode or when this node
+    /// drives it already. Errors say why it cannot be resumed.
+    pub async fn claim_for_resume(
+        self: &Arc<Self>,
+        subject: &str,
+        id: &str,
+    ) -> Result<(), ResumeError> {
+        let Some(store) = self.store() else {
+            return Ok(());
+        };
+        if let Some(local) = self.get(id) {
+            if local.subject != subject {
+                return Err(ResumeError::NotYours(id.to_string()));
+            }
+            if !local.lock().is_driven_elsewhere() {
+                return Ok(());
+            }
+        }
+        let claimed = store.claim(id, subject).await.map_err(|e| match e {
+            StoreError::Unknown(id) => ResumeError::Unknown(id),
+            StoreError::NotYours(id) => ResumeError::NotYours(id),
+            StoreError::Ended(id) => ResumeError::Ended(id),
+            StoreError::Unavailable(why) => ResumeError::Unavailable(why),
+        })?;
+        self.install_claimed(store, id, subject, claimed).await;
+        Ok(())
+    }
+
+    /// Makes a claimed session this node's: in place when it is here already (agents
+    /// still answering hold it), else as a new one.
+    async fn install_claimed(
+        self: &Arc<Self>,
+        store: &Arc<dyn SessionStore>,
+        id: &str,
+        subject: &str,
+        claimed: ClaimedSession,
+    ) -> Arc<Session> {
+        let remote: Vec<String> = claimed
+            .runs
+            .iter()
+            .map(|r| r.node.clone())
+            .filter(|n| n != store.owner())
+            .collect();
+        let alive = if remote.is_empty() {
+            Vec::new()
+        } else {
+            store.live_nodes(remote.clone()).await
+        };
+        let dead: Vec<String> = remote.into_iter().filter(|n| !alive.contains(n)).collect();
+        let previous = claimed.previous_owner.clone();
+        let mut claimed = claimed;
+        let forwarded = std::mem::take(&mut claimed.forwarded);
+        let session = match self.get(id) {
+            Some(local) => local,
+            None => {
+                self.make_room_for(subject);
+                let mut core = SessionCore::new(
+                    id.to_string(),
+                    subject.to_string(),
+                    self.limits.clone(),
+                    false,
+                    now_ms(),
+                );
+                core.share_threads(self.threads.in_use());
+                core.set_tap(self.tap.clone());
+                core.keep_in_store(Arc::from(store.owner()), claimed.epoch);
+                let session = self.new_session(id.to_string(), subject, core, Some(store.clone()));
+                self.registry()
+                    .entry(id.to_string())
+                    .or_insert(session)
+                    .clone()
+            }
+        };
+        session.lock().take_over(claimed, &dead, now_ms());
+        tracing::info!(
+            session = %id,
+            previous_node = previous.as_deref().unwrap_or(""),
+            lost_agent_nodes = dead.len(),
+            "session taken over from the store"
+        );
+        if let Some(previous) = previous.filter(|p| p != store.owner()) {
+            store.tell_node(&previous, id, Forwarded::TakenOver).await;
+        }
+        for item in forwarded {
+            self.apply_forwarded(&session, None, item);
+        }
         session
+    }
+
+    /// Something another node sent for a session this node drives (cluster mode).
+    pub async fn on_forwarded(self: &Arc<Self>, id: &str, from: Option<&str>, item: Forwarded) {
+        let Some(store) = self.store() else {
+            return;
+        };
+        let local = self.get(id);
+        match (&item, local) {
+            (Forwarded::TakenOver, Some(session)) => session.lock().now_driven_elsewhere(),
+            (Forwarded::TakenOver, None) => {}
+            (Forwarded::CancelRun { run_id }, Some(session)) => {
+                session.lock().cancel_here(run_id);
+            }
+            (Forwarded::CancelRun { .. }, None) => {}
+            (_, Some(session)) if !session.lock().is_driven_elsewhere() => {
+                self.apply_forwarded(&session, from, item);
+            }
+            (_, Some(_)) => {
+                // Driven elsewhere since it was sent: on to the node that drives it now.
+                if let Err(e) = store.forward(id, None, item).await {
+                    tracing::debug!(session = %id, error = %e, "forwarded message dropped");
+                }
+            }
+            (_, None) => {
+                // Recorded as this node's but not here (dropped past its TTL here): take
+                // it again, then apply.
+                match store.claim(id, "").await {
+                    Ok(claimed) => {
+                        let subject = claimed.subject.clone();
+                        let session = self.install_claimed(store, id, &subject, claimed).await;
+                        self.apply_forwarded(&session, from, item);
+                    }
+                    Err(e) => {
+                        tracing::debug!(session = %id, error = %e, "forwarded message dropped")
+                    }
+                }
+            }
+        }
+    }
+
+    fn apply_forwarded(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        from: Option<&str>,
+        item: Forwarded,
+    ) {
+        match item {
+            Forwarded::Output { json } => {
+                if let Ok(env) = Envelope::parse(&json) {
+                    session.lock().emit_forwarded(env, from, now_ms());
+                }
+            }
+            Forwarded::Inbound { json, cost } => match Envelope::parse(&json) {
+                Ok(env) => self.handle(session, env, cost),
+                Err(e) => session.lock().refuse(&e, now_ms()),
+            },
+            Forwarded::CancelRun { run_id } => session.lock().cancel_here(&run_id),
+            Forwarded::TakenOver => session.lock().now_driven_elsewhere(),
+        }
+    }
+
+    /// A client message for session `id` that this node does not drive (cluster mode):
+    /// to the node that does. `Ok(false)` when this node drives it (handle it here).
+    pub async fn forward_inbound(
+        &self,
+        subject: &str,
+        id: &str,
+        json: String,
+        cost: u64,
+    ) -> Result<bool, StoreError> {
+        let Some(store) = self.store() else {
+            return Ok(false);
+        };
+        if let Some(local) = self.get(id) {
+            if local.subject == subject && !local.lock().is_driven_elsewhere() {
+                return Ok(false);
+            }
+        }
+        match store
+            .forward(id, Some(subject), Forwarded::Inbound { json, cost })
+            .await?
+        {
+            Delivery::Sent | Delivery::Kept => Ok(true),
+        }
+    }
+
+    /// Cluster upkeep, every few seconds: ends runs whose agent's node died, and drops
+    /// local copies of sessions other nodes drive once nothing here works for them.
+    pub async fn cluster_upkeep(&self) {
+        let Some(store) = self.store() else {
+            return;
+        };
+        let sessions: Vec<Arc<Session>> = self.registry().values().cloned().collect();
+        let mut remote: Vec<(Arc<Session>, String, String)> = Vec::new();
+        for s in &sessions {
+            let core = s.lock();
+            if core.is_driven_elsewhere() {
+                continue;
+            }
+            for (run, node) in core.remote_runs() {
+                remote.push((s.clone(), run, node));
+            }
+        }
+        if !remote.is_empty() {
+            let mut nodes: Vec<String> = remote.iter().map(|(_, _, n)| n.clone()).collect();
+            nodes.sort();
+            nodes.dedup();
+            let alive = store.live_nodes(nodes).await;
+            for (session, run, node) in remote {
+                if !alive.contains(&node) {
+                    tracing::warn!(session = %session.id, run = %run, node = %node, "ending a run: its agent's node is gone");
+                    session.lock().end_lost_run(&run, now_ms());
+                }
+            }
+        }
+        let idle_elsewhere: Vec<String> = sessions
+            .iter()
+            .filter(|s| {
+                s.in_flight.load(Ordering::Acquire) == 0 && {
+                    let core = s.lock();
+                    core.is_driven_elsewhere() && core.open_run_count() == 0 && !core.has_forwards()
+                }
+            })
+            .map(|s| s.id.clone())
+            .collect();
+        // This node's copy only: the store keeps the session for the node that drives it.
+        for id in idle_elsewhere {
+            self.remove(&id);
+        }
     }
 
     /// Attaches `queue` to a kept session of `subject`, replaying after `last_rx_seq`.
@@ -255,6 +547,12 @@ impl Engine {
         if core.is_ended() {
             return Err(ResumeError::Ended(session_id.to_string()));
         }
+        if core.is_driven_elsewhere() {
+            // Claimed first (Engine::claim_for_resume); it moved on again since.
+            return Err(ResumeError::Unavailable(
+                "the session moved to another node meanwhile: try again".into(),
+            ));
+        }
         core.attach(queue, Some(last_rx_seq), binary_frames, now_ms())?;
         drop(core);
         Ok(session)
@@ -265,41 +563,96 @@ impl Engine {
     /// `last_rx_seq`. The session left behind is dropped if the client never used it. On
     /// failure the client gets RESUME_FAILED on `from`.
     pub fn move_connection(
+        self: &Arc<Self>,
+        from: &Arc<Session>,
+        target: &str,
+        last_rx_seq: u64,
+        hai_id: String,
+    ) -> Move {
+        if self.store().is_some() && !self.drives_here(target) {
+            // Cluster mode: the session is claimed first. The connection then gets an
+            // OutItem::Switch: to the resumed session, or back to `from` after
+            // RESUME_FAILED; it holds what the client sends until then.
+            let engine = self.clone();
+            let from = from.clone();
+            let target = target.to_string();
+            tokio::spawn(async move {
+                let claimed = engine.claim_for_resume(&from.subject, &target).await;
+                let failed = match claimed {
+                    Ok(()) => engine
+                        .move_now(&from, &target, last_rx_seq, hai_id.clone())
+                        .err(),
+                    Err(e) => Some(e),
+                };
+                if let Some(e) = failed {
+                    engine.resume_failed(&from, &target, last_rx_seq, hai_id, &e);
+                    if let Some(queue) = from.lock().attached_queue() {
+                        queue.push(outbound::OutItem::Switch(from.clone()));
+                    }
+                }
+            });
+            return Move::Claiming;
+        }
+        match self.move_now(from, target, last_rx_seq, hai_id.clone()) {
+            Ok(resumed) => Move::Done(resumed),
+            Err(e) => {
+                self.resume_failed(from, target, last_rx_seq, hai_id, &e);
+                Move::Failed
+            }
+        }
+    }
+
+    /// [`Engine::move_connection`] for a session this node has.
+    fn move_now(
+        &self,
+        from: &Arc<Session>,
+        target: &str,
+        last_rx_seq: u64,
+        _hai_id: String,
+    ) -> Result<Arc<Session>, ResumeError> {
+        let (queue, binary) = {
+            let core = from.lock();
+            let queue = core.attached_queue().ok_or_else(|| {
+                ResumeError::Unavailable("the connection closed before the resume".into())
+            })?;
+            (queue, core.binary_frames())
+        };
+        let resumed = self.resume(&from.subject, target, last_rx_seq, queue.clone(), binary)?;
+        let mut old = from.lock();
+        old.detach(&queue, now_ms());
+        let unused = old.last_client_seq().is_none();
+        drop(old);
+        if unused {
+            self.remove(&from.id);
+        }
+        queue.push(outbound::OutItem::Switch(resumed.clone()));
+        Ok(resumed)
+    }
+
+    /// Tells the client of `from` that its resume of `target` failed.
+    fn resume_failed(
         &self,
         from: &Arc<Session>,
         target: &str,
         last_rx_seq: u64,
         hai_id: String,
-    ) -> Option<Arc<Session>> {
-        let (queue, binary) = {
-            let core = from.lock();
-            (core.attached_queue()?, core.binary_frames())
-        };
-        match self.resume(&from.subject, target, last_rx_seq, queue.clone(), binary) {
-            Ok(resumed) => {
-                let mut old = from.lock();
-                old.detach(&queue, now_ms());
-                let unused = old.last_client_seq().is_none();
-                drop(old);
-                if unused {
-                    self.remove(&from.id);
-                }
-                queue.push(outbound::OutItem::Switch(resumed.clone()));
-                Some(resumed)
-            }
-            Err(e) => {
-                let detail =
-                    serde_json::json!({"session": target, "last_rx_seq": last_rx_seq.to_string()});
-                from.lock().emit_error(
-                    haip_protocol::ErrorCode::ResumeFailed,
-                    e.to_string(),
-                    Some(hai_id),
-                    Some(detail),
-                    now_ms(),
-                );
-                None
-            }
-        }
+        e: &ResumeError,
+    ) {
+        let detail = serde_json::json!({"session": target, "last_rx_seq": last_rx_seq.to_string()});
+        from.lock().emit_error(
+            haip_protocol::ErrorCode::ResumeFailed,
+            e.to_string(),
+            Some(hai_id),
+            Some(detail),
+            now_ms(),
+        );
+    }
+
+    /// Whether this node drives session `id` (always, for a session it has, in memory
+    /// mode).
+    pub fn drives_here(&self, id: &str) -> bool {
+        self.get(id)
+            .is_some_and(|s| !s.lock().is_driven_elsewhere())
     }
 
     /// Drops a session (a fresh one replaced by a resume, or one past its TTL).
@@ -509,6 +862,16 @@ impl Engine {
         for action in actions {
             match action {
                 Action::RoundTrip(ms) => self.metrics.round_trip(ms),
+                Action::CancelRunOn { node, run_id } => {
+                    if let Some(store) = self.store().cloned() {
+                        let id = session.id.clone();
+                        tokio::spawn(async move {
+                            store
+                                .tell_node(&node, &id, Forwarded::CancelRun { run_id })
+                                .await;
+                        });
+                    }
+                }
                 Action::Text { text, thread_id } => {
                     let reply = Reply::new(self.agent_link(session), thread_id)
                         .with_history(self.take_history(&session.id));

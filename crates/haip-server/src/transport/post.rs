@@ -1,5 +1,8 @@
 //! Upstream for SSE and browsers: `POST /haip/messages` (contract section 4.3).
 
+use crate::engine::connection::Connection;
+use crate::engine::store::StoreError;
+use crate::engine::Move;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -112,6 +115,11 @@ pub async fn messages(
     let first_session = parsed
         .iter()
         .find_map(|p| p.as_ref().ok().map(|e| e.session.as_str()));
+    if let Some(target) = header.or(first_session) {
+        if state.engine.store().is_some() && !state.engine.drives_here(target) {
+            return forward_to_owner(&state, &identity.subject, target, &raws, &parsed).await;
+        }
+    }
     let Some(mut session) = state
         .engine
         .session_for_post(&identity.subject, header, first_session)
@@ -134,7 +142,15 @@ pub async fn messages(
                 }) = &env.payload
                 {
                     if env.session != session.id {
-                        if let Some(resumed) = state.engine.move_connection(
+                        // Cluster mode: claimed here first, so the move is done at once
+                        // (a failed claim fails the move with RESUME_FAILED).
+                        let _ = Connection::claim_resumed(
+                            &state.engine,
+                            &identity.subject,
+                            Some(Ok((env.session.clone(), *last))),
+                        )
+                        .await;
+                        if let Move::Done(resumed) = state.engine.move_connection(
                             &session,
                             &env.session,
                             *last,
@@ -158,4 +174,46 @@ pub async fn messages(
         .map(|s| s.to_string())
         .unwrap_or_default();
     Json(json!({"status": "ok", "accepted": accepted, "ack": ack})).into_response()
+}
+
+/// Cluster mode: the envelopes of a POST for a session another node drives go to that
+/// node, in order, each as it came (a refusal reaches the client's stream from there).
+/// The answer cannot carry the ack: that node processes them.
+async fn forward_to_owner(
+    state: &SharedState,
+    subject: &str,
+    target: &str,
+    raws: &[&RawValue],
+    parsed: &[Result<Envelope, haip_protocol::ValidationError>],
+) -> Response {
+    let mut accepted = 0u64;
+    for (raw, result) in raws.iter().zip(parsed) {
+        let cost = match result {
+            Ok(env) => env.flow_cost(raw.get().len()),
+            Err(_) => raw.get().len() as u64,
+        };
+        match state
+            .engine
+            .forward_inbound(subject, target, raw.get().to_string(), cost)
+            .await
+        {
+            Ok(_) => accepted += u64::from(result.is_ok()),
+            Err(StoreError::Unavailable(why)) => {
+                tracing::warn!(session = %target, error = %why, "POST not forwarded: the session store is out of reach");
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "INTERNAL_ERROR",
+                    "the session store is out of reach; try again shortly",
+                );
+            }
+            Err(_) => {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    "SESSION_NOT_FOUND",
+                    "no live session of this subject to deliver to",
+                )
+            }
+        }
+    }
+    Json(json!({"status": "ok", "accepted": accepted, "ack": ""})).into_response()
 }

@@ -94,6 +94,7 @@ pub async fn open(
         Err(r) => return r,
     };
     let resume = last_event_id(&headers).or_else(|| params.resume());
+    let resume = Connection::claim_resumed(&state.engine, &identity.subject, resume).await;
     let options = state.options(Transport::Sse, &identity);
     let conn = Connection::open(
         state.engine.clone(),

@@ -160,11 +160,12 @@ pub async fn open(
     );
     let mut options = state.options(Transport::HttpStream, &identity);
     options.end_when_answered = end_when_answered;
+    let resume = Connection::claim_resumed(&state.engine, &identity.subject, params.resume()).await;
     let conn = Connection::open(
         state.engine.clone(),
         &identity.subject,
         options,
-        params.resume(),
+        resume,
         follow,
     );
     let (tx, rx) = mpsc::channel::<Bytes>(8);

@@ -214,7 +214,7 @@ pub async fn upgrade(
     mut req: Request,
 ) -> Response {
     match handshake(&mut req, &state.config) {
-        Ok(hs) => haip(state, params, req.headers(), hs),
+        Ok(hs) => haip(state, params, req.headers(), hs).await,
         Err(r) => r,
     }
 }
@@ -227,7 +227,7 @@ pub async fn root(
 ) -> Response {
     if wants_websocket(req.headers()) {
         return match handshake(&mut req, &state.config) {
-            Ok(hs) => haip(state, params, req.headers(), hs),
+            Ok(hs) => haip(state, params, req.headers(), hs).await,
             Err(r) => r,
         };
     }
@@ -235,7 +235,12 @@ pub async fn root(
 }
 
 /// A HAIP connection over an accepted handshake.
-fn haip(state: SharedState, params: ConnectParams, headers: &HeaderMap, hs: Handshake) -> Response {
+async fn haip(
+    state: SharedState,
+    params: ConnectParams,
+    headers: &HeaderMap,
+    hs: Handshake,
+) -> Response {
     let follow = match params.follow() {
         Ok(f) => f,
         Err(r) => return r,
@@ -258,6 +263,13 @@ fn haip(state: SharedState, params: ConnectParams, headers: &HeaderMap, hs: Hand
         },
         Err(_) => None,
     };
+    // Cluster mode: the session to resume is brought here before the upgrade.
+    let resume = match &verdict {
+        Ok(identity) => {
+            Connection::claim_resumed(&state.engine, &identity.subject, params.resume()).await
+        }
+        Err(_) => None,
+    };
     accept(hs, move |conn| {
         // Set up now, so that the task keeps only what the connection needs (the run
         // itself is boxed: awaiting a future held by value would keep it twice).
@@ -268,7 +280,7 @@ fn haip(state: SharedState, params: ConnectParams, headers: &HeaderMap, hs: Hand
                     state.engine.clone(),
                     &identity.subject,
                     options,
-                    params.resume(),
+                    resume,
                     follow,
                 );
                 Box::pin(connection.run(

@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod redis;
+
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -1073,4 +1075,79 @@ async fn read_ndjson(
         }
     }
     let _ = tx.send((Frame::End, None, String::new()));
+}
+
+// --- resume scenarios (shared by the single-node and the cluster suites) ---------------
+
+/// `n` distinct words, for an echo run whose every word can be found again.
+pub fn words(n: usize) -> String {
+    (0..n)
+        .map(|i| format!("word{i}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Reads until `n` MESSAGE_PARTs have arrived.
+pub async fn parts(c: &mut Conn, n: usize) {
+    for _ in 0..n {
+        c.recv_type("MESSAGE_PART").await;
+    }
+}
+
+/// Checks a resume: the messages before the confirming HAI are the replay, starting right
+/// after `after` with consecutive seqs, identical to what `before` received of them; the
+/// confirming HAI names `session` and takes the next seq.
+pub fn check_replay(
+    replay: &[Value],
+    confirm: &Value,
+    before: &[Value],
+    session: &str,
+    after: u64,
+) {
+    assert!(!replay.is_empty(), "nothing replayed");
+    for (i, m) in replay.iter().enumerate() {
+        assert_eq!(seq(m), after + 1 + i as u64, "replay in order: {m}");
+        assert_eq!(m["session"], session);
+        if let Some(orig) = before.iter().find(|o| seq(o) == seq(m)) {
+            assert_eq!(m, orig, "a replay carries the original id, seq and ts");
+        }
+    }
+    assert_eq!(ty(confirm), "HAI", "{confirm}");
+    assert_eq!(chan(confirm), "SYSTEM");
+    assert_eq!(
+        confirm["session"], session,
+        "the HAI confirms the resumed session"
+    );
+    assert_eq!(
+        seq(confirm),
+        seq(replay.last().unwrap()) + 1,
+        "the confirming HAI takes the next seq"
+    );
+    assert_eq!(confirm["payload"]["haip_version"], "1.1.2");
+}
+
+/// The union of everything received, deduplicated by seq, is the complete echo run.
+pub fn check_complete_run(all: &[&Value], session: &str, text: &str) {
+    let mine: Vec<&Value> = all
+        .iter()
+        .copied()
+        .filter(|v| v["session"] == session)
+        .collect();
+    assert_contiguous(mine.iter().copied());
+    let mut by_seq = std::collections::BTreeMap::new();
+    for m in &mine {
+        by_seq.insert(seq(m), *m);
+    }
+    let echoed: String = by_seq
+        .values()
+        .filter(|v| ty(v) == "MESSAGE_PART")
+        .map(|v| v["payload"]["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(echoed, text, "every word exactly once");
+    let fin: Vec<&&Value> = by_seq
+        .values()
+        .filter(|v| ty(v) == "RUN_FINISHED")
+        .collect();
+    assert_eq!(fin.len(), 1);
+    assert_eq!(fin[0]["payload"]["status"], "OK");
 }

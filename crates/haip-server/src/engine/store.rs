@@ -1,0 +1,170 @@
+//! The storage seam: what of a session is kept outside this process, so that any node of
+//! a cluster can serve it (contract section 13).
+//!
+//! The protocol rules stay in [`super::core::SessionCore`], which keeps the working copy
+//! of a session: its replay window, inbound sequencing, flow control and run table. In
+//! memory mode (no `REDIS_URL`) that copy is the only one and nothing goes through here:
+//! the engine has no store and a sent message goes straight to its connection.
+//!
+//! With a store, a session's core holds what it sends until the store has it: the store
+//! pulls a [`SessionWrite`] from each session that has something to keep (the messages
+//! with their seqs, the highest client seq processed, the open runs, the client's HAI),
+//! writes many sessions' writes in one round trip, and gives the outcome back; only then
+//! are the messages written to the client. One node drives a session at a time: its
+//! writes are fenced by an epoch, and a node that took the session over
+//! ([`SessionStore::claim`]) makes every older writer fail with [`WriteOutcome::Moved`].
+//! Whatever a node produces for a session it no longer drives (an agent still answering,
+//! a client message posted to it) is [`Forwarded`] to the node that drives it.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::Session;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// One sent message as stored: its seq, its ts and its JSON text as the client gets it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    pub seq: u64,
+    pub ts: u64,
+    pub json: Bytes,
+}
+
+/// An open run and the node whose agent produces it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredRun {
+    pub run_id: String,
+    pub node: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thread_id: Option<String>,
+}
+
+/// What one write keeps of a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionWrite {
+    pub session: String,
+    pub subject: String,
+    /// The epoch this node drives the session in; a write of an older epoch is refused.
+    pub epoch: u64,
+    /// Messages to append, consecutive seqs, the first one just after the stored ones.
+    pub messages: Vec<StoredMessage>,
+    /// The highest client seq processed in order (the `ack` a new owner goes on with).
+    pub last_client_seq: Option<u64>,
+    /// The open runs, when they changed since the last write.
+    pub runs: Option<Vec<StoredRun>>,
+    /// The client's HAI (its terms: accepted events, credit), once negotiated.
+    pub client_hai: Option<String>,
+    /// The session was ended (it cannot be resumed anywhere).
+    pub ended: bool,
+}
+
+/// How a write ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// Everything up to this seq is kept.
+    Stored { upto: u64 },
+    /// Another node drives the session now: nothing of this write was kept.
+    Moved,
+    /// The store could not be reached; the write is tried again.
+    Failed(String),
+}
+
+/// A session as a node that takes it over finds it.
+#[derive(Debug, Clone, Default)]
+pub struct ClaimedSession {
+    pub subject: String,
+    pub epoch: u64,
+    /// The node that drove it before, if another.
+    pub previous_owner: Option<String>,
+    pub last_seq: u64,
+    pub last_client_seq: Option<u64>,
+    pub runs: Vec<StoredRun>,
+    pub client_hai: Option<String>,
+    /// The stored messages, oldest first (the replay window).
+    pub messages: Vec<StoredMessage>,
+    /// What was forwarded to the session while no live node drove it.
+    pub forwarded: Vec<Forwarded>,
+}
+
+/// Why a session could not be claimed or reached.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("unknown session {0:?}")]
+    Unknown(String),
+    /// Worded as `Unknown`: whether another user's session exists is nobody else's
+    /// business.
+    #[error("unknown session {0:?}")]
+    NotYours(String),
+    #[error("session {0:?} was ended")]
+    Ended(String),
+    #[error("the session store is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Something for a session, to the node that drives it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "k", rename_all = "snake_case")]
+pub enum Forwarded {
+    /// A message to send (an envelope without id, seq or ts): produced on a node that no
+    /// longer drives the session, e.g. by an agent still answering there.
+    Output { json: String },
+    /// A client message that reached another node (`POST /haip/messages`), with its flow
+    /// cost.
+    Inbound { json: String, cost: u64 },
+    /// The client cancelled a run whose agent runs on the receiving node.
+    CancelRun { run_id: String },
+    /// Another node took the session over: the receiving node closes its connection to
+    /// it and forwards what it still produces.
+    TakenOver,
+}
+
+/// Where a forwarded item went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// To the live node that drives the session.
+    Sent,
+    /// No live node drives it: kept for the next one that claims it.
+    Kept,
+}
+
+/// What a node keeps outside itself. Implemented by `cluster::RedisStore`.
+pub trait SessionStore: Send + Sync {
+    /// This node's name as owners are recorded (unique per process run).
+    fn owner(&self) -> &str;
+    /// Whether the store answers now (new connections are refused while it does not).
+    fn is_available(&self) -> bool;
+    /// The session has something to keep: the store pulls it with
+    /// [`Session::take_write`] and answers with [`Session::written`].
+    fn schedule(&self, session: Arc<Session>);
+    /// Makes this node the one that drives `session` (of `subject`; "" for a session
+    /// this node is sent messages for) and returns what is kept of it.
+    fn claim<'a>(
+        &'a self,
+        session: &'a str,
+        subject: &'a str,
+    ) -> BoxFuture<'a, Result<ClaimedSession, StoreError>>;
+    /// Sends `item` to the node that drives `session`, checking that it belongs to
+    /// `subject` when given.
+    fn forward<'a>(
+        &'a self,
+        session: &'a str,
+        subject: Option<&'a str>,
+        item: Forwarded,
+    ) -> BoxFuture<'a, Result<Delivery, StoreError>>;
+    /// Sends `item` about `session` to `node` itself (a run's node, a previous owner).
+    fn tell_node<'a>(
+        &'a self,
+        node: &'a str,
+        session: &'a str,
+        item: Forwarded,
+    ) -> BoxFuture<'a, ()>;
+    /// The nodes among `nodes` that are alive.
+    fn live_nodes(&self, nodes: Vec<String>) -> BoxFuture<'_, Vec<String>>;
+    /// Keeps `sessions` (driven here, with a live connection) from expiring.
+    fn refresh(&self, sessions: Vec<String>) -> BoxFuture<'_, ()>;
+}

@@ -158,6 +158,7 @@ async fn stats(axum::extract::State(state): axum::extract::State<SharedState>) -
         "errorRate": m.error_rate(),
         "uptime": uptime_ms,
         "sessions": state.engine.session_count(),
+        "sessionsTakenOver": m.sessions_taken_over.load(Ordering::Relaxed),
         "transports": transport_counts(m),
         "memory": state.engine.budget.snapshot(),
         "workers": state.workers.as_ref().map(|pool| {
@@ -242,6 +243,12 @@ async fn metrics(axum::extract::State(state): axum::extract::State<SharedState>)
         "counter",
         "ERROR messages written to clients.",
         &one(&m.errors_out),
+    );
+    metric(
+        "haip_sessions_taken_over_total",
+        "counter",
+        "Cluster mode: sessions this node took over from Redis (resumed after another node).",
+        &one(&m.sessions_taken_over),
     );
     metric(
         "haip_heartbeat_round_trips_total",

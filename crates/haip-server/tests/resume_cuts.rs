@@ -491,7 +491,10 @@ fn dec(v: &Value) -> Option<u64> {
 }
 
 struct Client<'a> {
-    srv: &'a Server,
+    /// The nodes serving the session: one, or several sharing a Redis (cluster mode).
+    nodes: &'a [Server],
+    /// The node of the live connection.
+    node: usize,
     name: &'static str,
     seed: u64,
     rng: Rng,
@@ -531,9 +534,10 @@ impl Drop for Client<'_> {
 }
 
 impl<'a> Client<'a> {
-    fn new(srv: &'a Server, name: &'static str, seed: u64) -> Client<'a> {
+    fn new(nodes: &'a [Server], name: &'static str, seed: u64) -> Client<'a> {
         Client {
-            srv,
+            nodes,
+            node: 0,
             name,
             seed,
             rng: Rng::new(seed),
@@ -675,8 +679,13 @@ impl<'a> Client<'a> {
 
     // --- connections --------------------------------------------------------------------
 
+    /// The node of the live connection.
+    fn srv(&self) -> &'a Server {
+        &self.nodes[self.node]
+    }
+
     async fn open_first(&mut self, kind: Kind) -> Live {
-        let conn = RawConn::open(self.srv, kind, Vec::new(), None).await;
+        let conn = RawConn::open(self.srv(), kind, Vec::new(), None).await;
         let mut live = Live {
             conn,
             kind,
@@ -736,6 +745,12 @@ impl<'a> Client<'a> {
         } else {
             self.highest
         };
+        if self.nodes.len() > 1 && self.rng.percent(50) {
+            // Cluster mode: the client lands on another node.
+            self.node = (self.node + 1 + self.rng.below(self.nodes.len() as u64 - 1) as usize)
+                % self.nodes.len();
+            self.note(format!("to node {}", self.node));
+        }
         let t0 = now_ms();
         let s = self.session.clone();
         let conn = match method {
@@ -744,12 +759,18 @@ impl<'a> Client<'a> {
                     ("session".to_string(), s.clone()),
                     ("last_rx_seq".to_string(), reported.to_string()),
                 ];
-                RawConn::open(self.srv, kind, params, None).await
+                RawConn::open(self.srv(), kind, params, None).await
             }
             Method::LastEventId => {
-                RawConn::open(self.srv, kind, Vec::new(), Some(format!("{s}:{reported}"))).await
+                RawConn::open(
+                    self.srv(),
+                    kind,
+                    Vec::new(),
+                    Some(format!("{s}:{reported}")),
+                )
+                .await
             }
-            Method::Hai | Method::Fresh => RawConn::open(self.srv, kind, Vec::new(), None).await,
+            Method::Hai | Method::Fresh => RawConn::open(self.srv(), kind, Vec::new(), None).await,
         };
         let mut live = Live {
             conn,
@@ -910,7 +931,10 @@ impl<'a> Client<'a> {
                 live.replay_max_ts = live.replay_max_ts.max(ts_of(&m));
             }
         } else if t == "HAI" && new && live.method != Method::Fresh {
-            self.fail(format!("a second confirming HAI on one connection: {m}"));
+            self.fail(format!(
+                "a second confirming HAI on one connection (t0 {}, read {}): {m}",
+                live.t0, live.read
+            ));
         }
 
         if !new {
@@ -983,7 +1007,7 @@ impl<'a> Client<'a> {
             ));
         }
         if let Some(fresh) = &live.fresh {
-            if self.srv.state.engine.get(fresh).is_some() {
+            if self.srv().state.engine.get(fresh).is_some() {
                 self.fail(format!(
                     "the fresh session {fresh} announced before the resume by HAI is kept"
                 ));
@@ -1025,8 +1049,12 @@ impl<'a> Client<'a> {
         expected.extend(["MESSAGE_END", "RUN_FINISHED"]);
         let got: Vec<&str> = msgs.iter().map(|v| ty(v)).collect();
         if got != expected {
+            let each: Vec<String> = msgs
+                .iter()
+                .map(|v| format!("{}:{}:{}", seq(v), ty(v), v["payload"]["text"]))
+                .collect();
             self.fail(format!(
-                "run {run} ({rid}) is not the exact echo run: {} messages, types {got:?}",
+                "run {run} ({rid}) is not the exact echo run: {} messages, types {got:?}; each (seq:type:text): {each:?}",
                 msgs.len()
             ));
         }
@@ -1148,9 +1176,20 @@ fn pick_k(rng: &mut Rng, kind: Kind) -> usize {
 
 /// Runs echo runs with random cuts until `target` cuts were made, then checks the whole.
 async fn cut_and_resume(name: &'static str, default_seed: u64, plan: Plan, target: usize) {
-    let seed = seed_or(default_seed);
     let srv = Server::start_with(|c| c.echo_word_delay = ms(1)).await;
-    let mut cl = Client::new(&srv, name, seed);
+    cut_and_resume_on(&[srv], name, default_seed, plan, target).await
+}
+
+/// The same over `nodes`: each reconnect lands on a random one when there are several.
+async fn cut_and_resume_on(
+    nodes: &[Server],
+    name: &'static str,
+    default_seed: u64,
+    plan: Plan,
+    target: usize,
+) {
+    let seed = seed_or(default_seed);
+    let mut cl = Client::new(nodes, name, seed);
     let mut kind = plan.first();
     let mut live = cl.open_first(kind).await;
     let mut run = 0;
@@ -1236,4 +1275,30 @@ async fn stream_cuts() {
 #[tokio::test]
 async fn handoff_cuts() {
     cut_and_resume("handoff_cuts", 0x5EED_0004, Plan::Rotate, 150).await
+}
+
+/// Cluster mode (contract section 13): two nodes on one Redis, and half the reconnects
+/// land on the other node, on every transport in turn. Nothing may be lost or repeated.
+#[tokio::test]
+async fn cluster_cuts() {
+    let Some(redis) = common::redis::Redis::start() else {
+        return;
+    };
+    let mut nodes = Vec::new();
+    for name in ["node-a", "node-b"] {
+        let url = redis.url();
+        let node = Server::start_with(move |c| {
+            c.echo_word_delay = ms(1);
+            c.redis_url = Some(url);
+            c.node_id = Some(name.to_string());
+        })
+        .await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while node.get_json("/health").await.0 != 200 {
+            assert!(Instant::now() < deadline, "{name} did not reach Redis");
+            tokio::time::sleep(ms(20)).await;
+        }
+        nodes.push(node);
+    }
+    cut_and_resume_on(&nodes, "cluster_cuts", 0x5EED_0005, Plan::Rotate, 150).await
 }

@@ -28,8 +28,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::store::{
-    BoxFuture, ClaimedSession, Delivery, Forwarded, SessionStore, StoreError, StoredMessage,
-    StoredRun,
+    BoxFuture, ClaimedSession, Forwarded, SessionStore, StoreError, StoredMessage, StoredRun,
 };
 use crate::engine::{Engine, Session};
 use conn::Connection;
@@ -51,12 +50,23 @@ pub struct ClusterSettings {
     pub replay: ReplayConfig,
 }
 
-/// A message on a node's channel: an item for one of the sessions it drives.
+/// A message on a node's channel.
 #[derive(Debug, Serialize, Deserialize)]
-struct NodeMessage {
-    /// The session.
-    s: String,
-    /// The node run that sent it.
+#[serde(tag = "m", rename_all = "snake_case")]
+enum NodeMessage {
+    /// Something was queued for session `s`, which the node drives: take it.
+    Wake { s: String },
+    /// For session `s`, from node run `from`, to this node run itself.
+    Direct {
+        s: String,
+        from: String,
+        item: Forwarded,
+    },
+}
+
+/// An item in a session's queue: who produced it, and what.
+#[derive(Debug, Serialize, Deserialize)]
+struct Queued {
     from: String,
     item: Forwarded,
 }
@@ -171,9 +181,11 @@ impl RedisStore {
             .map(array)
             .unwrap_or_default()
             .into_iter()
-            .filter_map(|v| serde_json::from_str::<NodeMessage>(&text(Some(&v))).ok())
-            .map(|m| m.item)
+            .filter_map(|v| serde_json::from_str::<Queued>(&text(Some(&v))).ok())
+            .map(|q| (q.from, q.item))
             .collect();
+        let applied = serde_json::from_str(&text(parts.get(10))).unwrap_or_default();
+        let texts = text(parts.get(11));
         Ok(ClaimedSession {
             subject: text(parts.get(7)),
             epoch: text(parts.get(2)).parse().unwrap_or(1),
@@ -183,45 +195,65 @@ impl RedisStore {
             runs,
             client_hai: (!hai.is_empty()).then_some(hai),
             messages,
+            applied,
+            texts: (!texts.is_empty()).then_some(texts),
             forwarded,
         })
     }
 
-    async fn forward_item(
+    pub(crate) async fn forward_item(
         &self,
         session: &str,
         subject: Option<&str>,
+        producer: &str,
         item: Forwarded,
-    ) -> Result<Delivery, StoreError> {
+    ) -> Result<(), StoreError> {
         let mut conn = self.connection()?;
-        let message = self.node_message(session, item);
+        let queued = serde_json::to_string(&Queued {
+            from: producer.to_string(),
+            item,
+        })
+        .unwrap_or_default();
+        let wake = serde_json::to_string(&NodeMessage::Wake {
+            s: session.to_string(),
+        })
+        .unwrap_or_default();
         let answer: String = self
             .scripts
             .forward
             .key(scripts::meta_key(session))
             .key(scripts::forwarded_key(session))
             .arg(subject.unwrap_or(""))
-            .arg(message)
+            .arg(queued)
             .arg(self.settings.session_ttl_ms)
             .arg(MAX_KEPT_FORWARDS)
+            .arg(wake)
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
         match answer.as_str() {
-            "sent" => Ok(Delivery::Sent),
-            "kept" => Ok(Delivery::Kept),
+            "ok" => Ok(()),
             "not_yours" => Err(StoreError::NotYours(session.to_string())),
             _ => Err(StoreError::Unknown(session.to_string())),
         }
     }
 
-    fn node_message(&self, session: &str, item: Forwarded) -> String {
-        serde_json::to_string(&NodeMessage {
-            s: session.to_string(),
-            from: self.owner.clone(),
-            item,
-        })
-        .unwrap_or_default()
+    async fn drain_queue(&self, session: &str) -> Result<Vec<(String, Forwarded)>, StoreError> {
+        let mut conn = self.connection()?;
+        let items: Vec<Value> = self
+            .scripts
+            .drain
+            .key(scripts::meta_key(session))
+            .key(scripts::forwarded_key(session))
+            .arg(&self.owner)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(items
+            .into_iter()
+            .filter_map(|v| serde_json::from_str::<Queued>(&text(Some(&v))).ok())
+            .map(|q| (q.from, q.item))
+            .collect())
     }
 }
 
@@ -250,9 +282,17 @@ impl SessionStore for RedisStore {
         &'a self,
         session: &'a str,
         subject: Option<&'a str>,
+        producer: &'a str,
         item: Forwarded,
-    ) -> BoxFuture<'a, Result<Delivery, StoreError>> {
-        Box::pin(self.forward_item(session, subject, item))
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(self.forward_item(session, subject, producer, item))
+    }
+
+    fn drain<'a>(
+        &'a self,
+        session: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<(String, Forwarded)>, StoreError>> {
+        Box::pin(self.drain_queue(session))
     }
 
     fn tell_node<'a>(
@@ -265,7 +305,12 @@ impl SessionStore for RedisStore {
             let Ok(mut conn) = self.connection() else {
                 return;
             };
-            let message = self.node_message(session, item);
+            let message = serde_json::to_string(&NodeMessage::Direct {
+                s: session.to_string(),
+                from: self.owner.clone(),
+                item,
+            })
+            .unwrap_or_default();
             let sent: RedisResult<i64> = redis::cmd("PUBLISH")
                 .arg(scripts::node_key(node))
                 .arg(message)
@@ -459,6 +504,10 @@ async fn listen(store: Weak<RedisStore>, engine: Weak<Engine>, shutdown: Cancell
         match pubsub {
             Ok(pubsub) => {
                 delay = Duration::from_millis(100);
+                // Whatever was queued while this node did not listen is taken now.
+                if let Some(engine) = engine.upgrade() {
+                    engine.take_all_forwarded().await;
+                }
                 let mut messages = pubsub.into_on_message();
                 loop {
                     let msg = tokio::select! {
@@ -476,11 +525,14 @@ async fn listen(store: Weak<RedisStore>, engine: Weak<Engine>, shutdown: Cancell
                     let Some(engine) = engine.upgrade() else {
                         return;
                     };
-                    // Handled before the next one, so that what one node forwards to a
+                    // Handled before the next one, so that what one node sends to a
                     // session arrives in the order it was sent.
-                    engine
-                        .on_forwarded(&message.s, Some(&message.from), message.item)
-                        .await;
+                    match message {
+                        NodeMessage::Wake { s } => engine.take_forwarded(&s).await,
+                        NodeMessage::Direct { s, from, item } => {
+                            engine.on_direct(&s, &from, item).await
+                        }
+                    }
                 }
             }
             Err(e) => tracing::debug!(error = %e, "could not listen on this node's channel"),

@@ -5,10 +5,13 @@
 //! Keys of one session share the hash tag `{<session>}`, so a script touches one slot of
 //! a Redis Cluster:
 //! - `haip:{S}:meta` (hash): subject, owner (node run), epoch, seq (last stored), in (last
-//!   client seq processed), runs (JSON), hai (the client's HAI envelope), ended.
+//!   client seq processed), runs (JSON), hai (the client's HAI envelope), applied (per
+//!   producing node, the last forwarded output applied), texts (user messages being
+//!   assembled), ended.
 //! - `haip:{S}:out` (stream): the sent messages, entry id `<seq>-0`, fields `t` (ts) and
 //!   `j` (the JSON text as sent).
-//! - `haip:{S}:fwd` (list): items forwarded while no live node drove the session.
+//! - `haip:{S}:fwd` (list): output and client messages other nodes forward to the node
+//!   that drives the session, oldest first, until it takes them.
 //!
 //! Node runs announce themselves with `haip:node:<owner>` (a key that expires unless
 //! refreshed) and listen on the pub/sub channel of the same name.
@@ -38,26 +41,26 @@ pub fn node_key(owner: &str) -> String {
 /// the stream by the replay window's rules; renews the session's expiry.
 ///
 /// KEYS: meta, out. ARGV: epoch, subject, owner, ttl_ms, keep_newest, keep_for_ms,
-/// max_messages, now_ms, last_client_seq|'', runs|'', hai|'', ended '1'|'', first_seq,
-/// then ts and json of each message.
+/// max_messages, now_ms, last_client_seq|'', runs|'', hai|'', ended '1'|'', applied|'',
+/// texts|'', first_seq, then ts and json of each message.
 /// Returns {'ok', last stored seq} or {'moved', epoch}.
 pub const APPEND: &str = r#"
 local meta, out = KEYS[1], KEYS[2]
 local epoch = redis.call('HGET', meta, 'epoch')
 if not epoch then
-  if ARGV[1] ~= '1' or ARGV[13] ~= '1' then return {'moved', ''} end
+  if ARGV[1] ~= '1' or ARGV[15] ~= '1' then return {'moved', ''} end
   redis.call('HSET', meta, 'subject', ARGV[2], 'owner', ARGV[3], 'epoch', '1', 'seq', '0')
   epoch = '1'
 end
 if epoch ~= ARGV[1] then return {'moved', epoch} end
 local seq = tonumber(redis.call('HGET', meta, 'seq') or '0')
-local n = (#ARGV - 13) / 2
+local n = (#ARGV - 15) / 2
 if n > 0 then
-  local first = tonumber(ARGV[13])
+  local first = tonumber(ARGV[15])
   if first ~= seq + 1 then return {'moved', epoch} end
   for i = 0, n - 1 do
     redis.call('XADD', out, string.format('%.0f', first + i) .. '-0',
-      't', ARGV[14 + 2 * i], 'j', ARGV[15 + 2 * i])
+      't', ARGV[16 + 2 * i], 'j', ARGV[17 + 2 * i])
   end
   seq = first + n - 1
   redis.call('HSET', meta, 'seq', string.format('%.0f', seq))
@@ -66,6 +69,8 @@ if ARGV[9] ~= '' then redis.call('HSET', meta, 'in', ARGV[9]) end
 if ARGV[10] ~= '' then redis.call('HSET', meta, 'runs', ARGV[10]) end
 if ARGV[11] ~= '' then redis.call('HSET', meta, 'hai', ARGV[11]) end
 if ARGV[12] == '1' then redis.call('HSET', meta, 'ended', '1') end
+if ARGV[13] ~= '' then redis.call('HSET', meta, 'applied', ARGV[13]) end
+if ARGV[14] ~= '' then redis.call('HSET', meta, 'texts', ARGV[14]) end
 local len = redis.call('XLEN', out)
 local keep_newest = tonumber(ARGV[5])
 if len > keep_newest then
@@ -95,7 +100,7 @@ return {'ok', string.format('%.0f', seq)}
 ///
 /// KEYS: meta, out, fwd. ARGV: subject ('' for any), owner, ttl_ms.
 /// Returns {'ok', previous owner, epoch, seq, in, runs, hai, subject, entries,
-/// forwarded} or {'unknown'} / {'not_yours'} / {'ended'}.
+/// forwarded, applied, texts} or {'unknown'} / {'not_yours'} / {'ended'}.
 pub const CLAIM: &str = r#"
 local meta = KEYS[1]
 local subject = redis.call('HGET', meta, 'subject')
@@ -105,39 +110,49 @@ if redis.call('HGET', meta, 'ended') == '1' then return {'ended'} end
 local previous = redis.call('HGET', meta, 'owner') or ''
 local epoch = redis.call('HINCRBY', meta, 'epoch', 1)
 redis.call('HSET', meta, 'owner', ARGV[2])
-local f = redis.call('HMGET', meta, 'seq', 'in', 'runs', 'hai')
+local f = redis.call('HMGET', meta, 'seq', 'in', 'runs', 'hai', 'applied', 'texts')
 local entries = redis.call('XRANGE', KEYS[2], '-', '+')
 local forwarded = redis.call('LRANGE', KEYS[3], 0, -1)
 redis.call('DEL', KEYS[3])
 redis.call('PEXPIRE', meta, ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
 return {'ok', previous, tostring(epoch), f[1] or '0', f[2] or '', f[3] or '', f[4] or '',
-  subject, entries, forwarded}
+  subject, entries, forwarded, f[5] or '', f[6] or ''}
 "#;
 
-/// Publishes an item to the node run that drives a session; when none listens, keeps it
-/// for the next one that claims the session (at most `max_kept`).
+/// Queues an item for a session (after checking its subject) and wakes the node run
+/// that drives it, which takes the queue with [`DRAIN`]. A session no live node drives
+/// keeps its queue (at most `max_kept` items) for the next one that claims it.
 ///
-/// KEYS: meta, fwd. ARGV: subject ('' for any), message, ttl_ms, max_kept.
-/// Returns 'sent', 'kept', 'unknown' or 'not_yours'.
+/// KEYS: meta, fwd. ARGV: subject ('' for any), item, ttl_ms, max_kept, wake message.
+/// Returns 'ok', 'unknown' or 'not_yours'.
 pub const FORWARD: &str = r#"
 local f = redis.call('HMGET', KEYS[1], 'subject', 'owner')
 if not f[1] then return 'unknown' end
 if ARGV[1] ~= '' and f[1] ~= ARGV[1] then return 'not_yours' end
-local listeners = 0
-if f[2] then listeners = redis.call('PUBLISH', 'haip:node:' .. f[2], ARGV[2]) end
-if listeners > 0 then return 'sent' end
 redis.call('RPUSH', KEYS[2], ARGV[2])
 redis.call('LTRIM', KEYS[2], -tonumber(ARGV[4]), -1)
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
-return 'kept'
+if f[2] then redis.call('PUBLISH', 'haip:node:' .. f[2], ARGV[5]) end
+return 'ok'
 "#;
 
-/// The three scripts, hashed once.
+/// Takes a session's queue, if `owner` drives the session.
+///
+/// KEYS: meta, fwd. ARGV: owner. Returns the items, oldest first.
+pub const DRAIN: &str = r#"
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return {} end
+local items = redis.call('LRANGE', KEYS[2], 0, -1)
+redis.call('DEL', KEYS[2])
+return items
+"#;
+
+/// The scripts, hashed once.
 pub struct Scripts {
     pub append: Script,
     pub claim: Script,
     pub forward: Script,
+    pub drain: Script,
 }
 
 impl Default for Scripts {
@@ -146,6 +161,7 @@ impl Default for Scripts {
             append: Script::new(APPEND),
             claim: Script::new(CLAIM),
             forward: Script::new(FORWARD),
+            drain: Script::new(DRAIN),
         }
     }
 }

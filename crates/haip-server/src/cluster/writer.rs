@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::{array, scripts, text, RedisStore};
 use crate::engine::core::PendingWrite;
 use crate::engine::now_ms;
-use crate::engine::store::{SessionWrite, StoreError, WriteOutcome};
+use crate::engine::store::{Forwarded, SessionStore, SessionWrite, StoreError, WriteOutcome};
 use crate::engine::Session;
 
 /// The most sessions written in one round.
@@ -71,19 +71,30 @@ async fn write_round(store: &RedisStore, round: Vec<Arc<Session>>) -> Vec<Arc<Se
                 PendingWrite::Keep(write) => {
                     let outcome = append(store, &write).await;
                     let failed = matches!(outcome, WriteOutcome::Failed(_));
-                    session.written(outcome);
+                    for (producer, n) in session.written(outcome) {
+                        let node = crate::engine::core::node_of(&producer).to_string();
+                        let item = Forwarded::Applied { producer, n };
+                        store.tell_node(&node, &session.id, item).await;
+                    }
                     failed.then_some(session)
                 }
                 PendingWrite::Forward(items) => {
-                    // Output of a session driven elsewhere, in order, to that node.
-                    for item in items {
-                        match store.forward_item(&session.id, None, item).await {
-                            Ok(_) => {}
-                            Err(StoreError::Unavailable(e)) => {
-                                tracing::warn!(session = %session.id, error = %e, "output for another node lost: Redis out of reach");
+                    // Output for the node that drives the session, in order; what could
+                    // not go waits for the next round.
+                    let mut items = items.into_iter();
+                    while let Some((producer, item)) = items.next() {
+                        let sent = store
+                            .forward_item(&session.id, None, &producer, item.clone())
+                            .await;
+                        match sent {
+                            Ok(()) => {}
+                            Err(StoreError::Unavailable(_)) => {
+                                let rest = std::iter::once((producer, item)).chain(items).collect();
+                                session.lock().forward_again(rest);
+                                return Some(session);
                             }
                             Err(e) => {
-                                tracing::debug!(session = %session.id, error = %e, "output for another node dropped");
+                                tracing::debug!(session = %session.id, error = %e, "output for a session that is gone dropped");
                             }
                         }
                     }
@@ -132,6 +143,14 @@ async fn append(store: &RedisStore, write: &SessionWrite) -> WriteOutcome {
         .arg(runs)
         .arg(write.client_hai.as_deref().unwrap_or(""))
         .arg(if write.ended { "1" } else { "" })
+        .arg(
+            write
+                .applied
+                .as_ref()
+                .map(|a| serde_json::to_string(a).unwrap_or_default())
+                .unwrap_or_default(),
+        )
+        .arg(write.texts.as_deref().unwrap_or(""))
         .arg(write.messages.first().map_or(0, |m| m.seq));
     for m in &write.messages {
         invocation.arg(m.ts).arg(m.json.as_ref());

@@ -8,7 +8,9 @@ use std::time::Duration;
 use crate::agent::{AgentMessage, HandleFuture, RunEnding, SessionHandle};
 use crate::tools::{ToolCatalog, ToolOutcome, ToolRegistry, ToolSpec};
 
-use super::{now_ms, run_tool, InFlight, Session};
+use tokio_util::sync::CancellationToken;
+
+use super::{now_ms, run_tool, InFlight, Session, ToolRun};
 
 /// How long an agent waiting for the client to take its output sleeps between looks when
 /// nothing wakes it (the connection went away, or credit came back without a write).
@@ -19,13 +21,21 @@ const WRITABLE_RECHECK: Duration = Duration::from_millis(50);
 pub struct AgentLink {
     session: InFlight,
     tools: Arc<ToolRegistry>,
+    /// Cancelled when this work is given up (cluster mode: the session moved before the
+    /// store had the message that asked for it): nothing more reaches the session.
+    abandon: CancellationToken,
 }
 
 impl AgentLink {
-    pub fn new(session: Arc<Session>, tools: Arc<ToolRegistry>) -> AgentLink {
+    pub fn new(
+        session: Arc<Session>,
+        tools: Arc<ToolRegistry>,
+        abandon: CancellationToken,
+    ) -> AgentLink {
         AgentLink {
             session: InFlight::new(session),
             tools,
+            abandon,
         }
     }
 
@@ -43,16 +53,21 @@ impl SessionHandle for AgentLink {
         &self.session().subject
     }
 
-    fn open_run(
-        &self,
-        thread_id: Option<&str>,
-    ) -> Option<(String, tokio_util::sync::CancellationToken)> {
+    fn open_run(&self, thread_id: Option<&str>) -> Option<(String, CancellationToken)> {
+        if self.abandon.is_cancelled() {
+            return None;
+        }
+        // A run opened here and then given up is cancelled with it (see the session
+        // core's hand-over).
         self.session()
             .lock()
             .open_run(thread_id.map(str::to_string), now_ms())
     }
 
     fn send(&self, message: AgentMessage<'_>) {
+        if self.abandon.is_cancelled() {
+            return;
+        }
         let mut core = self.session().lock();
         let mut env = core.envelope(message.channel, message.payload);
         env.run_id = message.run_id.map(str::to_string);
@@ -92,6 +107,9 @@ impl SessionHandle for AgentLink {
     }
 
     fn close_run(&self, run_id: &str, ending: RunEnding) {
+        if self.abandon.is_cancelled() {
+            return;
+        }
         self.session().lock().close_run(run_id, ending, now_ms());
     }
 
@@ -125,11 +143,14 @@ impl SessionHandle for AgentLink {
             run_tool(
                 self.tools.clone(),
                 self.session().clone(),
-                call.call_id,
-                call.tool,
-                params,
-                Some(call.run_id),
-                cancel,
+                ToolRun {
+                    call_id: call.call_id,
+                    tool: call.tool,
+                    params,
+                    run_id: Some(call.run_id),
+                    cancel,
+                    abandon: self.abandon.clone(),
+                },
             )
             .await
         })

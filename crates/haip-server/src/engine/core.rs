@@ -30,7 +30,9 @@ use crate::agent::RunEnding;
 use crate::tools::{ToolCatalog, ToolOutcome};
 
 mod durable;
+mod forwarding;
 pub use durable::{PendingWrite, AGENT_NODE_LOST};
+pub use forwarding::node_of;
 
 /// A message many sessions send alike: another session's message in a thread, to each
 /// follower; the TOOL_LIST and first HAI, to every new session. Serialized once from
@@ -185,9 +187,16 @@ pub enum Action {
     Text {
         text: String,
         thread_id: Option<String>,
+        /// Cancelled when the work must be given up without a trace (cluster mode: the
+        /// session moved before the store had the message that asked for it; the node
+        /// that drives it now does the work).
+        abandon: CancellationToken,
     },
     /// An AUDIO_CHUNK arrived on USER.
-    Audio(AudioChunk),
+    Audio {
+        chunk: AudioChunk,
+        abandon: CancellationToken,
+    },
     /// A TOOL_CALL for a known tool was accepted.
     CallTool {
         call_id: String,
@@ -195,6 +204,7 @@ pub enum Action {
         params: Map<String, Value>,
         run_id: Option<String>,
         cancel: CancellationToken,
+        abandon: CancellationToken,
     },
     /// The client answered the server's PING after this many ms (for /stats).
     RoundTrip(u64),
@@ -239,6 +249,8 @@ pub struct SessionCore {
     texts: HashMap<String, (String, Option<String>)>,
     /// The bytes of `texts`, bounded by `max_pending_input_bytes`.
     texts_bytes: u64,
+    /// Changes with every change of `texts` (cluster mode stores them when it moved).
+    texts_generation: u32,
     /// User messages dropped for their size: their later parts and end are ignored (the
     /// most recent [`MAX_OPEN_MESSAGES`]).
     /// Boxed and made only when needed: most sessions never drop a message, and an idle
@@ -306,6 +318,7 @@ impl SessionCore {
             attached: None,
             texts: HashMap::new(),
             texts_bytes: 0,
+            texts_generation: 0,
             dropped_texts: None,
             cancels: HashMap::new(),
             finish_after_tools: HashMap::new(),
@@ -752,6 +765,7 @@ impl SessionCore {
         self.inbound = Sequencer::with_byte_bound(0, 0);
         self.texts.clear();
         self.texts_bytes = 0;
+        self.texts_generation = self.texts_generation.wrapping_add(1);
     }
 
     /// What the session holds that a client can make grow, in bytes.
@@ -903,6 +917,9 @@ impl SessionCore {
         tools: &dyn ToolCatalog,
         now_ms: u64,
     ) -> Vec<Action> {
+        if self.pass_inbound_if_elsewhere(&env, cost) {
+            return Vec::new(); // processed by the node that drives the session
+        }
         self.last_client_activity_ms = now_ms;
         let timers_before = self.timers();
         let actions = self.receive_inner(env, cost, tools, now_ms);
@@ -972,8 +989,12 @@ impl SessionCore {
         let mut actions = Vec::new();
         for (env, cost) in ready {
             let ch = env.channel.clone();
+            let (client_seq, before) = (env.seq, actions.len());
             if let Some(v) = self.process(env, tools, now_ms, &mut actions) {
                 self.count_violation(v);
+            }
+            if actions.len() > before {
+                self.tag_work(&mut actions[before..], client_seq);
             }
             if let Some(grant) = self.meter.consumed(&ch, cost, now_ms) {
                 self.send_grant(grant, now_ms);
@@ -1013,6 +1034,7 @@ impl SessionCore {
         if too_many || too_long {
             if let Some((old, _)) = self.texts.remove(&message_id) {
                 self.texts_bytes -= old.len() as u64;
+                self.texts_generation = self.texts_generation.wrapping_add(1);
             }
             let dropped = self.dropped_texts.get_or_insert_with(Default::default);
             if dropped.len() >= MAX_OPEN_MESSAGES {
@@ -1037,6 +1059,7 @@ impl SessionCore {
             return Some(Violation::Protocol);
         }
         self.texts_bytes += text.len() as u64;
+        self.texts_generation = self.texts_generation.wrapping_add(1);
         self.texts
             .entry(message_id)
             .or_insert_with(|| (String::new(), thread_id))
@@ -1173,6 +1196,7 @@ impl SessionCore {
                 }
                 if let Some((old, _)) = self.texts.remove(&m.message_id) {
                     self.texts_bytes -= old.len() as u64;
+                    self.texts_generation = self.texts_generation.wrapping_add(1);
                 }
                 return self.add_text(m.message_id, &text, env.thread_id, related, now_ms);
             }
@@ -1196,11 +1220,16 @@ impl SessionCore {
                 let (text, thread_id) = match self.texts.remove(&m.message_id) {
                     Some(entry) => {
                         self.texts_bytes -= entry.0.len() as u64;
+                        self.texts_generation = self.texts_generation.wrapping_add(1);
                         entry
                     }
                     None => (String::new(), env.thread_id),
                 };
-                actions.push(Action::Text { text, thread_id });
+                actions.push(Action::Text {
+                    text,
+                    thread_id,
+                    abandon: CancellationToken::new(),
+                });
             }
             Payload::MessageStart(_) | Payload::MessagePart(_) | Payload::MessageEnd(_) => {}
             Payload::AudioChunk(mut chunk) => {
@@ -1208,7 +1237,10 @@ impl SessionCore {
                     if chunk.data.is_none() {
                         chunk.data = Some(Vec::new());
                     }
-                    actions.push(Action::Audio(chunk));
+                    actions.push(Action::Audio {
+                        chunk,
+                        abandon: CancellationToken::new(),
+                    });
                 }
             }
             Payload::ToolCall(call) => {
@@ -1259,6 +1291,7 @@ impl SessionCore {
                     params: call.params.unwrap_or_default(),
                     run_id,
                     cancel,
+                    abandon: CancellationToken::new(),
                 });
             }
             Payload::ToolCancel(c) => {

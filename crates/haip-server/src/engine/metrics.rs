@@ -26,6 +26,9 @@ pub struct Metrics {
     /// PING to PONG round trips measured on the server's heartbeat.
     pub round_trips: AtomicU64,
     pub round_trip_ms_sum: AtomicU64,
+    /// Cluster mode: sessions this node took over from the store (resumed here after
+    /// another node, or this node before a restart, drove them).
+    pub sessions_taken_over: AtomicU64,
     transports: [TransportCounts; 4],
 }
 

@@ -33,7 +33,7 @@ use budget::{plan, Enforcement, MemoryBudget, Usage, CONNECTION_BYTES};
 use core::{Action, SessionCore, SessionLimits, SessionUsage, SharedMessage};
 use metrics::Metrics;
 use outbound::ConnQueue;
-use store::{ClaimedSession, Delivery, Forwarded, SessionStore, StoreError, WriteOutcome};
+use store::{ClaimedSession, Forwarded, SessionStore, StoreError, WriteOutcome};
 use threads::Threads;
 
 /// Milliseconds since the epoch: the `ts` of every message the server sends.
@@ -77,9 +77,10 @@ impl Session {
         self.lock().take_write()
     }
 
-    /// The store's answer to the session's last write.
-    pub fn written(&self, outcome: WriteOutcome) {
-        self.lock().written(outcome, now_ms());
+    /// The store's answer to the session's last write; returns the producing nodes to
+    /// tell how far their forwarded output is applied.
+    pub fn written(&self, outcome: WriteOutcome) -> Vec<(String, u64)> {
+        self.lock().written(outcome, now_ms())
     }
 
     pub fn lock(&self) -> SessionGuard<'_> {
@@ -133,6 +134,28 @@ impl Drop for SessionGuard<'_> {
         let dispatch = self.session.threads.queue_copies(self.session, sent);
         drop(core);
         dispatch.run();
+    }
+}
+
+/// A claim of a session under way on this node, noted while it lasts.
+struct Claiming<'a> {
+    engine: &'a Engine,
+    id: String,
+}
+
+impl<'a> Claiming<'a> {
+    fn start(engine: &'a Engine, id: &str) -> Claiming<'a> {
+        engine.claiming().insert(id.to_string());
+        Claiming {
+            engine,
+            id: id.to_string(),
+        }
+    }
+}
+
+impl Drop for Claiming<'_> {
+    fn drop(&mut self) {
+        self.engine.claiming().remove(&self.id);
     }
 }
 
@@ -198,6 +221,10 @@ pub struct Engine {
     histories: Mutex<HashMap<String, Vec<Turn>>>,
     /// Where sessions are kept beyond this process: set in cluster mode (see [`store`]).
     store: OnceLock<Arc<dyn SessionStore>>,
+    /// When the sessions with a connection were last kept from expiring in the store.
+    last_refresh_ms: std::sync::atomic::AtomicU64,
+    /// Sessions this node is claiming from the store right now.
+    claiming: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Engine {
@@ -222,6 +249,8 @@ impl Engine {
             greetings: Default::default(),
             histories: Mutex::default(),
             store: OnceLock::new(),
+            last_refresh_ms: std::sync::atomic::AtomicU64::new(now_ms()),
+            claiming: Mutex::default(),
         })
     }
 
@@ -327,6 +356,7 @@ impl Engine {
                 return Ok(());
             }
         }
+        let _claiming = Claiming::start(self, id);
         let claimed = store.claim(id, subject).await.map_err(|e| match e {
             StoreError::Unknown(id) => ResumeError::Unknown(id),
             StoreError::NotYours(id) => ResumeError::NotYours(id),
@@ -335,6 +365,10 @@ impl Engine {
         })?;
         self.install_claimed(store, id, subject, claimed).await;
         Ok(())
+    }
+
+    fn claiming(&self) -> MutexGuard<'_, std::collections::HashSet<String>> {
+        self.claiming.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Makes a claimed session this node's: in place when it is here already (agents
@@ -359,8 +393,12 @@ impl Engine {
         };
         let dead: Vec<String> = remote.into_iter().filter(|n| !alive.contains(n)).collect();
         let previous = claimed.previous_owner.clone();
-        let mut claimed = claimed;
-        let forwarded = std::mem::take(&mut claimed.forwarded);
+        let inbound: Vec<Forwarded> = claimed
+            .forwarded
+            .iter()
+            .filter(|(_, item)| matches!(item, Forwarded::Inbound { .. }))
+            .map(|(_, item)| item.clone())
+            .collect();
         let session = match self.get(id) {
             Some(local) => local,
             None => {
@@ -383,6 +421,9 @@ impl Engine {
             }
         };
         session.lock().take_over(claimed, &dead, now_ms());
+        self.metrics
+            .sessions_taken_over
+            .fetch_add(1, Ordering::Relaxed);
         tracing::info!(
             session = %id,
             previous_node = previous.as_deref().unwrap_or(""),
@@ -392,62 +433,75 @@ impl Engine {
         if let Some(previous) = previous.filter(|p| p != store.owner()) {
             store.tell_node(&previous, id, Forwarded::TakenOver).await;
         }
-        for item in forwarded {
-            self.apply_forwarded(&session, None, item);
+        for item in inbound {
+            self.apply_forwarded(&session, "", item);
         }
+        // What was queued between the claim and now (woken while this node did not yet
+        // know it drives the session).
+        Box::pin(self.take_forwarded(id)).await;
         session
     }
 
-    /// Something another node sent for a session this node drives (cluster mode).
-    pub async fn on_forwarded(self: &Arc<Self>, id: &str, from: Option<&str>, item: Forwarded) {
+    /// Takes what other nodes queued for session `id` (cluster mode): this node was
+    /// woken because it drives it.
+    pub async fn take_forwarded(self: &Arc<Self>, id: &str) {
         let Some(store) = self.store() else {
             return;
         };
-        let local = self.get(id);
-        match (&item, local) {
-            (Forwarded::TakenOver, Some(session)) => session.lock().now_driven_elsewhere(),
-            (Forwarded::TakenOver, None) => {}
-            (Forwarded::CancelRun { run_id }, Some(session)) => {
-                session.lock().cancel_here(run_id);
-            }
-            (Forwarded::CancelRun { .. }, None) => {}
-            (_, Some(session)) if !session.lock().is_driven_elsewhere() => {
-                self.apply_forwarded(&session, from, item);
-            }
-            (_, Some(_)) => {
-                // Driven elsewhere since it was sent: on to the node that drives it now.
-                if let Err(e) = store.forward(id, None, item).await {
-                    tracing::debug!(session = %id, error = %e, "forwarded message dropped");
+        match self.get(id) {
+            Some(session) if !session.lock().is_driven_elsewhere() => match store.drain(id).await {
+                Ok(items) => {
+                    for (from, item) in items {
+                        self.apply_forwarded(&session, &from, item);
+                    }
                 }
-            }
-            (_, None) => {
-                // Recorded as this node's but not here (dropped past its TTL here): take
-                // it again, then apply.
+                Err(e) => {
+                    tracing::warn!(session = %id, error = %e, "could not take forwarded messages")
+                }
+            },
+            Some(_) => {} // woken for a session it lost since
+            None if self.claiming().contains(id) => {} // taken with the claim under way
+            None => {
+                let _claiming = Claiming::start(self, id);
+                // Recorded as this node's but not here (dropped past its TTL here): taken
+                // again, with its queue.
                 match store.claim(id, "").await {
                     Ok(claimed) => {
                         let subject = claimed.subject.clone();
-                        let session = self.install_claimed(store, id, &subject, claimed).await;
-                        self.apply_forwarded(&session, from, item);
+                        self.install_claimed(store, id, &subject, claimed).await;
                     }
                     Err(e) => {
-                        tracing::debug!(session = %id, error = %e, "forwarded message dropped")
+                        tracing::debug!(session = %id, error = %e, "woken for an unknown session")
                     }
                 }
             }
         }
     }
 
-    fn apply_forwarded(
-        self: &Arc<Self>,
-        session: &Arc<Session>,
-        from: Option<&str>,
-        item: Forwarded,
-    ) {
+    /// Takes the queues of every session this node drives (after it listens again).
+    pub async fn take_all_forwarded(self: &Arc<Self>) {
+        let driven: Vec<String> = self
+            .registry()
+            .values()
+            .filter(|s| !s.lock().is_driven_elsewhere())
+            .map(|s| s.id.clone())
+            .collect();
+        for id in driven {
+            self.take_forwarded(&id).await;
+        }
+    }
+
+    /// Something another node sent to this one about session `id` (cluster mode).
+    pub async fn on_direct(self: &Arc<Self>, id: &str, from: &str, item: Forwarded) {
+        if let Some(session) = self.get(id) {
+            self.apply_forwarded(&session, from, item);
+        }
+    }
+
+    fn apply_forwarded(self: &Arc<Self>, session: &Arc<Session>, from: &str, item: Forwarded) {
         match item {
-            Forwarded::Output { json } => {
-                if let Ok(env) = Envelope::parse(&json) {
-                    session.lock().emit_forwarded(env, from, now_ms());
-                }
+            Forwarded::Output { json, n } => {
+                session.lock().accept_forwarded(from, n, json, now_ms());
             }
             Forwarded::Inbound { json, cost } => match Envelope::parse(&json) {
                 Ok(env) => self.handle(session, env, cost),
@@ -455,6 +509,7 @@ impl Engine {
             },
             Forwarded::CancelRun { run_id } => session.lock().cancel_here(&run_id),
             Forwarded::TakenOver => session.lock().now_driven_elsewhere(),
+            Forwarded::Applied { producer, n } => session.lock().forwards_applied(&producer, n),
         }
     }
 
@@ -475,12 +530,15 @@ impl Engine {
                 return Ok(false);
             }
         }
-        match store
-            .forward(id, Some(subject), Forwarded::Inbound { json, cost })
-            .await?
-        {
-            Delivery::Sent | Delivery::Kept => Ok(true),
-        }
+        store
+            .forward(
+                id,
+                Some(subject),
+                store.owner(),
+                Forwarded::Inbound { json, cost },
+            )
+            .await?;
+        Ok(true)
     }
 
     /// Cluster upkeep, every few seconds: ends runs whose agent's node died, and drops
@@ -511,6 +569,21 @@ impl Engine {
                     session.lock().end_lost_run(&run, now_ms());
                 }
             }
+        }
+        let now = now_ms();
+        let mut attached = Vec::new();
+        for s in &sessions {
+            let mut core = s.lock();
+            core.release_overdue_forwards(now);
+            if core.is_attached() && !core.is_driven_elsewhere() {
+                attached.push(s.id.clone());
+            }
+        }
+        // Sessions with a connection must not expire in the store while idle.
+        let last = self.last_refresh_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= self.session_ttl_ms / 3 {
+            self.last_refresh_ms.store(now, Ordering::Relaxed);
+            store.refresh(attached).await;
         }
         let idle_elsewhere: Vec<String> = sessions
             .iter()
@@ -872,13 +945,17 @@ impl Engine {
                         });
                     }
                 }
-                Action::Text { text, thread_id } => {
-                    let reply = Reply::new(self.agent_link(session), thread_id)
+                Action::Text {
+                    text,
+                    thread_id,
+                    abandon,
+                } => {
+                    let reply = Reply::new(self.agent_link(session, abandon), thread_id)
                         .with_history(self.take_history(&session.id));
                     tokio::spawn(self.agent.on_text(reply, text));
                 }
-                Action::Audio(chunk) => {
-                    let reply = Reply::new(self.agent_link(session), None);
+                Action::Audio { chunk, abandon } => {
+                    let reply = Reply::new(self.agent_link(session, abandon), None);
                     tokio::spawn(self.agent.on_audio(reply, chunk));
                 }
                 Action::CallTool {
@@ -887,16 +964,20 @@ impl Engine {
                     params,
                     run_id,
                     cancel,
+                    abandon,
                 } => {
                     let in_flight = InFlight::new(session.clone());
                     let task = run_tool(
                         self.tools.clone(),
                         session.clone(),
-                        call_id,
-                        tool,
-                        params,
-                        run_id,
-                        cancel,
+                        ToolRun {
+                            call_id,
+                            tool,
+                            params,
+                            run_id,
+                            cancel,
+                            abandon,
+                        },
                     );
                     tokio::spawn(async move {
                         let _in_flight = in_flight;
@@ -925,8 +1006,8 @@ impl Engine {
         histories.remove(session_id)
     }
 
-    fn agent_link(&self, session: &Arc<Session>) -> Arc<AgentLink> {
-        Arc::new(AgentLink::new(session.clone(), self.tools.clone()))
+    fn agent_link(&self, session: &Arc<Session>, abandon: CancellationToken) -> Arc<AgentLink> {
+        Arc::new(AgentLink::new(session.clone(), self.tools.clone(), abandon))
     }
 }
 
@@ -956,19 +1037,34 @@ impl Drop for InFlight {
     }
 }
 
+/// One tool call to run.
+pub(crate) struct ToolRun {
+    pub call_id: String,
+    pub tool: String,
+    pub params: Map<String, Value>,
+    pub run_id: Option<String>,
+    /// Cancelled by TOOL_CANCEL or the run's cancellation: the call ends CANCELLED.
+    pub cancel: CancellationToken,
+    /// Cancelled when the work is given up (see [`core::Action`]): nothing more is sent.
+    pub abandon: CancellationToken,
+}
+
 /// Runs one tool call, a client's or an agent's: TOOL_UPDATE RUNNING, then TOOL_DONE with
 /// the result, an error, or CANCELLED when TOOL_CANCEL (or the run's cancellation) arrives
 /// first. Returns how it ended.
-async fn run_tool(
-    tools: Arc<ToolRegistry>,
-    session: Arc<Session>,
-    call_id: String,
-    tool: String,
-    params: Map<String, Value>,
-    run_id: Option<String>,
-    cancel: CancellationToken,
-) -> ToolOutcome {
+async fn run_tool(tools: Arc<ToolRegistry>, session: Arc<Session>, call: ToolRun) -> ToolOutcome {
+    let ToolRun {
+        call_id,
+        tool,
+        params,
+        run_id,
+        cancel,
+        abandon,
+    } = call;
     let send = |payload: Payload| {
+        if abandon.is_cancelled() {
+            return;
+        }
         let mut core = session.lock();
         let mut env = core.envelope(channel::AGENT, payload);
         env.run_id = run_id.clone();
@@ -985,7 +1081,11 @@ async fn run_tool(
         let session = session.clone();
         let call_id = call_id.clone();
         let run_id = run_id.clone();
+        let abandon = abandon.clone();
         move |pct: f64| {
+            if abandon.is_cancelled() {
+                return;
+            }
             let mut core = session.lock();
             let mut env = core.envelope(
                 channel::AGENT,
@@ -1002,15 +1102,21 @@ async fn run_tool(
         }
     };
     let ctx = ToolContext::new(cancel.clone(), Box::new(progress));
-    let outcome = tools.call(&tool, params, ctx).await;
+    let outcome = tokio::select! {
+        outcome = tools.call(&tool, params, ctx) => outcome,
+        _ = abandon.cancelled() => Err(crate::tools::ToolError("given up".into())),
+    };
     let (status, result) = match outcome {
-        _ if cancel.is_cancelled() => (RunStatus::Cancelled, None),
+        _ if cancel.is_cancelled() || abandon.is_cancelled() => (RunStatus::Cancelled, None),
         Ok(v) => (RunStatus::Ok, Some(v)),
         Err(e) => (
             RunStatus::Error,
             Some(serde_json::json!({"code": "TOOL_EXECUTION_ERROR", "message": e.to_string()})),
         ),
     };
+    if abandon.is_cancelled() {
+        return ToolOutcome { status, result };
+    }
     let mut core = session.lock();
     let mut env = core.envelope(
         channel::AGENT,

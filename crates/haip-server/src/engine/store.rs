@@ -16,6 +16,7 @@
 //! Whatever a node produces for a session it no longer drives (an agent still answering,
 //! a client message posted to it) is [`Forwarded`] to the node that drives it.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -59,6 +60,12 @@ pub struct SessionWrite {
     pub runs: Option<Vec<StoredRun>>,
     /// The client's HAI (its terms: accepted events, credit), once negotiated.
     pub client_hai: Option<String>,
+    /// Per producing node, the last output it forwarded that is applied here, when it
+    /// moved.
+    pub applied: Option<HashMap<String, u64>>,
+    /// The user messages being assembled (JSON), when they changed: a message whose
+    /// start this node processed ends on whatever node the rest arrives at.
+    pub texts: Option<String>,
     /// The session was ended (it cannot be resumed anywhere).
     pub ended: bool,
 }
@@ -87,8 +94,12 @@ pub struct ClaimedSession {
     pub client_hai: Option<String>,
     /// The stored messages, oldest first (the replay window).
     pub messages: Vec<StoredMessage>,
-    /// What was forwarded to the session while no live node drove it.
-    pub forwarded: Vec<Forwarded>,
+    /// Per producing node, the last forwarded output applied.
+    pub applied: HashMap<String, u64>,
+    /// The user messages being assembled (JSON).
+    pub texts: Option<String>,
+    /// What was forwarded to the session and not taken yet: (producer, item).
+    pub forwarded: Vec<(String, Forwarded)>,
 }
 
 /// Why a session could not be claimed or reached.
@@ -110,9 +121,10 @@ pub enum StoreError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "k", rename_all = "snake_case")]
 pub enum Forwarded {
-    /// A message to send (an envelope without id, seq or ts): produced on a node that no
-    /// longer drives the session, e.g. by an agent still answering there.
-    Output { json: String },
+    /// A message to send (an envelope whose id, seq and ts are given by the node that
+    /// sends it), the `n`th its producer forwarded: produced on a node that does not drive
+    /// the session, e.g. by an agent still answering there.
+    Output { json: String, n: u64 },
     /// A client message that reached another node (`POST /haip/messages`), with its flow
     /// cost.
     Inbound { json: String, cost: u64 },
@@ -121,15 +133,9 @@ pub enum Forwarded {
     /// Another node took the session over: the receiving node closes its connection to
     /// it and forwards what it still produces.
     TakenOver,
-}
-
-/// Where a forwarded item went.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Delivery {
-    /// To the live node that drives the session.
-    Sent,
-    /// No live node drives it: kept for the next one that claims it.
-    Kept,
+    /// Output of `producer` (a copy of the session on the receiving node) up to its `n`th
+    /// is applied: it need not keep it.
+    Applied { producer: String, n: u64 },
 }
 
 /// What a node keeps outside itself. Implemented by `cluster::RedisStore`.
@@ -148,14 +154,21 @@ pub trait SessionStore: Send + Sync {
         session: &'a str,
         subject: &'a str,
     ) -> BoxFuture<'a, Result<ClaimedSession, StoreError>>;
-    /// Sends `item` to the node that drives `session`, checking that it belongs to
-    /// `subject` when given.
+    /// Queues `item`, made by `producer`, for the node that drives `session` and wakes
+    /// that node; checks that the session belongs to `subject` when given. A session no
+    /// live node drives keeps it for the next one that claims it.
     fn forward<'a>(
         &'a self,
         session: &'a str,
         subject: Option<&'a str>,
+        producer: &'a str,
         item: Forwarded,
-    ) -> BoxFuture<'a, Result<Delivery, StoreError>>;
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Takes what was queued for `session`, if this node drives it: (producer, item).
+    fn drain<'a>(
+        &'a self,
+        session: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<(String, Forwarded)>, StoreError>>;
     /// Sends `item` about `session` to `node` itself (a run's node, a previous owner).
     fn tell_node<'a>(
         &'a self,

@@ -7,12 +7,15 @@
 //! connection. A node that no longer drives the session forwards what it still produces,
 //! without seq, to the node that does.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use haip_protocol::{Envelope, ErrorCode, EventType, Payload};
 
-use super::{Pending, SessionCore};
+use super::forwarding::Forwarding;
+use tokio_util::sync::CancellationToken;
+
+use super::{Action, Pending, SessionCore};
 use crate::agent::RunEnding;
 use crate::engine::outbound::{Close, OutItem, Outgoing};
 use crate::engine::store::{
@@ -22,24 +25,47 @@ use crate::engine::store::{
 /// The message a node that lost a run's agent gives for it (contract section 13).
 pub const AGENT_NODE_LOST: &str = "agent node lost";
 
+/// A sent message the store has not confirmed.
+#[derive(Debug)]
+struct Unstored {
+    ts: u64,
+    out: Arc<Outgoing>,
+    /// Who produced it, when another node did (its producer and number, see
+    /// [`Forwarding`]).
+    origin: Option<(String, u64)>,
+}
+
 #[derive(Debug)]
 pub(super) struct Durable {
     /// This node as owners are recorded.
     me: Arc<str>,
     /// The epoch this node drives the session in.
     epoch: u64,
-    /// Sent messages the store has not confirmed, oldest first, with their ts; the first
-    /// `writing` of them are in a write under way.
-    unstored: VecDeque<(u64, Arc<Outgoing>)>,
+    /// Sent messages the store has not confirmed, oldest first; the first `writing` of
+    /// them are in a write under way.
+    unstored: VecDeque<Unstored>,
     writing: usize,
     /// Set once another node drives the session: what is produced here goes there.
     elsewhere: bool,
-    forward: Vec<Forwarded>,
+    /// What goes to (and comes from) the other nodes, in order.
+    forwarding: Forwarding,
+    /// The producer of the message being sent, while a forwarded one is.
+    origin: Option<(String, u64)>,
     /// The node of each open run whose agent is not on this node.
     remote_runs: HashMap<String, String>,
+    /// Work started by client messages the store does not have yet, by client seq: given
+    /// up if the session moves first (the node that takes it over processes them again).
+    work: Vec<(u64, CancellationToken)>,
+    /// Runs given up that way: their output is dropped.
+    abandoned_runs: HashSet<String>,
     runs_changed: bool,
     client_hai: Option<String>,
     written_client_seq: Option<u64>,
+    /// The generation of the user messages being assembled last written.
+    written_texts: Option<u32>,
+    /// The client seq processed that the store has (what may be acknowledged outside a
+    /// stored message, e.g. in the answer to a POST).
+    stored_client_seq: Option<u64>,
     ended_written: bool,
     /// Asked the store to pull a write and not pulled yet.
     scheduled: bool,
@@ -51,14 +77,14 @@ pub(super) struct Durable {
 #[derive(Debug)]
 pub enum PendingWrite {
     Keep(SessionWrite),
-    /// Output for the node that drives the session now.
-    Forward(Vec<Forwarded>),
+    /// Output for the node that drives the session now: (producer, item).
+    Forward(Vec<(String, Forwarded)>),
 }
 
 impl Durable {
     /// The last message waiting for the store.
     pub(super) fn last_unstored(&self) -> Option<Arc<Outgoing>> {
-        self.unstored.back().map(|(_, out)| out.clone())
+        self.unstored.back().map(|u| u.out.clone())
     }
 }
 
@@ -66,20 +92,34 @@ impl SessionCore {
     /// Keeps this session in a store, driven by `me` in `epoch`.
     pub fn keep_in_store(&mut self, me: Arc<str>, epoch: u64) {
         self.durable = Some(Box::new(Durable {
+            forwarding: Forwarding::new(&me),
             me,
             epoch,
             unstored: VecDeque::new(),
             writing: 0,
             elsewhere: false,
-            forward: Vec::new(),
+            origin: None,
             remote_runs: HashMap::new(),
+            work: Vec::new(),
+            abandoned_runs: HashSet::new(),
             runs_changed: false,
             client_hai: None,
             written_client_seq: None,
+            written_texts: Some(0),
+            stored_client_seq: None,
             ended_written: false,
             scheduled: false,
             told_unavailable: false,
         }));
+    }
+
+    /// The highest client seq processed that survives this node: all of them in memory
+    /// mode, those the store has in cluster mode.
+    pub fn durable_client_seq(&self) -> Option<u64> {
+        match &self.durable {
+            Some(d) => d.stored_client_seq,
+            None => self.last_client_seq(),
+        }
     }
 
     /// Whether another node drives this session now (it must be claimed to be served here).
@@ -107,7 +147,11 @@ impl SessionCore {
         ) {
             d.runs_changed = true;
         }
-        d.unstored.push_back((now_ms, out.clone()));
+        d.unstored.push_back(Unstored {
+            ts: now_ms,
+            out: out.clone(),
+            origin: d.origin.take(),
+        });
         let unstored = d.unstored.len();
         if !self.ended && unstored > self.limits.max_held_messages {
             self.end_for_held_output("not stored", unstored, 0, now_ms);
@@ -115,20 +159,53 @@ impl SessionCore {
         true
     }
 
-    /// Sends `env` to the node that drives the session, when that is another node.
+    /// Sends `env` to the node that drives the session, when that is another node (not at
+    /// all when its run was given up); true when it is not sent here.
     pub(super) fn forward_if_elsewhere(&mut self, env: &Envelope) -> bool {
         let Some(d) = self.durable.as_mut().filter(|d| d.elsewhere) else {
             return false;
         };
-        d.forward.push(Forwarded::Output {
-            json: forwardable(env.clone()),
-        });
+        let abandoned = env
+            .run_id
+            .as_ref()
+            .is_some_and(|run| d.abandoned_runs.contains(run));
+        if !abandoned {
+            d.forwarding.produce(forwardable(env.clone()));
+        }
+        true
+    }
+
+    /// Gives each piece of work the client message `client_seq` asked for its token of
+    /// abandonment, kept until the store has the message (cluster mode).
+    pub(super) fn tag_work(&mut self, actions: &mut [Action], client_seq: u64) {
+        let token = CancellationToken::new();
+        for action in actions.iter_mut() {
+            match action {
+                Action::Text { abandon, .. }
+                | Action::Audio { abandon, .. }
+                | Action::CallTool { abandon, .. } => *abandon = token.clone(),
+                Action::RoundTrip(_) | Action::CancelRunOn { .. } => {}
+            }
+        }
+        if let Some(d) = self.durable.as_mut() {
+            d.work.push((client_seq, token));
+        }
+    }
+
+    /// A client message for a session another node drives goes to that node, which
+    /// processes it; true when that is so.
+    pub fn pass_inbound_if_elsewhere(&mut self, env: &Envelope, cost: u64) -> bool {
+        let Some(d) = self.durable.as_mut().filter(|d| d.elsewhere) else {
+            return false;
+        };
+        d.forwarding.pass_inbound(env.to_json(), cost);
         true
     }
 
     /// Whether the store should pull a write now (and notes that it was asked to).
     pub fn wants_write(&mut self) -> bool {
         let last_client_seq = self.inbound.last_delivered();
+        let texts_generation = self.texts_generation;
         let ended = self.ended;
         let Some(d) = self.durable.as_mut() else {
             return false;
@@ -137,12 +214,14 @@ impl SessionCore {
             return false;
         }
         let wanted = if d.elsewhere {
-            !d.forward.is_empty()
+            d.writing == 0 && d.forwarding.has_outbox()
         } else {
             d.unstored.len() > d.writing
                 || (d.writing == 0
                     && (d.runs_changed
                         || d.client_hai.is_some()
+                        || d.forwarding.applied_changed()
+                        || d.written_texts != Some(texts_generation)
                         || last_client_seq != d.written_client_seq
                         || (ended && !d.ended_written)))
         };
@@ -153,6 +232,12 @@ impl SessionCore {
     /// What the store keeps next of this session, if anything.
     pub fn take_write(&mut self) -> Option<PendingWrite> {
         let last_client_seq = self.inbound.last_delivered();
+        let texts_generation = self.texts_generation;
+        let texts = self
+            .durable
+            .as_ref()
+            .filter(|d| !d.elsewhere && d.written_texts != Some(texts_generation))
+            .map(|_| texts_json(&self.texts));
         let runs: Vec<StoredRun> = self
             .runs
             .iter()
@@ -172,8 +257,10 @@ impl SessionCore {
         let d = self.durable.as_mut()?;
         d.scheduled = false;
         if d.elsewhere {
-            return (!d.forward.is_empty())
-                .then(|| PendingWrite::Forward(std::mem::take(&mut d.forward)));
+            return d
+                .forwarding
+                .has_outbox()
+                .then(|| PendingWrite::Forward(d.forwarding.take_outbox()));
         }
         if d.writing > 0 {
             return None; // one write at a time: the next follows its outcome
@@ -181,10 +268,10 @@ impl SessionCore {
         let messages: Vec<StoredMessage> = d
             .unstored
             .iter()
-            .map(|(ts, out)| StoredMessage {
-                seq: out.seq,
-                ts: *ts,
-                json: out.json(),
+            .map(|u| StoredMessage {
+                seq: u.out.seq,
+                ts: u.ts,
+                json: u.out.json(),
             })
             .collect();
         let runs = d.runs_changed.then(|| {
@@ -197,8 +284,11 @@ impl SessionCore {
                 })
                 .collect()
         });
+        let applied = d.forwarding.applied_to_store();
         let nothing = messages.is_empty()
             && runs.is_none()
+            && applied.is_none()
+            && texts.is_none()
             && d.client_hai.is_none()
             && last_client_seq == d.written_client_seq
             && (!ended || d.ended_written);
@@ -208,6 +298,7 @@ impl SessionCore {
         d.writing = messages.len();
         d.runs_changed = false;
         d.written_client_seq = last_client_seq;
+        d.written_texts = Some(texts_generation);
         d.ended_written = ended;
         Some(PendingWrite::Keep(SessionWrite {
             session,
@@ -217,62 +308,97 @@ impl SessionCore {
             last_client_seq,
             runs,
             client_hai: d.client_hai.take(),
+            applied,
+            texts,
             ended,
         }))
     }
 
-    /// The store's answer to the last write.
-    pub fn written(&mut self, outcome: WriteOutcome, now_ms: u64) {
+    /// The store's answer to the last write. Returns the producers to tell how far their
+    /// forwarded output is applied (see [`Forwarding::notices`]).
+    pub fn written(&mut self, outcome: WriteOutcome, now_ms: u64) -> Vec<(String, u64)> {
         let Some(d) = self.durable.as_mut() else {
-            return;
+            return Vec::new();
         };
+        let writing = std::mem::take(&mut d.writing);
         match outcome {
             WriteOutcome::Stored { upto } => {
-                d.writing = 0;
                 d.told_unavailable = false;
+                d.stored_client_seq = d.written_client_seq;
+                let durable = d.stored_client_seq.unwrap_or(0);
+                d.work.retain(|(seq, _)| *seq > durable);
                 let mut released = Vec::new();
-                while d.unstored.front().is_some_and(|(_, out)| out.seq <= upto) {
-                    if let Some((_, out)) = d.unstored.pop_front() {
-                        released.push(out);
+                while d.unstored.front().is_some_and(|u| u.out.seq <= upto) {
+                    if let Some(u) = d.unstored.pop_front() {
+                        released.push(u.out);
                     }
                 }
-                let Some(q) = &self.attached else {
-                    return;
-                };
-                for out in released {
-                    q.push(OutItem::Frame(out));
+                let notices = d.forwarding.stored();
+                if d.elsewhere {
+                    // Lost the session while this write was under way: what it did not
+                    // store goes to the node that drives it now.
+                    self.hand_over_unstored();
+                    return notices;
                 }
-                let (messages, bytes) = q.backlog();
-                if !self.ended
-                    && (messages > self.limits.max_held_messages
-                        || bytes > self.limits.max_held_bytes)
-                {
-                    self.end_for_held_output("not written to the client", messages, bytes, now_ms);
+                if let Some(q) = &self.attached {
+                    for out in released {
+                        q.push(OutItem::Frame(out));
+                    }
+                    let (messages, bytes) = q.backlog();
+                    if !self.ended
+                        && (messages > self.limits.max_held_messages
+                            || bytes > self.limits.max_held_bytes)
+                    {
+                        self.end_for_held_output(
+                            "not written to the client",
+                            messages,
+                            bytes,
+                            now_ms,
+                        );
+                    }
                 }
+                notices
             }
-            WriteOutcome::Moved => self.now_driven_elsewhere(),
+            WriteOutcome::Moved => {
+                d.elsewhere = true;
+                self.hand_over_unstored();
+                self.close_for_takeover();
+                Vec::new()
+            }
             WriteOutcome::Failed(why) => {
-                d.writing = 0;
-                // The runs and terms go again with the next write.
+                let _ = writing;
+                if d.elsewhere {
+                    // Lost the session meanwhile: the node that drives it gets the rest.
+                    self.hand_over_unstored();
+                    return Vec::new();
+                }
+                // The runs, terms and forwarding numbers go again with the next write.
                 d.runs_changed = true;
                 d.written_client_seq = None;
+                d.written_texts = None;
+                d.forwarding.store_again();
                 if !d.told_unavailable {
                     d.told_unavailable = true;
                     if let Some(q) = &self.attached {
-                        q.push(OutItem::Frame(Arc::new(super::super::connection::unsequenced_error(
-                            ErrorCode::InternalError,
-                            "the session store is out of reach: messages are held until it is back",
-                            &self.id,
-                        ))));
+                        q.push(OutItem::Frame(Arc::new(
+                            super::super::connection::unsequenced_error(
+                                ErrorCode::InternalError,
+                                "the session store is out of reach: messages are held until it \
+                                 is back",
+                                &self.id,
+                            ),
+                        )));
                     }
                     tracing::warn!(session = %self.id, error = %why, "session store out of reach: output held");
                 }
+                Vec::new()
             }
         }
     }
 
-    /// Another node drives the session now: the connection here is closed, and whatever
-    /// was not stored, and whatever is produced here from now on, goes to that node.
+    /// Another node drives the session now (it said so): the connection here is closed,
+    /// and whatever was not stored, and whatever is produced here from now on, goes to
+    /// that node. A write under way decides first what of it was stored.
     pub fn now_driven_elsewhere(&mut self) {
         let Some(d) = self.durable.as_mut() else {
             return;
@@ -281,25 +407,13 @@ impl SessionCore {
             return;
         }
         d.elsewhere = true;
-        d.writing = 0;
-        let unsent: Vec<Forwarded> = d
-            .unstored
-            .drain(..)
-            .filter_map(|(_, out)| Envelope::parse_bytes(&out.json()).ok())
-            .chain(
-                self.gate
-                    .reset_credit(haip_protocol::flow::Credit::UNLIMITED)
-                    .into_iter()
-                    .map(|p| match p {
-                        Pending::Own(env) => env,
-                        Pending::Shared(shared) => shared.env.clone(),
-                    }),
-            )
-            .map(|env| Forwarded::Output {
-                json: forwardable(env),
-            })
-            .collect();
-        d.forward.splice(0..0, unsent);
+        if d.writing == 0 {
+            self.hand_over_unstored();
+        }
+        self.close_for_takeover();
+    }
+
+    fn close_for_takeover(&mut self) {
         if let Some(q) = self.attached.take() {
             q.push(OutItem::Close(Close {
                 code: 1000,
@@ -309,10 +423,110 @@ impl SessionCore {
         }
     }
 
+    /// What this node sent but the store does not have, and what flow control holds,
+    /// goes to the node that drives the session, in order: its own output under its own
+    /// numbers, output of other nodes under theirs.
+    fn hand_over_unstored(&mut self) {
+        let held: Vec<Envelope> = self
+            .gate
+            .reset_credit(haip_protocol::flow::Credit::UNLIMITED)
+            .into_iter()
+            .map(|p| match p {
+                Pending::Own(env) => env,
+                Pending::Shared(shared) => shared.env.clone(),
+            })
+            .collect();
+        let Some(d) = self.durable.as_mut() else {
+            return;
+        };
+        // Work asked for by client messages the store does not have is given up: the
+        // client sends them again to the node that drives the session, which does it.
+        let durable = d.stored_client_seq.unwrap_or(0);
+        for (seq, token) in d.work.drain(..) {
+            if seq > durable {
+                token.cancel();
+            }
+        }
+        let unstored: Vec<(Envelope, Option<(String, u64)>)> = d
+            .unstored
+            .drain(..)
+            .filter_map(|u| Some((Envelope::parse_bytes(&u.out.json()).ok()?, u.origin)))
+            .collect();
+        // Runs that started in what the store does not have are given up with it.
+        for (env, origin) in &unstored {
+            if let (Payload::RunStarted(_), Some(run), None) = (&env.payload, &env.run_id, origin) {
+                d.abandoned_runs.insert(run.clone());
+            }
+        }
+        let waiting = d.forwarding.take_waiting();
+        for (env, origin) in unstored {
+            match origin {
+                Some((from, n)) => d.forwarding.hand_on(from, n, forwardable(env)),
+                // Only output of runs the next node knows: the rest (answers to client
+                // messages, given up runs) comes again from there.
+                None if env
+                    .run_id
+                    .as_ref()
+                    .is_some_and(|run| !d.abandoned_runs.contains(run)) =>
+                {
+                    d.forwarding.produce(forwardable(env))
+                }
+                None => {}
+            }
+        }
+        for env in held {
+            if env
+                .run_id
+                .as_ref()
+                .is_some_and(|run| !d.abandoned_runs.contains(run))
+            {
+                d.forwarding.produce(forwardable(env));
+            }
+        }
+        for (from, n, json) in waiting {
+            d.forwarding.hand_on(from, n, json);
+        }
+        let abandoned: Vec<String> = d.abandoned_runs.iter().cloned().collect();
+        for run in abandoned {
+            if let Some(token) = self.cancels.remove(&run) {
+                token.cancel();
+            }
+            let _ = self.runs.close(&run);
+        }
+    }
+
     /// Makes this core the session as another node left it: its next seq, the client seq
     /// it acknowledged, its open runs and its replay window; runs of nodes in `dead` are
-    /// ended with RUN_ERROR AGENT_ERROR.
-    pub fn take_over(&mut self, claimed: ClaimedSession, dead: &[String], now_ms: u64) {
+    /// ended with RUN_ERROR AGENT_ERROR. What this node produced and was not applied yet
+    /// goes first, in order.
+    pub fn take_over(&mut self, mut claimed: ClaimedSession, dead: &[String], now_ms: u64) {
+        let Some(mut d) = self.durable.as_mut() else {
+            return;
+        };
+        if claimed.epoch < d.epoch {
+            // An older claim of this node, overtaken by a newer one: only what it took
+            // off the session's queue is still to be applied (or handed on).
+            for (from, item) in claimed.forwarded {
+                if let Forwarded::Output { json, n } = item {
+                    if d.elsewhere {
+                        d.forwarding.hand_on(from, n, json);
+                    } else {
+                        let ready = d.forwarding.arrive(from, n, json, now_ms);
+                        self.emit_ready(ready, now_ms);
+                        let Some(next) = self.durable.as_mut() else {
+                            return;
+                        };
+                        d = next;
+                    }
+                }
+            }
+            return;
+        }
+        // What this copy sent and the store does not have (a claim of this same node
+        // overtook the one it drove in) goes through the hand-over like any other: its
+        // own output comes back below as this producer's, other producers' is applied
+        // again, work for client messages the store does not have is given up.
+        self.hand_over_unstored();
         let Some(d) = self.durable.as_mut() else {
             return;
         };
@@ -323,7 +537,10 @@ impl SessionCore {
         d.scheduled = false;
         d.remote_runs.clear();
         d.written_client_seq = claimed.last_client_seq;
+        d.stored_client_seq = claimed.last_client_seq;
         let me = d.me.clone();
+        let producer = d.forwarding.producer().to_string();
+        let (mine, others) = d.forwarding.take_over(claimed.applied.clone(), now_ms);
         self.replay = haip_protocol::replay::ReplayWindow::with_packer(
             self.limits.replay,
             super::OutgoingPacker::new(self.shared_id.clone(), self.ids),
@@ -333,7 +550,7 @@ impl SessionCore {
             .first()
             .map_or(claimed.last_seq, |m| m.seq - 1);
         self.replay.start_after(first);
-        for m in claimed.messages {
+        for m in std::mem::take(&mut claimed.messages) {
             let event_type = Envelope::parse_bytes(&m.json)
                 .map(|e| e.event_type())
                 .unwrap_or(EventType::Error);
@@ -349,6 +566,15 @@ impl SessionCore {
         if let Some(last) = claimed.last_client_seq {
             self.inbound.start_after(last);
         }
+        self.texts = claimed
+            .texts
+            .as_deref()
+            .and_then(|t| serde_json::from_str(t).ok())
+            .unwrap_or_default();
+        self.texts_bytes = self.texts.values().map(|(t, _)| t.len() as u64).sum();
+        if let Some(d) = self.durable.as_mut() {
+            d.written_texts = Some(self.texts_generation);
+        }
         let hai = claimed
             .client_hai
             .as_deref()
@@ -362,7 +588,7 @@ impl SessionCore {
             self.negotiate(&hai, None, now_ms);
         }
         let mut lost = Vec::new();
-        for run in claimed.runs {
+        for run in std::mem::take(&mut claimed.runs) {
             if self.runs.get(&run.run_id).is_none()
                 && self
                     .runs
@@ -382,6 +608,17 @@ impl SessionCore {
         }
         if let Some(d) = self.durable.as_mut() {
             d.runs_changed = true;
+        }
+        for (n, json) in mine {
+            if let Ok(env) = Envelope::parse(&json) {
+                self.emit_from(env, Some((producer.clone(), n)), now_ms);
+            }
+        }
+        self.emit_ready(others, now_ms);
+        for (from, item) in claimed.forwarded {
+            if let Forwarded::Output { json, n } = item {
+                self.accept_forwarded(&from, n, json, now_ms);
+            }
         }
         for run_id in lost {
             self.end_lost_run(&run_id, now_ms);
@@ -405,7 +642,9 @@ impl SessionCore {
 
     /// Whether output waits to be forwarded to the node that drives the session.
     pub fn has_forwards(&self) -> bool {
-        self.durable.as_ref().is_some_and(|d| !d.forward.is_empty())
+        self.durable
+            .as_ref()
+            .is_some_and(|d| d.forwarding.has_outbox() || d.writing > 0)
     }
 
     /// RUN_CANCEL of the client, received by the node that drives the session, for a run
@@ -459,11 +698,57 @@ impl SessionCore {
         }
     }
 
-    /// A message another node produced for this session (an agent still answering there):
-    /// its run opens and closes here too, then it is sent like any other.
-    pub fn emit_forwarded(&mut self, mut env: Envelope, from_node: Option<&str>, now_ms: u64) {
+    /// Output another node produced for this session (an agent still answering there),
+    /// its `n`th: sent in each producer's order (see [`Forwarding`]).
+    pub fn accept_forwarded(&mut self, from: &str, n: u64, json: String, now_ms: u64) {
+        let Some(d) = self.durable.as_mut() else {
+            return;
+        };
+        let ready = d.forwarding.arrive(from.to_string(), n, json, now_ms);
+        self.emit_ready(ready, now_ms);
+    }
+
+    /// Forwarded items the store could not take: sent again with the next write.
+    pub fn forward_again(&mut self, items: Vec<(String, Forwarded)>) {
+        if let Some(d) = self.durable.as_mut() {
+            d.forwarding.send_again(items);
+        }
+    }
+
+    /// The node that drives the session applied `producer`'s output up to `upto`: if
+    /// that is this copy of the session, it need not keep it.
+    pub fn forwards_applied(&mut self, producer: &str, upto: u64) {
+        if let Some(d) = self.durable.as_mut() {
+            if d.forwarding.producer() == producer {
+                d.forwarding.acknowledged(upto);
+            }
+        }
+    }
+
+    /// Sends forwarded output that waited past its time for missing items.
+    pub fn release_overdue_forwards(&mut self, now_ms: u64) {
+        let Some(d) = self.durable.as_mut().filter(|d| d.forwarding.has_waiting()) else {
+            return;
+        };
+        let ready = d.forwarding.overdue(now_ms);
+        self.emit_ready(ready, now_ms);
+    }
+
+    fn emit_ready(&mut self, ready: Vec<super::forwarding::Ready>, now_ms: u64) {
+        for (from, n, json) in ready {
+            if let Ok(env) = Envelope::parse(&json) {
+                self.emit_from(env, Some((from, n)), now_ms);
+            }
+        }
+    }
+
+    /// Sends a message another node produced: its run opens and closes here too.
+    fn emit_from(&mut self, mut env: Envelope, origin: Option<(String, u64)>, now_ms: u64) {
         env.id.clear();
         env.session = self.id.clone();
+        let from_node = origin
+            .as_ref()
+            .map(|(producer, _)| super::forwarding::node_of(producer).to_string());
         if let Some(run_id) = env.run_id.clone() {
             match &env.payload {
                 Payload::RunStarted(_)
@@ -473,7 +758,9 @@ impl SessionCore {
                         .is_ok() =>
                 {
                     if let (Some(d), Some(node)) = (self.durable.as_mut(), from_node) {
-                        d.remote_runs.insert(run_id, node.to_string());
+                        if node != *d.me {
+                            d.remote_runs.insert(run_id, node);
+                        }
                     }
                 }
                 Payload::RunFinished(_) | Payload::RunError(_)
@@ -487,7 +774,13 @@ impl SessionCore {
                 _ => {}
             }
         }
+        if let Some(d) = self.durable.as_mut() {
+            d.origin = origin;
+        }
         self.emit(env, now_ms);
+        if let Some(d) = self.durable.as_mut() {
+            d.origin = None;
+        }
     }
 }
 
@@ -499,4 +792,9 @@ fn forwardable(mut env: Envelope) -> String {
     env.ack = None;
     env.ts = 0;
     env.to_json()
+}
+
+/// The user messages being assembled, as stored: message id to text and thread.
+fn texts_json(texts: &HashMap<String, (String, Option<String>)>) -> String {
+    serde_json::to_string(texts).unwrap_or_default()
 }

@@ -75,11 +75,37 @@ pub fn serve(extra: &[&str]) -> Served {
             sink.lock().unwrap().push(line);
         }
     });
+    // With a secret of the caller's, the server prints no token: one is minted with it.
+    let given_secret = extra
+        .iter()
+        .position(|a| *a == "--jwt-secret")
+        .and_then(|i| extra.get(i + 1))
+        .map(|s| s.to_string());
+    let token = match (token, &given_secret) {
+        (Some(token), _) => token,
+        (None, Some(secret)) => mint(secret, "demo"),
+        (None, None) => panic!("haip serve printed no token"),
+    };
     Served {
         child,
         port,
-        token: token.expect("a printed token"),
-        secret,
+        token,
+        secret: secret.or(given_secret),
         log,
     }
+}
+
+/// A token of `subject` for a server started with `secret` (`haip token`).
+pub fn mint(secret: &str, subject: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_haip"))
+        .args(["token", "--secret", secret, "--sub", subject])
+        .env_remove("JWT_SECRET")
+        .output()
+        .expect("haip token");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }

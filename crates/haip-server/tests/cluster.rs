@@ -336,3 +336,34 @@ async fn a_redis_outage_refuses_new_connections_tells_live_ones_and_loses_nothin
     let before: Vec<Value> = c.log.iter().filter(|v| seq(v) > 0).cloned().collect();
     assert_eq!(replay, before);
 }
+
+#[tokio::test]
+async fn followers_of_a_thread_on_every_node_get_what_is_sent_in_it() {
+    let Some(cl) = cluster(5).await else { return };
+    let thread = next_id("thread");
+    let mut publisher = open_session(&cl.a, Kind::Ws, Opts::default()).await;
+    let mut here = open_session(&cl.a, Kind::Sse, follow(&thread)).await;
+    let mut there = open_session(&cl.b, Kind::Ws, follow(&thread)).await;
+    let mut there_too = open_session(&cl.b, Kind::Stream, follow(&thread)).await;
+    let stranger_token = cl.b.token_for("mallory");
+    let mut stranger =
+        open_session(&cl.b, Kind::Ws, follow(&thread).with_token(stranger_token)).await;
+    // The follow is recorded in Redis as the connection opens.
+    tokio::time::sleep(ms(200)).await;
+    say_in(&mut publisher, &thread, "one thread on two nodes").await;
+    for follower in [&mut here, &mut there, &mut there_too] {
+        let session = follower.session.clone().expect("its session");
+        let got = follower.collect_until(|v| ty(v) == "RUN_FINISHED").await;
+        assert_eq!(
+            check_thread_run(&got, &session, &thread),
+            "one thread on two nodes",
+            "{:?}",
+            follower.kind
+        );
+    }
+    let strangers = stranger.collect_for(ms(300)).await;
+    assert!(
+        strangers.iter().all(|m| m["channel"] != "AGENT"),
+        "another subject's session must not see the thread: {strangers:?}"
+    );
+}

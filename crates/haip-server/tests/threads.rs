@@ -8,77 +8,6 @@ use serde_json::{json, Value};
 
 const ALL: [Kind; 3] = [Kind::Ws, Kind::Sse, Kind::Stream];
 
-fn follow(thread: &str) -> Opts {
-    Opts {
-        query: vec![("thread".into(), thread.into())],
-        ..Opts::default()
-    }
-}
-
-/// A complete USER text message sent in `thread`.
-async fn say_in(conn: &mut Conn, thread: &str, text: &str) {
-    let message_id = next_id("m");
-    let mut start = conn.msg(
-        "USER",
-        "MESSAGE_START",
-        json!({"message_id": message_id, "text": text}),
-    );
-    start["thread_id"] = json!(thread);
-    let mut end = conn.msg("USER", "MESSAGE_END", json!({"message_id": message_id}));
-    end["thread_id"] = json!(thread);
-    for m in [start, end] {
-        if let Some(r) = conn.send(&m).await {
-            assert_eq!(r.status, 200, "POST refused: {r:?}");
-        }
-    }
-}
-
-/// Opens a connection and waits for its session's HAI (and the TOOL_LIST after it).
-async fn open(server: &Server, kind: Kind, opts: Opts) -> Conn {
-    let mut c = connect(server, kind, opts).await;
-    c.recv_type("HAI").await;
-    c.recv_type("TOOL_LIST").await;
-    c
-}
-
-/// Opens a connection. An HTTP streaming request only starts once its body has a first
-/// line, as with every real client, which sends its HAI first: here a PING.
-async fn connect(server: &Server, kind: Kind, opts: Opts) -> Conn {
-    let mut c = Conn::open(server, kind, opts).await;
-    if kind == Kind::Stream {
-        c.ping("open").await;
-    }
-    c
-}
-
-/// The run as one follower or the publisher saw it: checks its shape and returns the text.
-fn check_run(msgs: &[Value], session: &str, thread: &str) -> String {
-    let run: Vec<&Value> = msgs.iter().filter(|m| m["channel"] == "AGENT").collect();
-    let kinds: Vec<&str> = run.iter().map(|m| ty(m)).collect();
-    assert_eq!(kinds.first(), Some(&"RUN_STARTED"), "{kinds:?}");
-    assert_eq!(kinds.last(), Some(&"RUN_FINISHED"), "{kinds:?}");
-    let run_id = &run[0]["run_id"];
-    let mut text = String::new();
-    for m in &run {
-        assert_eq!(
-            m["session"], session,
-            "each copy is the follower's own: {m}"
-        );
-        assert_eq!(&m["run_id"], run_id, "one run: {m}");
-        if matches!(ty(m), "RUN_STARTED" | "MESSAGE_PART" | "RUN_FINISHED") {
-            assert_eq!(m["thread_id"], thread, "carries its thread: {m}");
-        }
-        if ty(m) == "MESSAGE_PART" {
-            text.push_str(m["payload"]["text"].as_str().unwrap_or_default());
-        }
-    }
-    assert_eq!(
-        run.last().map(|m| &m["payload"]["status"]),
-        Some(&json!("OK"))
-    );
-    text
-}
-
 #[tokio::test]
 async fn followers_on_every_transport_receive_the_thread_as_their_own_messages() {
     let server = Server::start().await;
@@ -87,20 +16,25 @@ async fn followers_on_every_transport_receive_the_thread_as_their_own_messages()
         let thread = next_id("thread");
         let mut followers = Vec::new();
         for kind in ALL {
-            followers.push(open(&server, kind, follow(&thread)).await);
+            followers.push(open_session(&server, kind, follow(&thread)).await);
         }
-        let mut publisher = open(&server, publisher_kind, Opts::default()).await;
+        let mut publisher = open_session(&server, publisher_kind, Opts::default()).await;
         assert_eq!(server.state.engine.threads.follower_count(USER, &thread), 3);
         say_in(&mut publisher, &thread, text).await;
 
         let mine = publisher.collect_until(|m| ty(m) == "RUN_FINISHED").await;
         let own_session = publisher.session.clone().expect("publisher session");
-        assert_eq!(check_run(&mine, &own_session, &thread), text);
+        assert_eq!(check_thread_run(&mine, &own_session, &thread), text);
         for f in &mut followers {
             let got = f.collect_until(|m| ty(m) == "RUN_FINISHED").await;
             let session = f.session.clone().expect("follower session");
             assert_ne!(session, own_session);
-            assert_eq!(check_run(&got, &session, &thread), text, "{:?}", f.kind);
+            assert_eq!(
+                check_thread_run(&got, &session, &thread),
+                text,
+                "{:?}",
+                f.kind
+            );
             let all: Vec<Value> = f.log.clone();
             assert_contiguous(&all);
         }
@@ -121,9 +55,10 @@ async fn threads_belong_to_their_subject_and_only_thread_output_is_shared() {
     let server = Server::start().await;
     let thread = next_id("thread");
     let other_token = server.token_for("someone-else");
-    let mut stranger = open(&server, Kind::Ws, follow(&thread).with_token(other_token)).await;
-    let mut follower = open(&server, Kind::Ws, follow(&thread)).await;
-    let mut publisher = open(&server, Kind::Ws, Opts::default()).await;
+    let mut stranger =
+        open_session(&server, Kind::Ws, follow(&thread).with_token(other_token)).await;
+    let mut follower = open_session(&server, Kind::Ws, follow(&thread)).await;
+    let mut publisher = open_session(&server, Kind::Ws, Opts::default()).await;
 
     // A message outside the thread is not shared.
     publisher.say("not shared").await;
@@ -134,7 +69,7 @@ async fn threads_belong_to_their_subject_and_only_thread_output_is_shared() {
 
     let got = follower.collect_until(|m| ty(m) == "RUN_FINISHED").await;
     let session = follower.session.clone().expect("session");
-    assert_eq!(check_run(&got, &session, &thread), "shared");
+    assert_eq!(check_thread_run(&got, &session, &thread), "shared");
     let later = follower.collect_for(ms(150)).await;
     assert!(later.iter().all(|m| m["channel"] == "SYSTEM"), "{later:?}");
     let strangers = stranger.collect_for(ms(200)).await;
@@ -148,24 +83,24 @@ async fn threads_belong_to_their_subject_and_only_thread_output_is_shared() {
 async fn a_follower_that_was_away_gets_what_it_missed_on_resume() {
     let server = Server::start().await;
     let thread = next_id("thread");
-    let mut follower = open(&server, Kind::Ws, follow(&thread)).await;
+    let mut follower = open_session(&server, Kind::Ws, follow(&thread)).await;
     let session = follower.session.clone().expect("session");
     let seen = follower.log.iter().map(seq).max().unwrap_or(0);
     follower.send_close(1000).await;
     drop(follower);
 
-    let mut publisher = open(&server, Kind::Sse, Opts::default()).await;
+    let mut publisher = open_session(&server, Kind::Sse, Opts::default()).await;
     say_in(&mut publisher, &thread, "while you were away").await;
     publisher.recv_type("RUN_FINISHED").await;
 
     // The session still follows the thread; its copies wait in its replay window.
     for kind in [Kind::Stream, Kind::Ws] {
-        let mut back = connect(&server, kind, Opts::resume(&session, seen)).await;
+        let mut back = connect_session(&server, kind, Opts::resume(&session, seen)).await;
         let got = back.collect_until(|m| ty(m) == "HAI").await;
         let (replay, confirm) = got.split_at(got.len() - 1);
         assert_eq!(confirm[0]["session"], session);
         assert_eq!(
-            check_run(replay, &session, &thread),
+            check_thread_run(replay, &session, &thread),
             "while you were away",
             "{kind:?}"
         );
@@ -186,8 +121,8 @@ async fn a_follower_that_was_away_gets_what_it_missed_on_resume() {
 async fn a_cancelled_run_ends_cancelled_for_followers_too() {
     let server = Server::start_with(|c| c.echo_word_delay = ms(20)).await;
     let thread = next_id("thread");
-    let mut follower = open(&server, Kind::Stream, follow(&thread)).await;
-    let mut publisher = open(&server, Kind::Ws, Opts::default()).await;
+    let mut follower = open_session(&server, Kind::Stream, follow(&thread)).await;
+    let mut publisher = open_session(&server, Kind::Ws, Opts::default()).await;
     let words: Vec<String> = (0..200).map(|i| format!("w{i}")).collect();
     say_in(&mut publisher, &thread, &words.join(" ")).await;
     let started = publisher.recv_type("RUN_STARTED").await;
@@ -236,7 +171,7 @@ async fn a_thread_id_the_contract_would_refuse_is_answered_400() {
         }
     }
     // The server still serves everyone else.
-    let mut c = open(&server, Kind::Ws, follow("fine")).await;
+    let mut c = open_session(&server, Kind::Ws, follow("fine")).await;
     c.ping("still-up").await;
     assert_eq!(c.recv_type("PONG").await["payload"]["nonce"], "still-up");
 }
@@ -250,7 +185,7 @@ async fn a_follower_with_little_credit_gets_the_rest_of_the_thread_as_credit_com
     let text = "one two three four";
     for kind in ALL {
         let thread = next_id("thread");
-        let mut follower = connect(&server, kind, follow(&thread)).await;
+        let mut follower = connect_session(&server, kind, follow(&thread)).await;
         let mut hai = hai_payload(&[
             "HAI",
             "TOOL_LIST",
@@ -267,7 +202,7 @@ async fn a_follower_with_little_credit_gets_the_rest_of_the_thread_as_credit_com
         hai["capabilities"] = json!({"flow_control": {"initial_credit_messages": 2}});
         follower.send_msg("SYSTEM", "HAI", hai).await;
         follower.recv_type("TOOL_LIST").await;
-        let mut publisher = open(&server, Kind::Ws, Opts::default()).await;
+        let mut publisher = open_session(&server, Kind::Ws, Opts::default()).await;
         say_in(&mut publisher, &thread, text).await;
         publisher.collect_until(|m| ty(m) == "RUN_FINISHED").await;
 
@@ -294,7 +229,7 @@ async fn a_follower_with_little_credit_gets_the_rest_of_the_thread_as_credit_com
         follower.collect_until(|m| ty(m) == "RUN_FINISHED").await;
         let session = follower.session.clone().expect("follower session");
         let log = follower.log.clone();
-        assert_eq!(check_run(&log, &session, &thread), text, "{kind:?}");
+        assert_eq!(check_thread_run(&log, &session, &thread), text, "{kind:?}");
         assert_contiguous(&log);
     }
 }

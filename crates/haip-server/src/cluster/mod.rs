@@ -13,6 +13,7 @@
 
 mod conn;
 pub mod scripts;
+mod threads;
 mod writer;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -81,6 +82,7 @@ pub struct RedisStore {
     available: AtomicBool,
     scripts: Scripts,
     sessions_to_write: mpsc::UnboundedSender<Arc<Session>>,
+    thread_output: mpsc::UnboundedSender<threads::ThreadOutput>,
 }
 
 impl RedisStore {
@@ -98,6 +100,7 @@ impl RedisStore {
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         );
         let (tx, rx) = mpsc::unbounded_channel();
+        let (thread_tx, thread_rx) = mpsc::unbounded_channel();
         let store = Arc::new(RedisStore {
             owner,
             settings,
@@ -106,6 +109,7 @@ impl RedisStore {
             available: AtomicBool::new(false),
             scripts: Scripts::default(),
             sessions_to_write: tx,
+            thread_output: thread_tx,
         });
         engine.set_store(store.clone());
         tokio::spawn(connect(store.clone(), shutdown.clone()));
@@ -113,6 +117,12 @@ impl RedisStore {
         tokio::spawn(listen(
             Arc::downgrade(&store),
             Arc::downgrade(engine),
+            shutdown.clone(),
+        ));
+        tokio::spawn(threads::run(
+            Arc::downgrade(&store),
+            Arc::downgrade(engine),
+            thread_rx,
             shutdown.clone(),
         ));
         tokio::spawn(writer::run(Arc::downgrade(&store), rx, shutdown));
@@ -347,6 +357,26 @@ impl SessionStore for RedisStore {
                 .flatten()
                 .collect()
         })
+    }
+
+    fn follow<'a>(
+        &'a self,
+        subject: &'a str,
+        thread: &'a str,
+        session: &'a str,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(threads::follow(self, subject, thread, session))
+    }
+
+    fn copy_to_followers(&self, subject: &str, origin: &str, sent: Vec<(String, String)>) {
+        for (thread, json) in sent {
+            let _ = self.thread_output.send(threads::ThreadOutput {
+                subject: subject.to_string(),
+                origin: origin.to_string(),
+                thread,
+                json,
+            });
+        }
     }
 
     fn refresh(&self, sessions: Vec<String>) -> BoxFuture<'_, ()> {

@@ -159,10 +159,7 @@ impl Connection {
     ) -> Connection {
         let connection = Connection::attach(engine, subject, options, resume);
         if let Some(thread) = follow {
-            connection
-                .engine
-                .threads
-                .follow(&thread, &connection.session);
+            connection.engine.follow(&thread, &connection.session);
         }
         connection
     }

@@ -131,6 +131,14 @@ impl Drop for SessionGuard<'_> {
         if sent.is_empty() {
             return;
         }
+        if let Some(store) = &self.session.store {
+            // Followers on other nodes get theirs through the store.
+            let copies = sent
+                .iter()
+                .map(|(thread, env)| (thread.clone(), env.to_json()))
+                .collect();
+            store.copy_to_followers(&self.session.subject, &self.session.id, copies);
+        }
         let dispatch = self.session.threads.queue_copies(self.session, sent);
         drop(core);
         dispatch.run();
@@ -329,8 +337,29 @@ impl Engine {
     }
 
     /// Keeps sessions in `store` from now on (cluster mode); set once, before serving.
+    /// Sessions copy what they send in threads from the start: followers may be on any
+    /// node.
     pub fn set_store(&self, store: Arc<dyn SessionStore>) {
+        self.threads.in_use().store(true, Ordering::Release);
         let _ = self.store.set(store);
+    }
+
+    /// Makes `session` follow `thread` (`?thread=`), on every node in cluster mode.
+    pub fn follow(&self, thread: &str, session: &Arc<Session>) {
+        self.threads.follow(thread, session);
+        if let Some(store) = self.store().cloned() {
+            let (subject, thread, id) = (
+                session.subject.clone(),
+                thread.to_string(),
+                session.id.clone(),
+            );
+            tokio::spawn(async move { store.follow(&subject, &thread, &id).await });
+        }
+    }
+
+    /// Whether this node's own relay serves `session` as a follower of `thread`.
+    pub fn follows_here(&self, subject: &str, thread: &str, session: &str) -> bool {
+        self.drives_here(session) && self.threads.is_follower(subject, thread, session)
     }
 
     pub fn store(&self) -> Option<&Arc<dyn SessionStore>> {
@@ -510,6 +539,15 @@ impl Engine {
             Forwarded::CancelRun { run_id } => session.lock().cancel_here(&run_id),
             Forwarded::TakenOver => session.lock().now_driven_elsewhere(),
             Forwarded::Applied { producer, n } => session.lock().forwards_applied(&producer, n),
+            Forwarded::ThreadCopies { jsons } => {
+                let now = now_ms();
+                let mut core = session.lock();
+                for json in jsons {
+                    if let Ok(env) = Envelope::parse(&json) {
+                        core.emit_shared(&Arc::new(SharedMessage::copies_of(env)), now);
+                    }
+                }
+            }
         }
     }
 

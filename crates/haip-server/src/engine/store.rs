@@ -136,6 +136,9 @@ pub enum Forwarded {
     /// Output of `producer` (a copy of the session on the receiving node) up to its `n`th
     /// is applied: it need not keep it.
     Applied { producer: String, n: u64 },
+    /// What another session of the same subject sent in a thread this one follows (the
+    /// envelopes as that session sent them), to send as this session's own.
+    ThreadCopies { jsons: Vec<String> },
 }
 
 /// What a node keeps outside itself. Implemented by `cluster::RedisStore`.
@@ -180,4 +183,14 @@ pub trait SessionStore: Send + Sync {
     fn live_nodes(&self, nodes: Vec<String>) -> BoxFuture<'_, Vec<String>>;
     /// Keeps `sessions` (driven here, with a live connection) from expiring.
     fn refresh(&self, sessions: Vec<String>) -> BoxFuture<'_, ()>;
+    /// Records that `session` follows `thread` of `subject`, for the nodes that send in it.
+    fn follow<'a>(
+        &'a self,
+        subject: &'a str,
+        thread: &'a str,
+        session: &'a str,
+    ) -> BoxFuture<'a, ()>;
+    /// What session `origin` sent in threads, `(thread, envelope JSON)` in order, for the
+    /// followers on other nodes (queued; sent in order by a task of the store).
+    fn copy_to_followers(&self, subject: &str, origin: &str, sent: Vec<(String, String)>);
 }

@@ -106,6 +106,17 @@ impl Threads {
         }
     }
 
+    /// Whether session `id` follows `thread` of `subject` here.
+    pub fn is_follower(&self, subject: &str, thread: &str, id: &str) -> bool {
+        self.get(subject, thread).is_some_and(|t| {
+            locked(&t.state)
+                .followers
+                .iter()
+                .filter_map(Weak::upgrade)
+                .any(|s| s.id == id)
+        })
+    }
+
     /// How many live sessions follow `thread` of `subject`.
     pub fn follower_count(&self, subject: &str, thread: &str) -> usize {
         self.get(subject, thread).map_or(0, |t| {

@@ -1151,3 +1151,77 @@ pub fn check_complete_run(all: &[&Value], session: &str, text: &str) {
     assert_eq!(fin.len(), 1);
     assert_eq!(fin[0]["payload"]["status"], "OK");
 }
+
+// --- shared threads ------------------------------------------------------------------
+
+/// Options that follow `thread` (`?thread=`).
+pub fn follow(thread: &str) -> Opts {
+    Opts {
+        query: vec![("thread".into(), thread.into())],
+        ..Opts::default()
+    }
+}
+
+/// A complete USER text message sent in `thread`.
+pub async fn say_in(conn: &mut Conn, thread: &str, text: &str) {
+    let message_id = next_id("m");
+    let mut start = conn.msg(
+        "USER",
+        "MESSAGE_START",
+        json!({"message_id": message_id, "text": text}),
+    );
+    start["thread_id"] = json!(thread);
+    let mut end = conn.msg("USER", "MESSAGE_END", json!({"message_id": message_id}));
+    end["thread_id"] = json!(thread);
+    for m in [start, end] {
+        if let Some(r) = conn.send(&m).await {
+            assert_eq!(r.status, 200, "POST refused: {r:?}");
+        }
+    }
+}
+
+/// Opens a connection and waits for its session's HAI (and the TOOL_LIST after it).
+pub async fn open_session(server: &Server, kind: Kind, opts: Opts) -> Conn {
+    let mut c = connect_session(server, kind, opts).await;
+    c.recv_type("HAI").await;
+    c.recv_type("TOOL_LIST").await;
+    c
+}
+
+/// Opens a connection. An HTTP streaming request only starts once its body has a first
+/// line, as with every real client, which sends its HAI first: here a PING.
+pub async fn connect_session(server: &Server, kind: Kind, opts: Opts) -> Conn {
+    let mut c = Conn::open(server, kind, opts).await;
+    if kind == Kind::Stream {
+        c.ping("open").await;
+    }
+    c
+}
+
+/// The run as one follower or the publisher saw it: checks its shape and returns the text.
+pub fn check_thread_run(msgs: &[Value], session: &str, thread: &str) -> String {
+    let run: Vec<&Value> = msgs.iter().filter(|m| m["channel"] == "AGENT").collect();
+    let kinds: Vec<&str> = run.iter().map(|m| ty(m)).collect();
+    assert_eq!(kinds.first(), Some(&"RUN_STARTED"), "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"RUN_FINISHED"), "{kinds:?}");
+    let run_id = &run[0]["run_id"];
+    let mut text = String::new();
+    for m in &run {
+        assert_eq!(
+            m["session"], session,
+            "each copy is the follower's own: {m}"
+        );
+        assert_eq!(&m["run_id"], run_id, "one run: {m}");
+        if matches!(ty(m), "RUN_STARTED" | "MESSAGE_PART" | "RUN_FINISHED") {
+            assert_eq!(m["thread_id"], thread, "carries its thread: {m}");
+        }
+        if ty(m) == "MESSAGE_PART" {
+            text.push_str(m["payload"]["text"].as_str().unwrap_or_default());
+        }
+    }
+    assert_eq!(
+        run.last().map(|m| &m["payload"]["status"]),
+        Some(&json!("OK"))
+    );
+    text
+}

@@ -580,3 +580,73 @@ async fn a_cancel_reaches_a_worker_that_is_streaming() {
     let at = cancelled_after.expect("the cancel arrived while streaming");
     assert!(at < 150, "arrived after {at} parts (10 ms apart)");
 }
+
+/// Cluster mode (contract section 13): a worker attached to one node answers the users
+/// of another; its run is the user's, cancellable from there.
+#[tokio::test]
+async fn workers_on_one_node_answer_users_of_another() {
+    let Some(redis) = common::redis::Redis::start() else {
+        return;
+    };
+    let node = |name: &'static str| {
+        let url = redis.url();
+        server_with(move |c| {
+            c.redis_url = Some(url);
+            c.node_id = Some(name.to_string());
+        })
+    };
+    let (a, b) = (node("node-a").await, node("node-b").await);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while a.get_json("/health").await.0 != 200 || b.get_json("/health").await.0 != 200 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nodes never reached Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut w = Worker::connect(&a).await;
+    // Node a says it has workers with its next heartbeat.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while redis.command("HLEN haip:worker-nodes").as_deref() != Some(":1\r\n") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node a never listed its worker"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut u = user(&b).await;
+    u.say("answered elsewhere?").await;
+    let job = w.job().await;
+    assert_eq!(job["payload"]["metadata"]["text"], "answered elsewhere?");
+    let rid = run_id(&job);
+    w.answer(&rid, "yes, by a worker on node a").await;
+    let run = u.collect_until(|v| ty(v) == "RUN_FINISHED").await;
+    let started = run
+        .iter()
+        .find(|v| ty(v) == "RUN_STARTED")
+        .expect("its run");
+    assert_eq!(run_id(started), rid, "{run:?}");
+    let part = run
+        .iter()
+        .find(|v| ty(v) == "MESSAGE_PART")
+        .expect("a part");
+    assert_eq!(part["payload"]["text"], "yes, by a worker on node a");
+    assert_eq!(
+        run.last().map(|v| v["payload"]["status"].clone()),
+        Some(json!("OK"))
+    );
+
+    // RUN_CANCEL on node b reaches the job on node a.
+    u.say("and cancelled?").await;
+    let job = w.job().await;
+    let rid = run_id(&job);
+    u.recv_type("RUN_STARTED").await;
+    u.send_msg("USER", "RUN_CANCEL", json!({"run_id": rid}))
+        .await;
+    let cancel = w.recv_type("RUN_CANCEL").await;
+    assert_eq!(cancel["payload"]["run_id"], rid.as_str());
+    w.send("RUN_FINISHED", json!({"status": "CANCELLED"}), Some(&rid))
+        .await;
+    let finished = u.recv_type("RUN_FINISHED").await;
+    assert_eq!(finished["payload"]["status"], "CANCELLED");
+}

@@ -109,7 +109,8 @@ pub trait SessionHandle: Send + Sync + 'static {
 }
 
 /// Who said one earlier message of a conversation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Speaker {
     User,
     Assistant,
@@ -117,7 +118,7 @@ pub enum Speaker {
 
 /// One earlier message of a conversation, when the client keeps the conversation itself
 /// (the AI SDK's `useChat` sends it with every request).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Turn {
     pub speaker: Speaker,
     pub text: String,

@@ -16,6 +16,7 @@ pub mod scripts;
 mod threads;
 mod writer;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -42,6 +43,9 @@ pub const NODE_LEASE: Duration = Duration::from_secs(5);
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
 /// The most items kept for a session no live node drives.
 pub const MAX_KEPT_FORWARDS: usize = 10_000;
+/// The node runs that have agent workers attached, each with the time (ms) until which
+/// that holds unless renewed by its heartbeat.
+pub const WORKER_NODES: &str = "haip:worker-nodes";
 
 /// What the cluster needs from the configuration.
 #[derive(Debug, Clone)]
@@ -113,7 +117,11 @@ impl RedisStore {
         });
         engine.set_store(store.clone());
         tokio::spawn(connect(store.clone(), shutdown.clone()));
-        tokio::spawn(heartbeat(Arc::downgrade(&store), shutdown.clone()));
+        tokio::spawn(heartbeat(
+            Arc::downgrade(&store),
+            Arc::downgrade(engine),
+            shutdown.clone(),
+        ));
         tokio::spawn(listen(
             Arc::downgrade(&store),
             Arc::downgrade(engine),
@@ -368,6 +376,27 @@ impl SessionStore for RedisStore {
         Box::pin(threads::follow(self, subject, thread, session))
     }
 
+    fn worker_node(&self) -> BoxFuture<'_, Option<String>> {
+        Box::pin(async move {
+            let mut conn = self.connection().ok()?;
+            let nodes: HashMap<String, u64> = redis::cmd("HGETALL")
+                .arg(WORKER_NODES)
+                .query_async(&mut conn)
+                .await
+                .ok()?;
+            let now = crate::engine::now_ms();
+            let mut live: Vec<String> = nodes
+                .into_iter()
+                .filter(|(node, until)| *until > now && *node != self.owner)
+                .map(|(node, _)| node)
+                .collect();
+            live.sort();
+            // Spread over the nodes that have workers.
+            let pick = (now as usize) % live.len().max(1);
+            live.into_iter().nth(pick)
+        })
+    }
+
     fn copy_to_followers(&self, subject: &str, origin: &str, sent: Vec<(String, String)>) {
         for (thread, json) in sent {
             let _ = self.thread_output.send(threads::ThreadOutput {
@@ -473,7 +502,7 @@ async fn connect(store: Arc<RedisStore>, shutdown: CancellationToken) {
 
 /// Renews this node run's lease every [`HEARTBEAT`]; its success or failure is the node's
 /// availability.
-async fn heartbeat(store: Weak<RedisStore>, shutdown: CancellationToken) {
+async fn heartbeat(store: Weak<RedisStore>, engine: Weak<Engine>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(HEARTBEAT);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -497,6 +526,30 @@ async fn heartbeat(store: Weak<RedisStore>, shutdown: CancellationToken) {
         match renewed {
             Ok(_) => store.set_available(true, ""),
             Err(e) => store.set_available(false, &e.to_string()),
+        }
+        // Whether this node takes user messages of other nodes for its agent workers.
+        let workers = engine.upgrade().and_then(|e| e.worker_count());
+        let registered: RedisResult<i64> = match workers {
+            Some(n) if n > 0 => {
+                let until = crate::engine::now_ms() + NODE_LEASE.as_millis() as u64;
+                redis::cmd("HSET")
+                    .arg(WORKER_NODES)
+                    .arg(&store.owner)
+                    .arg(until)
+                    .query_async(&mut conn)
+                    .await
+            }
+            Some(_) => {
+                redis::cmd("HDEL")
+                    .arg(WORKER_NODES)
+                    .arg(&store.owner)
+                    .query_async(&mut conn)
+                    .await
+            }
+            None => Ok(0),
+        };
+        if let Err(e) = registered {
+            tracing::debug!(error = %e, "could not record this node's agent workers");
         }
     }
     // A node that stops gives its lease up at once: its runs are ended by whoever takes

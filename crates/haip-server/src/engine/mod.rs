@@ -522,6 +522,26 @@ impl Engine {
 
     /// Something another node sent to this one about session `id` (cluster mode).
     pub async fn on_direct(self: &Arc<Self>, id: &str, from: &str, item: Forwarded) {
+        if let Forwarded::Job {
+            subject,
+            text,
+            thread_id,
+            history,
+        } = item
+        {
+            // A user message for the workers here: answered into a copy of the session
+            // that forwards to the node driving it.
+            let Some(session) = self.producer_copy(id, &subject) else {
+                return;
+            };
+            let reply = Reply::new(
+                self.agent_link(&session, CancellationToken::new()),
+                thread_id,
+            )
+            .with_history(history);
+            tokio::spawn(self.agent.on_text(reply, text));
+            return;
+        }
         if let Some(session) = self.get(id) {
             self.apply_forwarded(&session, from, item);
         }
@@ -539,6 +559,7 @@ impl Engine {
             Forwarded::CancelRun { run_id } => session.lock().cancel_here(&run_id),
             Forwarded::TakenOver => session.lock().now_driven_elsewhere(),
             Forwarded::Applied { producer, n } => session.lock().forwards_applied(&producer, n),
+            Forwarded::Job { .. } => {} // only ever sent to a node directly
             Forwarded::ThreadCopies { jsons } => {
                 let now = now_ms();
                 let mut core = session.lock();
@@ -988,8 +1009,13 @@ impl Engine {
                     thread_id,
                     abandon,
                 } => {
+                    let history = self.take_history(&session.id);
+                    if self.has_no_workers_here() {
+                        self.answer_on_a_worker_node(session, text, thread_id, history, abandon);
+                        continue;
+                    }
                     let reply = Reply::new(self.agent_link(session, abandon), thread_id)
-                        .with_history(self.take_history(&session.id));
+                        .with_history(history);
                     tokio::spawn(self.agent.on_text(reply, text));
                 }
                 Action::Audio { chunk, abandon } => {
@@ -1024,6 +1050,77 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Cluster mode with agent workers: whether none is attached to this node.
+    fn has_no_workers_here(&self) -> bool {
+        self.store().is_some() && self.worker_count() == Some(0)
+    }
+
+    /// The agent workers attached to this node, when the agent hands work to workers.
+    pub fn worker_count(&self) -> Option<usize> {
+        self.agent.worker_pool().map(|pool| pool.loads().len())
+    }
+
+    /// A user message when no agent worker is attached here: a node that has workers
+    /// answers it (the session gets its output as from any other node); with none
+    /// anywhere, the agent here says so.
+    fn answer_on_a_worker_node(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        text: String,
+        thread_id: Option<String>,
+        history: Option<Vec<Turn>>,
+        abandon: CancellationToken,
+    ) {
+        let Some(store) = self.store().cloned() else {
+            return;
+        };
+        let engine = self.clone();
+        let session = session.clone();
+        tokio::spawn(async move {
+            if let Some(node) = store.worker_node().await {
+                let job = Forwarded::Job {
+                    subject: session.subject.clone(),
+                    text,
+                    thread_id,
+                    history,
+                };
+                store.tell_node(&node, &session.id, job).await;
+                return;
+            }
+            let reply =
+                Reply::new(engine.agent_link(&session, abandon), thread_id).with_history(history);
+            engine.agent.on_text(reply, text).await;
+        });
+    }
+
+    /// A copy of session `id` on this node that produces into it while another node
+    /// drives it (its output is forwarded there): the one here, or a new one.
+    fn producer_copy(&self, id: &str, subject: &str) -> Option<Arc<Session>> {
+        if let Some(local) = self.get(id) {
+            return (local.subject == subject).then_some(local);
+        }
+        let store = self.store()?.clone();
+        self.make_room_for(subject);
+        let mut core = SessionCore::new(
+            id.to_string(),
+            subject.to_string(),
+            self.limits.clone(),
+            false,
+            now_ms(),
+        );
+        core.share_threads(self.threads.in_use());
+        core.set_tap(self.tap.clone());
+        core.keep_in_store(Arc::from(store.owner()), 0);
+        core.now_driven_elsewhere();
+        let session = self.new_session(id.to_string(), subject, core, Some(store));
+        Some(
+            self.registry()
+                .entry(id.to_string())
+                .or_insert(session)
+                .clone(),
+        )
     }
 
     /// Gives the agent the conversation before the session's next user message.

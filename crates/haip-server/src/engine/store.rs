@@ -139,6 +139,17 @@ pub enum Forwarded {
     /// What another session of the same subject sent in a thread this one follows (the
     /// envelopes as that session sent them), to send as this session's own.
     ThreadCopies { jsons: Vec<String> },
+    /// A user message for the agent workers attached to the receiving node (none are
+    /// attached to the node that drives the session): they answer into the session from
+    /// there, as an agent still answering on another node does.
+    Job {
+        subject: String,
+        text: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        thread_id: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        history: Option<Vec<crate::agent::Turn>>,
+    },
 }
 
 /// What a node keeps outside itself. Implemented by `cluster::RedisStore`.
@@ -190,6 +201,8 @@ pub trait SessionStore: Send + Sync {
         thread: &'a str,
         session: &'a str,
     ) -> BoxFuture<'a, ()>;
+    /// A node run other than this one with agent workers attached, if any.
+    fn worker_node(&self) -> BoxFuture<'_, Option<String>>;
     /// What session `origin` sent in threads, `(thread, envelope JSON)` in order, for the
     /// followers on other nodes (queued; sent in order by a task of the store).
     fn copy_to_followers(&self, subject: &str, origin: &str, sent: Vec<(String, String)>);

@@ -4,12 +4,17 @@
 
 use std::time::Duration;
 
-/// A server process whose CPU time can be read.
+/// A server process whose CPU time can be read, with the other processes that serve with
+/// it (the other nodes of a cluster and its Redis, `--also-pid`): their CPU time counts too.
 #[derive(Debug, Clone, Copy)]
 pub struct ServerCpu {
     pub pid: u32,
+    also: [Option<u32>; MAX_ALSO],
     ticks_per_second: u64,
 }
+
+/// The most processes counted besides the server.
+pub const MAX_ALSO: usize = 8;
 
 /// A reading to measure from.
 #[derive(Debug, Clone, Copy)]
@@ -26,15 +31,28 @@ impl ServerCpu {
         let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
         let cpu = ServerCpu {
             pid,
+            also: [None; MAX_ALSO],
             ticks_per_second: u64::try_from(ticks).ok().filter(|&t| t > 0)?,
         };
         cpu.mark().map(|_| cpu)
     }
 
-    /// The CPU time the process has used so far (user + system, all threads).
+    /// Counts the CPU time of `pids` too (at most [`MAX_ALSO`]).
+    pub fn with_also(mut self, pids: &[u32]) -> ServerCpu {
+        for (slot, pid) in self.also.iter_mut().zip(pids) {
+            *slot = Some(*pid);
+        }
+        self
+    }
+
+    /// The CPU time the processes have used so far (user + system, all threads).
     pub fn mark(&self) -> Option<Mark> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).ok()?;
-        process_ticks(&stat).map(|ticks| Mark { ticks })
+        let mut ticks = 0;
+        for pid in std::iter::once(self.pid).chain(self.also.iter().flatten().copied()) {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            ticks += process_ticks(&stat)?;
+        }
+        Some(Mark { ticks })
     }
 
     /// The CPU time used since `from`.

@@ -76,6 +76,14 @@ pub struct BenchArgs {
     /// from /proc [default: the process on this machine listening on the URL's port]
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Other nodes of the same cluster: sessions are spread over the URL and these, in
+    /// turn (`fanout`: followers on all, the publisher on the first)
+    #[arg(long = "also-url")]
+    also_urls: Vec<String>,
+    /// Other processes whose CPU time counts as the server's (the other nodes of a
+    /// cluster, its Redis)
+    #[arg(long = "also-pid")]
+    also_pids: Vec<u32>,
     /// The bare WebSocket echo to compare with [default: /autobahn on the server's host]
     #[arg(long)]
     ceiling_url: Option<String>,
@@ -101,6 +109,7 @@ impl BenchArgs {
     /// The server process, when its CPU time can be read here.
     fn server_cpu(&self) -> Option<cpu::ServerCpu> {
         cpu::ServerCpu::find(self.server_pid, url_port(&self.connect.full_url()))
+            .map(|cpu| cpu.with_also(&self.also_pids))
     }
 
     /// A reading of the server's CPU time, taken as a load starts.
@@ -186,8 +195,23 @@ async fn open_all(
     name: &str,
 ) -> anyhow::Result<Vec<(Connection, Subscription)>> {
     let mut out = Vec::with_capacity(n);
+    // Spread over the nodes given: the first URL is the config's own.
+    let path = match args.connect.transport {
+        haip_client::Transport::WebSocket => "/haip/websocket",
+        haip_client::Transport::Sse => "/haip/sse",
+        haip_client::Transport::HttpStream => "/haip/stream",
+    };
+    let urls: Vec<String> = std::iter::once(config.url.clone())
+        .chain(
+            args.also_urls
+                .iter()
+                .map(|u| crate::connect::with_defaults(u, path)),
+        )
+        .collect();
     for i in 0..n {
-        let conn = Connection::start(format!("{name}-{i}"), config.clone());
+        let mut config = config.clone();
+        config.url = urls[i % urls.len()].clone();
+        let conn = Connection::start(format!("{name}-{i}"), config);
         conn.connected(Duration::from_secs(args.connect.timeout))
             .await
             .map_err(|e| anyhow::anyhow!("session {i}: {e}"))?;

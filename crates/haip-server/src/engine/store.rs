@@ -102,7 +102,8 @@ pub struct ClaimedSession {
     pub forwarded: Vec<(String, Forwarded)>,
 }
 
-/// Why a session could not be claimed or reached.
+/// Why a session could not be had: resumed, claimed or reached (in memory mode too, for
+/// the first three).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
     #[error("unknown session {0:?}")]

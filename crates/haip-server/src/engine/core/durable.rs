@@ -8,7 +8,7 @@
 //! without seq, to the node that does.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use haip_protocol::{Envelope, ErrorCode, EventType, Payload};
 
@@ -19,8 +19,9 @@ use super::{Action, Pending, SessionCore};
 use crate::agent::RunEnding;
 use crate::engine::outbound::{Close, OutItem, Outgoing};
 use crate::engine::store::{
-    ClaimedSession, Forwarded, SessionWrite, StoredMessage, StoredRun, WriteOutcome,
+    ClaimedSession, Forwarded, SessionStore, SessionWrite, StoredMessage, StoredRun, WriteOutcome,
 };
+use crate::engine::Session;
 
 /// The message a node that lost a run's agent gives for it (contract section 13).
 pub const AGENT_NODE_LOST: &str = "agent node lost";
@@ -35,8 +36,10 @@ struct Unstored {
     origin: Option<(String, u64)>,
 }
 
-#[derive(Debug)]
 pub(super) struct Durable {
+    /// Where the session is kept, and the session itself (for the store to pull from).
+    store: Arc<dyn SessionStore>,
+    session: Weak<Session>,
     /// This node as owners are recorded.
     me: Arc<str>,
     /// The epoch this node drives the session in.
@@ -89,9 +92,12 @@ impl Durable {
 }
 
 impl SessionCore {
-    /// Keeps this session in a store, driven by `me` in `epoch`.
-    pub fn keep_in_store(&mut self, me: Arc<str>, epoch: u64) {
+    /// Keeps this session in `store`, driven by this node in `epoch`.
+    pub fn keep_in_store(&mut self, store: Arc<dyn SessionStore>, epoch: u64) {
+        let me: Arc<str> = Arc::from(store.owner());
         self.durable = Some(Box::new(Durable {
+            store,
+            session: Weak::new(),
             forwarding: Forwarding::new(&me),
             me,
             epoch,
@@ -120,6 +126,28 @@ impl SessionCore {
             Some(d) => d.stored_client_seq,
             None => self.last_client_seq(),
         }
+    }
+
+    /// Cluster mode: the session this core is the state of (set once it is wrapped).
+    pub fn point_back(&mut self, session: Weak<Session>) {
+        if let Some(d) = self.durable.as_mut() {
+            d.session = session;
+        }
+    }
+
+    /// The store, in cluster mode.
+    pub fn store(&self) -> Option<&Arc<dyn SessionStore>> {
+        self.durable.as_ref().map(|d| &d.store)
+    }
+
+    /// The store and the session, when the store should pull a write now (see
+    /// [`SessionCore::wants_write`]).
+    pub fn write_wanted(&mut self) -> Option<(Arc<dyn SessionStore>, Weak<Session>)> {
+        if !self.wants_write() {
+            return None;
+        }
+        let d = self.durable.as_ref()?;
+        Some((d.store.clone(), d.session.clone()))
     }
 
     /// Whether another node drives this session now (it must be claimed to be served here).
@@ -178,6 +206,9 @@ impl SessionCore {
     /// Gives each piece of work the client message `client_seq` asked for its token of
     /// abandonment, kept until the store has the message (cluster mode).
     pub(super) fn tag_work(&mut self, actions: &mut [Action], client_seq: u64) {
+        let Some(d) = self.durable.as_mut() else {
+            return; // memory mode: nothing is ever given up
+        };
         let token = CancellationToken::new();
         for action in actions.iter_mut() {
             match action {
@@ -187,9 +218,7 @@ impl SessionCore {
                 Action::RoundTrip(_) | Action::CancelRunOn { .. } => {}
             }
         }
-        if let Some(d) = self.durable.as_mut() {
-            d.work.push((client_seq, token));
-        }
+        d.work.push((client_seq, token));
     }
 
     /// A client message for a session another node drives goes to that node, which
@@ -320,7 +349,7 @@ impl SessionCore {
         let Some(d) = self.durable.as_mut() else {
             return Vec::new();
         };
-        let writing = std::mem::take(&mut d.writing);
+        d.writing = 0;
         match outcome {
             WriteOutcome::Stored { upto } => {
                 d.told_unavailable = false;
@@ -366,7 +395,6 @@ impl SessionCore {
                 Vec::new()
             }
             WriteOutcome::Failed(why) => {
-                let _ = writing;
                 if d.elsewhere {
                     // Lost the session meanwhile: the node that drives it gets the rest.
                     self.hand_over_unstored();

@@ -12,9 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use haip_protocol::payload::{ErrorPayload, Payload as P};
-use haip_protocol::{channel, Envelope, ErrorCode, EventType, Payload};
-use serde_json::Map;
+use haip_protocol::{Envelope, ErrorCode, Payload};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -195,10 +193,11 @@ impl Connection {
         if let Some((id, reason)) = resume_error {
             // Sent before the fresh session's HAI, as seq 0, so the fresh session still
             // starts at seq 1.
-            queue.push(OutItem::Frame(Arc::new(unsequenced_error(
+            queue.push(OutItem::Frame(Arc::new(Outgoing::unsequenced_error(
                 ErrorCode::ResumeFailed,
                 &reason,
                 &id,
+                now_ms(),
             ))));
         }
         let session = engine.open_session(subject, queue.clone(), binary);
@@ -587,38 +586,8 @@ impl Connection {
     }
 }
 
-/// An ERROR sent outside any session's numbering (seq 0): only the connect-time
-/// RESUME_FAILED, which precedes the fresh session's HAI.
-pub(crate) fn unsequenced_error(code: ErrorCode, message: &str, session: &str) -> Outgoing {
-    let env = Envelope::new(
-        uuid::Uuid::new_v4().to_string(),
-        if (1..=128).contains(&session.chars().count()) {
-            session
-        } else {
-            "-"
-        },
-        0,
-        now_ms(),
-        channel::SYSTEM,
-        P::Error(ErrorPayload {
-            code: code.as_str().to_string(),
-            message: message.to_string(),
-            related_id: None,
-            detail: None,
-            run_id: None,
-            extra: Map::new(),
-        }),
-    );
-    Outgoing::new(
-        Arc::from(env.session.as_str()),
-        0,
-        EventType::Error,
-        env.to_json(),
-    )
-}
-
 /// An ERROR frame for a connection that has no session (authentication failed).
 pub fn sessionless_error(code: ErrorCode, message: &str) -> Bytes {
     let id = uuid::Uuid::new_v4().to_string();
-    unsequenced_error(code, message, &id).json()
+    Outgoing::unsequenced_error(code, message, &id, now_ms()).json()
 }

@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
-use haip_protocol::{Envelope, EventType};
+use haip_protocol::payload::ErrorPayload;
+use haip_protocol::{channel, Envelope, ErrorCode, EventType, Payload};
+use serde_json::Map;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -289,6 +291,42 @@ impl Outgoing {
             json_len,
             two_frame: None,
         }
+    }
+
+    /// An ERROR sent outside any session's numbering (seq 0): the connect-time
+    /// RESUME_FAILED, which precedes the fresh session's HAI, and the word that the session
+    /// store is out of reach (cluster mode), which cannot wait for that store.
+    pub fn unsequenced_error(
+        code: ErrorCode,
+        message: &str,
+        session: &str,
+        now_ms: u64,
+    ) -> Outgoing {
+        let env = Envelope::new(
+            uuid::Uuid::new_v4().to_string(),
+            if (1..=128).contains(&session.chars().count()) {
+                session
+            } else {
+                "-"
+            },
+            0,
+            now_ms,
+            channel::SYSTEM,
+            Payload::Error(ErrorPayload {
+                code: code.as_str().to_string(),
+                message: message.to_string(),
+                related_id: None,
+                detail: None,
+                run_id: None,
+                extra: Map::new(),
+            }),
+        );
+        Outgoing::new(
+            Arc::from(env.session.as_str()),
+            0,
+            EventType::Error,
+            env.to_json(),
+        )
     }
 
     pub fn json_len(&self) -> usize {

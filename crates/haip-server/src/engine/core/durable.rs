@@ -408,14 +408,13 @@ impl SessionCore {
                 if !d.told_unavailable {
                     d.told_unavailable = true;
                     if let Some(q) = &self.attached {
-                        q.push(OutItem::Frame(Arc::new(
-                            super::super::connection::unsequenced_error(
-                                ErrorCode::InternalError,
-                                "the session store is out of reach: messages are held until it \
+                        q.push(OutItem::Frame(Arc::new(Outgoing::unsequenced_error(
+                            ErrorCode::InternalError,
+                            "the session store is out of reach: messages are held until it \
                                  is back",
-                                &self.id,
-                            ),
-                        )));
+                            &self.id,
+                            now_ms,
+                        ))));
                     }
                     tracing::warn!(session = %self.id, error = %why, "session store out of reach: output held");
                 }

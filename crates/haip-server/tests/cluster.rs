@@ -367,3 +367,59 @@ async fn followers_of_a_thread_on_every_node_get_what_is_sent_in_it() {
         "another subject's session must not see the thread: {strangers:?}"
     );
 }
+
+/// The same over a Redis Cluster (three masters): a session's keys live on one shard, its
+/// node's channel is heard across the cluster.
+#[tokio::test]
+async fn over_a_redis_cluster_sessions_resume_on_another_node_and_posts_reach_them() {
+    let Some(redis) = common::redis::RedisCluster::start() else {
+        return;
+    };
+    let url = redis.url();
+    let mut nodes = Vec::new();
+    for name in ["node-a", "node-b"] {
+        let url = url.clone();
+        let node = Server::start_with(move |c| {
+            c.redis_url = Some(url);
+            c.node_id = Some(name.to_string());
+            c.echo_word_delay = ms(40);
+        })
+        .await;
+        wait_health(&node, 200).await;
+        nodes.push(node);
+    }
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let text = words(12);
+    let mut c1 = a.connect(Kind::Ws).await;
+    let session = session_of(&c1.recv_type("HAI").await);
+    c1.say(&text).await;
+    parts(&mut c1, 3).await;
+    let log1 = c1.log.clone();
+    drop(c1);
+    let last = log1.iter().map(seq).max().expect("received");
+    let mut c2 = b
+        .connect_with(Kind::Sse, Opts::resume(&session, last - 1))
+        .await;
+    let mut replay = c2
+        .collect_until(|v| ty(v) == "HAI" && v["session"] == session.as_str())
+        .await;
+    let confirm = replay.pop().expect("confirming HAI");
+    check_replay(&replay, &confirm, &log1, &session, last - 1);
+    c2.collect_until(|v| ty(v) == "RUN_FINISHED").await;
+    let all: Vec<&Value> = log1.iter().chain(&c2.log).collect();
+    check_complete_run(&all, &session, &text);
+    // A POST to node a reaches the stream on node b.
+    let ping = envelope(
+        &next_id("c"),
+        &session,
+        3,
+        "SYSTEM",
+        "PING",
+        json!({"nonce": "n"}),
+    );
+    let base_a = format!("http://{}", a.addr);
+    let reply = post_messages(&base_a, &c2.token, Some(&session), &ping.to_string()).await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let pong = c2.recv_type("PONG").await;
+    assert_eq!(pong["payload"]["nonce"], "n");
+}

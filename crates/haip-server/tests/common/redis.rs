@@ -15,11 +15,18 @@ pub struct Redis {
     pub port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    /// Settings added to the command line.
+    extra: Vec<String>,
 }
 
 impl Redis {
     /// Starts a server, or returns None (after saying why) when there is none to start.
     pub fn start() -> Option<Redis> {
+        Redis::start_with(&[])
+    }
+
+    /// Starts a server with `extra` settings.
+    pub fn start_with(extra: &[&str]) -> Option<Redis> {
         if Command::new("redis-server")
             .arg("--version")
             .stdout(Stdio::null())
@@ -41,6 +48,7 @@ impl Redis {
             port,
             dir,
             child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         redis.run();
         Some(redis)
@@ -58,6 +66,7 @@ impl Redis {
             .args(["--appendonly", "yes", "--appendfsync", "always"])
             .arg("--dir")
             .arg(&self.dir)
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -124,4 +133,54 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("free port")
+}
+
+/// A Redis Cluster of three masters (no replicas), each a `redis-server` on a free port,
+/// joined with `redis-cli --cluster create`; stopped when dropped.
+pub struct RedisCluster {
+    pub nodes: Vec<Redis>,
+}
+
+impl RedisCluster {
+    pub fn start() -> Option<RedisCluster> {
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            nodes.push(Redis::start_with(&["--cluster-enabled", "yes"])?);
+        }
+        let addresses: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let created = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("redis-cli --cluster create");
+        assert!(created.success(), "the Redis Cluster could not be created");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while nodes.iter().any(|n| {
+            !n.command("CLUSTER INFO")
+                .is_some_and(|info| info.contains("cluster_state:ok"))
+        }) {
+            assert!(
+                Instant::now() < deadline,
+                "the Redis Cluster never became ready"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Some(RedisCluster { nodes })
+    }
+
+    /// REDIS_URL for it: every node as a seed.
+    pub fn url(&self) -> String {
+        self.nodes
+            .iter()
+            .map(Redis::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
 }

@@ -99,14 +99,20 @@ pub struct Connection {
     pub session: Arc<Session>,
     pub queue: Arc<ConnQueue>,
     options: ConnectionOptions,
+    /// What only some connections ever wait for. Boxed: the connection's task would
+    /// otherwise carry its size always, idle or not.
+    waiting: Option<Box<Waiting>>,
+}
+
+/// What a connection may be waiting for (see [`Connection::waiting`]).
+#[derive(Default)]
+struct Waiting {
     /// A text envelope with `bin_len`, waiting for its binary frame, with its flow cost
     /// (the text frame plus `bin_len`).
-    /// Boxed: it is rare, and the connection's task would otherwise carry its size always.
-    pending_binary: Option<Box<(Envelope, u64)>>,
+    binary_for: Option<(Envelope, u64)>,
     /// Cluster mode: what the client sent after a HAI that resumes a session being
     /// claimed, handled once the connection is on it (see [`Connection::switch_to`]).
-    #[allow(clippy::box_collection)] // one pointer in every connection's task until used
-    held_for_switch: Option<Box<Vec<(Envelope, u64)>>>,
+    held_for_switch: Option<Vec<(Envelope, u64)>>,
 }
 
 /// The most messages held while a resume is claimed from the store.
@@ -221,15 +227,13 @@ impl Connection {
             session,
             queue,
             options,
-            pending_binary: None,
-            held_for_switch: None,
+            waiting: None,
         }
     }
 
     /// A text frame or NDJSON line.
     pub fn on_text(&mut self, raw: &[u8]) {
-        if let Some(waiting) = self.pending_binary.take() {
-            let (waiting, _) = *waiting;
+        if let Some((waiting, _)) = self.waiting.as_mut().and_then(|w| w.binary_for.take()) {
             self.violation(
                 ErrorCode::BinaryFrameError,
                 "expected the binary frame announced by bin_len, got a text frame",
@@ -245,7 +249,7 @@ impl Connection {
         };
         if env.bin_len.is_some() && self.options.transport == Transport::WebSocket {
             let cost = env.flow_cost(raw.len());
-            self.pending_binary = Some(Box::new((env, cost)));
+            self.waiting.get_or_insert_with(Box::default).binary_for = Some((env, cost));
             return;
         }
         let cost = env.flow_cost(raw.len());
@@ -254,7 +258,7 @@ impl Connection {
 
     /// A binary frame: the second half of a two-frame message.
     pub fn on_binary(&mut self, data: &[u8]) {
-        let Some(waiting) = self.pending_binary.take() else {
+        let Some((mut env, cost)) = self.waiting.as_mut().and_then(|w| w.binary_for.take()) else {
             self.violation(
                 ErrorCode::BinaryFrameError,
                 "binary frame without an envelope announcing it (bin_len)",
@@ -262,7 +266,6 @@ impl Connection {
             );
             return;
         };
-        let (mut env, cost) = *waiting;
         if env.bin_len != Some(data.len() as u64) {
             self.violation(
                 ErrorCode::BinaryFrameError,
@@ -297,7 +300,11 @@ impl Connection {
     }
 
     fn deliver(&mut self, env: Envelope, cost: u64) {
-        if let Some(held) = &mut self.held_for_switch {
+        if let Some(held) = self
+            .waiting
+            .as_mut()
+            .and_then(|w| w.held_for_switch.as_mut())
+        {
             if held.len() >= MAX_HELD_FOR_SWITCH {
                 self.violation(
                     ErrorCode::ProtocolViolation,
@@ -322,7 +329,9 @@ impl Connection {
                         Move::Failed => {}
                         Move::Claiming => {
                             // Handled on the session the connection lands on.
-                            self.held_for_switch = Some(Box::new(vec![(env, cost)]));
+                            self.waiting
+                                .get_or_insert_with(Box::default)
+                                .held_for_switch = Some(vec![(env, cost)]);
                             return;
                         }
                     }
@@ -336,8 +345,8 @@ impl Connection {
     /// resume was under way is handled there, in order.
     fn switch_to(&mut self, session: Arc<Session>) {
         self.session = session;
-        if let Some(held) = self.held_for_switch.take() {
-            for (env, cost) in *held {
+        if let Some(held) = self.waiting.as_mut().and_then(|w| w.held_for_switch.take()) {
+            for (env, cost) in held {
                 self.engine.handle(&self.session, env, cost);
             }
         }

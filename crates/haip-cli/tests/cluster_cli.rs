@@ -22,38 +22,7 @@ type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 fn node(redis: &redis::Redis, name: &str) -> common::Served {
-    let url = redis.url();
-    let served = common::serve(&[
-        "--redis-url",
-        &url,
-        "--node-id",
-        name,
-        "--jwt-secret",
-        SECRET,
-        "--echo-word-delay",
-        "40",
-    ]);
-    wait_health(served.port, Duration::from_secs(10));
-    served
-}
-
-/// Waits until the node's /health answers 200.
-fn wait_health(port: u16, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_haip"))
-            .args(["health", "--url", &format!("http://127.0.0.1:{port}")])
-            .output()
-            .expect("haip health");
-        if out.status.success() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "node on {port} never became healthy"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    common::serve_node(&redis.url(), name, SECRET, &["--echo-word-delay", "40"])
 }
 
 async fn connect(port: u16, token: &str, query: &str) -> Ws {

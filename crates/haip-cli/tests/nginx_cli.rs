@@ -166,25 +166,9 @@ async fn a_cluster_behind_the_nginx_site_resumes_across_nodes_on_every_transport
         let url = redis.url();
         let mut nodes: Vec<common::Served> = ["n1", "n2", "n3"]
             .iter()
-            .map(|name| {
-                common::serve(&[
-                    "--redis-url",
-                    &url,
-                    "--node-id",
-                    name,
-                    "--jwt-secret",
-                    SECRET,
-                ])
-            })
+            .map(|name| common::serve_node(&url, name, SECRET, &[]))
             .collect();
         let ports: Vec<u16> = nodes.iter().map(|n| n.port).collect();
-        for &p in &ports {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while get_json(p, "/health").is_none_or(|h| h["status"] != "ok") {
-                assert!(Instant::now() < deadline, "node {p} never became healthy");
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
         let port = common::free_port();
         let Some(_nginx) = nginx(port, &ports) else {
             return;

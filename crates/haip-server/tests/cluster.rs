@@ -60,6 +60,28 @@ fn session_of(v: &Value) -> String {
     v["session"].as_str().expect("session").to_string()
 }
 
+/// Asks `node` for an echo answer of `text` over `kind`, reads its first three parts and
+/// leaves: returns the session, what was received and its highest seq.
+async fn answer_then_leave(node: &Server, kind: Kind, text: &str) -> (String, Vec<Value>, u64) {
+    let mut c = node.connect(kind).await;
+    let session = session_of(&c.recv_type("HAI").await);
+    c.say(text).await;
+    parts(&mut c, 3).await;
+    let last = c.log.iter().map(seq).max().expect("received");
+    (session, c.log.clone(), last)
+}
+
+/// Reads a resume's replay and confirming HAI on `c` and checks them against `before`
+/// (what the client had, of which it reported up to `after`); returns the HAI.
+async fn replay_and_confirm(c: &mut Conn, before: &[Value], session: &str, after: u64) -> Value {
+    let mut replay = c
+        .collect_until(|v| ty(v) == "HAI" && v["session"] == session)
+        .await;
+    let confirm = replay.pop().expect("confirming HAI");
+    check_replay(&replay, &confirm, before, session, after);
+    confirm
+}
+
 /// How a client resumes on the second node.
 #[derive(Debug, Clone, Copy)]
 enum Form {
@@ -85,13 +107,7 @@ async fn a_session_resumes_on_another_node_mid_answer_in_every_form_on_every_tra
     ];
     for (kind, form) in cases {
         let text = words(16);
-        let mut c1 = cl.a.connect(kind).await;
-        let session = session_of(&c1.recv_type("HAI").await);
-        c1.say(&text).await;
-        parts(&mut c1, 3).await;
-        let log1 = c1.log.clone();
-        drop(c1);
-        let last = log1.iter().map(seq).max().expect("received");
+        let (session, log1, last) = answer_then_leave(&cl.a, kind, &text).await;
         // The agent keeps answering on node A while the client is away.
         tokio::time::sleep(ms(150)).await;
 
@@ -126,11 +142,7 @@ async fn a_session_resumes_on_another_node_mid_answer_in_every_form_on_every_tra
                 c2
             }
         };
-        let mut replay = c2
-            .collect_until(|v| ty(v) == "HAI" && v["session"] == session.as_str())
-            .await;
-        let confirm = replay.pop().expect("confirming HAI");
-        check_replay(&replay, &confirm, &log1, &session, last - 2);
+        let confirm = replay_and_confirm(&mut c2, &log1, &session, last - 2).await;
         assert_eq!(
             confirm["payload"]["last_rx_seq"], "2",
             "{kind:?} {form:?}: the client seqs node A processed"
@@ -390,21 +402,11 @@ async fn over_a_redis_cluster_sessions_resume_on_another_node_and_posts_reach_th
     }
     let (a, b) = (&nodes[0], &nodes[1]);
     let text = words(12);
-    let mut c1 = a.connect(Kind::Ws).await;
-    let session = session_of(&c1.recv_type("HAI").await);
-    c1.say(&text).await;
-    parts(&mut c1, 3).await;
-    let log1 = c1.log.clone();
-    drop(c1);
-    let last = log1.iter().map(seq).max().expect("received");
+    let (session, log1, last) = answer_then_leave(a, Kind::Ws, &text).await;
     let mut c2 = b
         .connect_with(Kind::Sse, Opts::resume(&session, last - 1))
         .await;
-    let mut replay = c2
-        .collect_until(|v| ty(v) == "HAI" && v["session"] == session.as_str())
-        .await;
-    let confirm = replay.pop().expect("confirming HAI");
-    check_replay(&replay, &confirm, &log1, &session, last - 1);
+    replay_and_confirm(&mut c2, &log1, &session, last - 1).await;
     c2.collect_until(|v| ty(v) == "RUN_FINISHED").await;
     let all: Vec<&Value> = log1.iter().chain(&c2.log).collect();
     check_complete_run(&all, &session, &text);

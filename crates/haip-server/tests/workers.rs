@@ -146,6 +146,20 @@ async fn user(srv: &Server) -> Conn {
     c
 }
 
+/// The user says `text`, the worker gets the job, the user cancels its run and the
+/// worker is told: returns the run id.
+async fn cancel_a_job(u: &mut Conn, w: &mut Worker, text: &str) -> String {
+    u.say(text).await;
+    let job = w.job().await;
+    let rid = run_id(&job);
+    u.recv_type("RUN_STARTED").await;
+    u.send_msg("USER", "RUN_CANCEL", json!({"run_id": rid}))
+        .await;
+    let cancel = w.recv_type("RUN_CANCEL").await;
+    assert_eq!(cancel["payload"]["run_id"], rid.as_str());
+    rid
+}
+
 fn run_id(v: &Value) -> String {
     v["run_id"].as_str().expect("run_id").to_string()
 }
@@ -231,14 +245,7 @@ async fn a_cancel_is_forwarded_and_a_run_not_finished_in_5_s_is_finished_cancell
     let srv = server().await;
     let mut w = Worker::connect(&srv).await;
     let mut u = user(&srv).await;
-    u.say("long job").await;
-    let job = w.job().await;
-    let rid = run_id(&job);
-    u.recv_type("RUN_STARTED").await;
-    u.send_msg("USER", "RUN_CANCEL", json!({"run_id": rid}))
-        .await;
-    let cancel = w.recv_type("RUN_CANCEL").await;
-    assert_eq!(cancel["payload"]["run_id"], rid.as_str());
+    let rid = cancel_a_job(&mut u, &mut w, "long job").await;
     let asked = std::time::Instant::now();
     // The worker does not finish it; the server does, after the deadline (longer than
     // the harness's usual wait).
@@ -637,14 +644,7 @@ async fn workers_on_one_node_answer_users_of_another() {
     );
 
     // RUN_CANCEL on node b reaches the job on node a.
-    u.say("and cancelled?").await;
-    let job = w.job().await;
-    let rid = run_id(&job);
-    u.recv_type("RUN_STARTED").await;
-    u.send_msg("USER", "RUN_CANCEL", json!({"run_id": rid}))
-        .await;
-    let cancel = w.recv_type("RUN_CANCEL").await;
-    assert_eq!(cancel["payload"]["run_id"], rid.as_str());
+    let rid = cancel_a_job(&mut u, &mut w, "and cancelled?").await;
     w.send("RUN_FINISHED", json!({"status": "CANCELLED"}), Some(&rid))
         .await;
     let finished = u.recv_type("RUN_FINISHED").await;

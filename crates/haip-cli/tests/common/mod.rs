@@ -109,3 +109,39 @@ pub fn mint(secret: &str, subject: &str) -> String {
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
+
+/// A node of a cluster: `haip serve` sharing the Redis at `redis_url` and the JWT `secret`,
+/// named `name`, with `extra` arguments; returns once its /health says it reaches Redis.
+pub fn serve_node(redis_url: &str, name: &str, secret: &str, extra: &[&str]) -> Served {
+    let mut args = vec![
+        "--redis-url",
+        redis_url,
+        "--node-id",
+        name,
+        "--jwt-secret",
+        secret,
+    ];
+    args.extend_from_slice(extra);
+    let served = serve(&args);
+    wait_healthy(served.port, std::time::Duration::from_secs(10));
+    served
+}
+
+/// Waits until `haip health` says the node on `port` is healthy.
+pub fn wait_healthy(port: u16, within: std::time::Duration) {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let out = Command::new(env!("CARGO_BIN_EXE_haip"))
+            .args(["health", "--url", &format!("http://127.0.0.1:{port}")])
+            .output()
+            .expect("haip health");
+        if out.status.success() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node on {port} never became healthy"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

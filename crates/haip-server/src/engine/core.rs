@@ -198,18 +198,24 @@ pub enum Action {
         abandon: CancellationToken,
     },
     /// A TOOL_CALL for a known tool was accepted.
-    CallTool {
-        call_id: String,
-        tool: String,
-        params: Map<String, Value>,
-        run_id: Option<String>,
-        cancel: CancellationToken,
-        abandon: CancellationToken,
-    },
+    CallTool(ToolRun),
     /// The client answered the server's PING after this many ms (for /stats).
     RoundTrip(u64),
     /// RUN_CANCEL for a run whose agent answers on another node (cluster mode).
     CancelRunOn { node: String, run_id: String },
+}
+
+/// One tool call to run, a client's or an agent's.
+#[derive(Debug)]
+pub struct ToolRun {
+    pub call_id: String,
+    pub tool: String,
+    pub params: Map<String, Value>,
+    pub run_id: Option<String>,
+    /// Cancelled by TOOL_CANCEL or the run's cancellation: the call ends CANCELLED.
+    pub cancel: CancellationToken,
+    /// Cancelled when the work is given up (see [`Action::Text`]): nothing more is sent.
+    pub abandon: CancellationToken,
 }
 
 /// A rule broken by the client, counted by the connection towards its close thresholds.
@@ -1285,14 +1291,14 @@ impl SessionCore {
                 }
                 let cancel = CancellationToken::new();
                 self.cancels.insert(call.call_id.clone(), cancel.clone());
-                actions.push(Action::CallTool {
+                actions.push(Action::CallTool(ToolRun {
                     call_id: call.call_id,
                     tool: call.tool,
                     params: call.params.unwrap_or_default(),
                     run_id,
                     cancel,
                     abandon: CancellationToken::new(),
-                });
+                }));
             }
             Payload::ToolCancel(c) => {
                 if self.tool_calls.cancel(&c.call_id).is_ok() {
@@ -1728,7 +1734,7 @@ mod tests {
             json!({"call_id": "c1", "tool": "sleep", "params": {"ms": 1000}}),
         );
         let cancel = match &actions[..] {
-            [Action::CallTool { cancel, .. }] => cancel.clone(),
+            [Action::CallTool(call)] => call.cancel.clone(),
             other => panic!("{other:?}"),
         };
         f.sent();

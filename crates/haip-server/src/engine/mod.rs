@@ -24,14 +24,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use haip_protocol::payload::{RunStatus, ToolDone, ToolProgress, ToolUpdate};
 use haip_protocol::replay::ReplayError;
 use haip_protocol::{channel, Envelope, Payload};
-use serde_json::{Map, Value};
+use serde_json::Map;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::{Agent, Reply, Turn};
 use crate::tools::{ToolCatalog, ToolContext, ToolOutcome, ToolRegistry};
 use agent_link::AgentLink;
 use budget::{plan, Enforcement, MemoryBudget, Usage, CONNECTION_BYTES};
-use core::{Action, SessionCore, SessionLimits, SessionUsage, SharedMessage};
+use core::{Action, SessionCore, SessionLimits, SessionUsage, SharedMessage, ToolRun};
 use metrics::Metrics;
 use outbound::ConnQueue;
 use store::{Forwarded, SessionStore, StoreError, WriteOutcome};
@@ -78,6 +78,22 @@ impl Session {
     /// tell how far their forwarded output is applied.
     pub fn written(&self, outcome: WriteOutcome) -> Vec<(String, u64)> {
         self.lock().written(outcome, now_ms())
+    }
+
+    /// The client seq to acknowledge outside a stored message (the answer to a POST): the
+    /// highest processed, once it survives this node. In cluster mode that is once the
+    /// store has it: a client that resumes elsewhere must not be told less than it was
+    /// told here. Waits at most [`ACK_STORED_WAIT`], then says what the store has.
+    pub async fn durable_ack(&self) -> Option<u64> {
+        let processed = self.lock().last_client_seq();
+        let deadline = tokio::time::Instant::now() + ACK_STORED_WAIT;
+        loop {
+            let stored = self.lock().durable_client_seq();
+            if stored >= processed || tokio::time::Instant::now() >= deadline {
+                return stored;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
     }
 
     pub fn lock(&self) -> SessionGuard<'_> {
@@ -151,6 +167,9 @@ pub enum Move {
     /// follows either way.
     Claiming,
 }
+
+/// How long [`Session::durable_ack`] waits for the store (cluster mode).
+pub const ACK_STORED_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The most sessions one user (token subject) keeps; see [`Engine::make_room_for`].
 pub const MAX_SESSIONS_PER_SUBJECT: usize = 100;
@@ -674,27 +693,9 @@ impl Engine {
                     let reply = Reply::new(self.agent_link(session, abandon), None);
                     tokio::spawn(self.agent.on_audio(reply, chunk));
                 }
-                Action::CallTool {
-                    call_id,
-                    tool,
-                    params,
-                    run_id,
-                    cancel,
-                    abandon,
-                } => {
+                Action::CallTool(call) => {
                     let in_flight = InFlight::new(session.clone());
-                    let task = run_tool(
-                        self.tools.clone(),
-                        session.clone(),
-                        ToolRun {
-                            call_id,
-                            tool,
-                            params,
-                            run_id,
-                            cancel,
-                            abandon,
-                        },
-                    );
+                    let task = run_tool(self.tools.clone(), session.clone(), call);
                     tokio::spawn(async move {
                         let _in_flight = in_flight;
                         task.await
@@ -751,18 +752,6 @@ impl Drop for InFlight {
             }
         }
     }
-}
-
-/// One tool call to run.
-pub(crate) struct ToolRun {
-    pub call_id: String,
-    pub tool: String,
-    pub params: Map<String, Value>,
-    pub run_id: Option<String>,
-    /// Cancelled by TOOL_CANCEL or the run's cancellation: the call ends CANCELLED.
-    pub cancel: CancellationToken,
-    /// Cancelled when the work is given up (see [`core::Action`]): nothing more is sent.
-    pub abandon: CancellationToken,
 }
 
 /// Runs one tool call, a client's or an agent's: TOOL_UPDATE RUNNING, then TOOL_DONE with

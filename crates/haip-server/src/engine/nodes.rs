@@ -240,32 +240,20 @@ impl Engine {
         }
     }
 
-    /// A client message for session `id` that this node does not drive (cluster mode):
-    /// to the node that does. `Ok(false)` when this node drives it (handle it here).
+    /// A client message for session `id`, which another node drives (cluster mode): to
+    /// that node, which processes it (the store checks that the session is `subject`'s).
     pub async fn forward_inbound(
         &self,
         subject: &str,
         id: &str,
         json: String,
         cost: u64,
-    ) -> Result<bool, StoreError> {
-        let Some(store) = self.store() else {
-            return Ok(false);
-        };
-        if let Some(local) = self.get(id) {
-            if local.subject == subject && !local.lock().is_driven_elsewhere() {
-                return Ok(false);
-            }
-        }
-        store
-            .forward(
-                id,
-                Some(subject),
-                store.owner(),
-                Forwarded::Inbound { json, cost },
-            )
-            .await?;
-        Ok(true)
+    ) -> Result<(), StoreError> {
+        let store = self
+            .store()
+            .ok_or_else(|| StoreError::Unknown(id.to_string()))?;
+        let item = Forwarded::Inbound { json, cost };
+        store.forward(id, Some(subject), store.owner(), item).await
     }
 
     /// Cluster upkeep, every few seconds: ends runs whose agent's node died, and drops

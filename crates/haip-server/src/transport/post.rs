@@ -2,7 +2,7 @@
 
 use crate::engine::connection::Connection;
 use crate::engine::store::StoreError;
-use crate::engine::{Move, Session};
+use crate::engine::Move;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -168,7 +168,8 @@ pub async fn messages(
             Err(e) => session.lock().refuse(&e, now_ms()),
         }
     }
-    let ack = durable_ack(&session)
+    let ack = session
+        .durable_ack()
         .await
         .map(|s| s.to_string())
         .unwrap_or_default();
@@ -196,7 +197,7 @@ async fn forward_to_owner(
             .forward_inbound(subject, target, raw.get().to_string(), cost)
             .await
         {
-            Ok(_) => accepted += u64::from(result.is_ok()),
+            Ok(()) => accepted += u64::from(result.is_ok()),
             Err(StoreError::Unavailable(why)) => {
                 tracing::warn!(session = %target, error = %why, "POST not forwarded: the session store is out of reach");
                 return error(
@@ -215,23 +216,4 @@ async fn forward_to_owner(
         }
     }
     Json(json!({"status": "ok", "accepted": accepted, "ack": ""})).into_response()
-}
-
-/// How long a POST waits for the store to have what it acknowledges (cluster mode).
-const ACK_STORED_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// The client seq the answer acknowledges: the highest processed, once it survives this
-/// node (cluster mode: once the store has it; a client that resumes elsewhere must not be
-/// told less than it was told here). Waits at most [`ACK_STORED_WAIT`], then says what the
-/// store has.
-async fn durable_ack(session: &Session) -> Option<u64> {
-    let processed = session.lock().last_client_seq();
-    let deadline = tokio::time::Instant::now() + ACK_STORED_WAIT;
-    loop {
-        let stored = session.lock().durable_client_seq();
-        if stored >= processed || tokio::time::Instant::now() >= deadline {
-            return stored;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-    }
 }

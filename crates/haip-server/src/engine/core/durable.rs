@@ -15,7 +15,7 @@ use haip_protocol::{Envelope, ErrorCode, EventType, Payload};
 use super::forwarding::Forwarding;
 use tokio_util::sync::CancellationToken;
 
-use super::{Action, Pending, SessionCore};
+use super::{Action, Pending, SessionCore, ToolRun};
 use crate::agent::RunEnding;
 use crate::engine::outbound::{Close, OutItem, Outgoing};
 use crate::engine::store::{
@@ -214,7 +214,7 @@ impl SessionCore {
             match action {
                 Action::Text { abandon, .. }
                 | Action::Audio { abandon, .. }
-                | Action::CallTool { abandon, .. } => *abandon = token.clone(),
+                | Action::CallTool(ToolRun { abandon, .. }) => *abandon = token.clone(),
                 Action::RoundTrip(_) | Action::CancelRunOn { .. } => {}
             }
         }

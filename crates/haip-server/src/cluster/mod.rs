@@ -31,8 +31,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::engine::store::{
     BoxFuture, ClaimedSession, Forwarded, SessionStore, StoreError, StoredMessage, StoredRun,
+    WritingSession,
 };
-use crate::engine::{Engine, Session};
+use crate::engine::Engine;
 use conn::Connection;
 pub use conn::Target;
 use scripts::Scripts;
@@ -85,7 +86,7 @@ pub struct RedisStore {
     connection: Mutex<Option<Connection>>,
     available: AtomicBool,
     scripts: Scripts,
-    sessions_to_write: mpsc::UnboundedSender<Arc<Session>>,
+    sessions_to_write: mpsc::UnboundedSender<Arc<dyn WritingSession>>,
     thread_output: mpsc::UnboundedSender<threads::ThreadOutput>,
 }
 
@@ -284,7 +285,7 @@ impl SessionStore for RedisStore {
         self.available.load(Ordering::Acquire)
     }
 
-    fn schedule(&self, session: Arc<Session>) {
+    fn schedule(&self, session: Arc<dyn WritingSession>) {
         let _ = self.sessions_to_write.send(session);
     }
 

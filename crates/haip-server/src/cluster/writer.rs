@@ -11,17 +11,16 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{array, scripts, text, RedisStore};
-use crate::engine::core::PendingWrite;
 use crate::engine::now_ms;
 use crate::engine::store::{Forwarded, SessionStore, SessionWrite, StoreError, WriteOutcome};
-use crate::engine::Session;
+use crate::engine::store::{PendingWrite, WritingSession};
 
 /// The most sessions written in one round.
 const MAX_ROUND: usize = 1024;
 
 pub(super) async fn run(
     store: Weak<RedisStore>,
-    mut scheduled: mpsc::UnboundedReceiver<Arc<Session>>,
+    mut scheduled: mpsc::UnboundedReceiver<Arc<dyn WritingSession>>,
     shutdown: CancellationToken,
 ) {
     let mut retry_delay = Duration::from_millis(50);
@@ -63,7 +62,10 @@ pub(super) async fn run(
 }
 
 /// Writes one round; returns the sessions whose write failed.
-async fn write_round(store: &RedisStore, round: Vec<Arc<Session>>) -> Vec<Arc<Session>> {
+async fn write_round(
+    store: &RedisStore,
+    round: Vec<Arc<dyn WritingSession>>,
+) -> Vec<Arc<dyn WritingSession>> {
     let writes = round.into_iter().filter_map(|session| {
         let pending = session.take_write()?;
         Some(async move {
@@ -74,7 +76,7 @@ async fn write_round(store: &RedisStore, round: Vec<Arc<Session>>) -> Vec<Arc<Se
                     for (producer, n) in session.written(outcome) {
                         let node = crate::engine::core::node_of(&producer).to_string();
                         let item = Forwarded::Applied { producer, n };
-                        store.tell_node(&node, &session.id, item).await;
+                        store.tell_node(&node, &session.session_id(), item).await;
                     }
                     failed.then_some(session)
                 }
@@ -84,17 +86,17 @@ async fn write_round(store: &RedisStore, round: Vec<Arc<Session>>) -> Vec<Arc<Se
                     let mut items = items.into_iter();
                     while let Some((producer, item)) = items.next() {
                         let sent = store
-                            .forward_item(&session.id, None, &producer, item.clone())
+                            .forward_item(session.session_id(), None, &producer, item.clone())
                             .await;
                         match sent {
                             Ok(()) => {}
                             Err(StoreError::Unavailable(_)) => {
                                 let rest = std::iter::once((producer, item)).chain(items).collect();
-                                session.lock().forward_again(rest);
+                                session.forward_again(rest);
                                 return Some(session);
                             }
                             Err(e) => {
-                                tracing::debug!(session = %session.id, error = %e, "output for a session that is gone dropped");
+                                tracing::debug!(session = %session.session_id(), error = %e, "output for a session that is gone dropped");
                             }
                         }
                     }

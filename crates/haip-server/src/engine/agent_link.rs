@@ -10,7 +10,10 @@ use crate::tools::{ToolCatalog, ToolOutcome, ToolRegistry, ToolSpec};
 
 use tokio_util::sync::CancellationToken;
 
-use super::{now_ms, run_tool, InFlight, Session, ToolRun};
+use super::clock::now_ms;
+use super::core::ToolRun;
+use super::session::Session;
+use super::work::{run_tool, InFlight};
 
 /// How long an agent waiting for the client to take its output sleeps between looks when
 /// nothing wakes it (the connection went away, or credit came back without a write).

@@ -16,37 +16,12 @@ use haip_protocol::{Envelope, ErrorCode, Payload};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::clock::now_ms;
 use super::core::Violation;
+pub use super::metrics::Transport;
 use super::outbound::{Close, ConnQueue, OutItem, Outgoing};
-use super::{now_ms, Engine, Move, Session};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
-    WebSocket,
-    Sse,
-    HttpStream,
-    /// The AI SDK endpoints (contract section 14): their streams and the internal
-    /// connection each answer runs on.
-    AiSdk,
-}
-
-impl Transport {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Transport::WebSocket => "websocket",
-            Transport::Sse => "sse",
-            Transport::HttpStream => "stream",
-            Transport::AiSdk => "aisdk",
-        }
-    }
-
-    pub const ALL: [Transport; 4] = [
-        Transport::WebSocket,
-        Transport::Sse,
-        Transport::HttpStream,
-        Transport::AiSdk,
-    ];
-}
+use super::registry::{Engine, Move};
+use super::session::Session;
 
 /// What a transport read from the client.
 #[derive(Debug)]
@@ -424,7 +399,11 @@ impl Connection {
                         match item {
                             OutItem::Frame(f) => frames.push(f),
                             OutItem::Close(c) => { close = Some(c); break; }
-                            OutItem::Switch(s) => self.switch_to(s),
+                            OutItem::Switch(to) => {
+                                if let Some(session) = to.session::<Session>() {
+                                    self.switch_to(session);
+                                }
+                            }
                         }
                     }
                     if !frames.is_empty() {

@@ -5,8 +5,36 @@ use std::sync::Arc;
 
 use haip_protocol::EventType;
 
-use super::connection::Transport;
 use super::outbound::Outgoing;
+
+/// The kind of a client connection, as the counters are kept by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    WebSocket,
+    Sse,
+    HttpStream,
+    /// The AI SDK endpoints (contract section 14): their streams and the internal
+    /// connection each answer runs on.
+    AiSdk,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::WebSocket => "websocket",
+            Transport::Sse => "sse",
+            Transport::HttpStream => "stream",
+            Transport::AiSdk => "aisdk",
+        }
+    }
+
+    pub const ALL: [Transport; 4] = [
+        Transport::WebSocket,
+        Transport::Sse,
+        Transport::HttpStream,
+        Transport::AiSdk,
+    ];
+}
 
 /// Open and total connections of one transport.
 #[derive(Default)]

@@ -10,9 +10,11 @@ use std::sync::{Arc, MutexGuard};
 use haip_protocol::Envelope;
 use tokio_util::sync::CancellationToken;
 
+use super::clock::now_ms;
 use super::core::{SessionCore, SharedMessage};
+use super::registry::{Engine, ResumeError};
+use super::session::Session;
 use super::store::{ClaimedSession, Forwarded, SessionStore, StoreError};
-use super::{now_ms, Engine, ResumeError, Session};
 use crate::agent::{Reply, Turn};
 
 /// A claim of a session under way on this node, noted while it lasts.

@@ -58,7 +58,29 @@ pub enum OutItem {
     Close(Close),
     /// The connection now serves this session (a resume requested through another way
     /// than the connection itself, e.g. a HAI posted to `POST /haip/messages`).
-    Switch(Arc<super::Session>),
+    Switch(SwitchTo),
+}
+
+/// The session an [`OutItem::Switch`] moves the connection to. Held without its type: the
+/// queue belongs to the session core, below the session in the engine's layers, and only
+/// the connection, above both, opens it (see [`SwitchTo::session`]).
+pub struct SwitchTo(Arc<dyn std::any::Any + Send + Sync>);
+
+impl SwitchTo {
+    pub fn new<S: std::any::Any + Send + Sync>(session: Arc<S>) -> SwitchTo {
+        SwitchTo(session)
+    }
+
+    /// The session, if it is an `S` (the engine only ever queues its own sessions).
+    pub fn session<S: std::any::Any + Send + Sync>(self) -> Option<Arc<S>> {
+        self.0.downcast().ok()
+    }
+}
+
+impl std::fmt::Debug for SwitchTo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SwitchTo")
+    }
 }
 
 impl OutItem {

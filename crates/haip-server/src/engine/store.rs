@@ -24,8 +24,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::Session;
-
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// One sent message as stored: its seq, its ts and its JSON text as the client gets it.
@@ -153,6 +151,29 @@ pub enum Forwarded {
     },
 }
 
+/// What the store pulls from a session.
+#[derive(Debug)]
+pub enum PendingWrite {
+    Keep(SessionWrite),
+    /// Output for the node that drives the session now: (producer, item).
+    Forward(Vec<(String, Forwarded)>),
+}
+
+/// A session as the store sees it: something that has writes to pull and takes the
+/// outcome. Implemented by `engine::Session`; a trait so that the store and the session
+/// core (which keeps the way back to its session) do not depend on the session type.
+pub trait WritingSession: Send + Sync {
+    fn session_id(&self) -> &str;
+    /// What the store keeps next of this session.
+    fn take_write(&self) -> Option<PendingWrite>;
+    /// The store's answer to the session's last write; returns the producing nodes to
+    /// tell how far their forwarded output is applied.
+    fn written(&self, outcome: WriteOutcome) -> Vec<(String, u64)>;
+    /// Forwarded output of a [`PendingWrite::Forward`] the store could not take now
+    /// (`(producer, item)`, in order): pulled again with the next write.
+    fn forward_again(&self, items: Vec<(String, Forwarded)>);
+}
+
 /// What a node keeps outside itself. Implemented by `cluster::RedisStore`.
 pub trait SessionStore: Send + Sync {
     /// This node's name as owners are recorded (unique per process run).
@@ -160,8 +181,8 @@ pub trait SessionStore: Send + Sync {
     /// Whether the store answers now (new connections are refused while it does not).
     fn is_available(&self) -> bool;
     /// The session has something to keep: the store pulls it with
-    /// [`Session::take_write`] and answers with [`Session::written`].
-    fn schedule(&self, session: Arc<Session>);
+    /// [`WritingSession::take_write`] and answers with [`WritingSession::written`].
+    fn schedule(&self, session: Arc<dyn WritingSession>);
     /// Makes this node the one that drives `session` (of `subject`; "" for a session
     /// this node is sent messages for) and returns what is kept of it.
     fn claim<'a>(

@@ -29,8 +29,8 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use haip_protocol::Envelope;
 
+use super::clock::now_ms;
 use super::core::SharedMessage;
-use super::{now_ms, Session};
 
 /// The longest thread id accepted in `?thread=`, as for `thread_id` in the envelope.
 pub const MAX_THREAD_ID: usize = 128;
@@ -41,6 +41,17 @@ const MAX_WAITING_MESSAGES: usize = 4096;
 /// Checks a `?thread=` value: what the contract allows for `thread_id`.
 pub fn valid_thread_id(id: &str) -> bool {
     !id.is_empty() && id.chars().count() <= MAX_THREAD_ID
+}
+
+/// A session as threads see it. Implemented by `engine::Session`; a trait so that the
+/// session, which holds the threads, and the threads, which hold their followers, do not
+/// depend on each other.
+pub trait Follower: Send + Sync {
+    fn id(&self) -> &str;
+    fn subject(&self) -> &str;
+    /// Sends `batch` as this session's own messages, under one lock, except what it sent
+    /// itself (`origin` is the id of the session that sent each message).
+    fn take_copies(&self, batch: &[(Arc<str>, Arc<SharedMessage>)], now_ms: u64);
 }
 
 type ThreadKey = (String, String);
@@ -64,7 +75,7 @@ struct Thread {
 
 #[derive(Default)]
 struct ThreadState {
-    followers: Vec<Weak<Session>>,
+    followers: Vec<Weak<dyn Follower>>,
     /// Messages sent in the thread, with the id of the session that sent each (it has its
     /// own copy already), in the order they were sent.
     waiting: Vec<(Arc<str>, Envelope)>,
@@ -89,10 +100,10 @@ impl Threads {
     }
 
     /// Makes `session` a follower of `thread` (once, however often it is asked).
-    pub fn follow(&self, thread: &str, session: &Arc<Session>) {
+    pub fn follow<S: Follower + 'static>(&self, thread: &str, session: &Arc<S>) {
         self.in_use.store(true, Ordering::Release);
         let entry = locked(&self.threads)
-            .entry((session.subject.clone(), thread.to_string()))
+            .entry((session.subject().to_string(), thread.to_string()))
             .or_default()
             .clone();
         let mut state = locked(&entry.state);
@@ -100,9 +111,11 @@ impl Threads {
         if !state
             .followers
             .iter()
-            .any(|w| w.as_ptr() == Arc::as_ptr(session))
+            .any(|w| std::ptr::addr_eq(w.as_ptr(), Arc::as_ptr(session)))
         {
-            state.followers.push(Arc::downgrade(session));
+            let weak = Arc::downgrade(session);
+            let follower: Weak<dyn Follower> = weak;
+            state.followers.push(follower);
         }
     }
 
@@ -113,7 +126,7 @@ impl Threads {
                 .followers
                 .iter()
                 .filter_map(Weak::upgrade)
-                .any(|s| s.id == id)
+                .any(|s| s.id() == id)
         })
     }
 
@@ -129,12 +142,12 @@ impl Threads {
     }
 
     /// Stops `session` following anything (it was removed from the engine).
-    pub fn forget(&self, session: &Session) {
+    pub fn forget<S: Follower>(&self, session: &S) {
         locked(&self.threads).retain(|_, thread| {
             let mut state = locked(&thread.state);
             state
                 .followers
-                .retain(|w| w.strong_count() > 0 && !std::ptr::eq(w.as_ptr(), session));
+                .retain(|w| w.strong_count() > 0 && !std::ptr::addr_eq(w.as_ptr(), session));
             !state.followers.is_empty() || state.relaying
         });
     }
@@ -143,8 +156,8 @@ impl Threads {
     /// session's lock is still held, so that copies queue in the order of the session's
     /// seqs even when two of its tasks send at once; what [`Dispatch::run`] then does
     /// (start a relay, or deliver) waits until the lock is released.
-    pub fn queue_copies(&self, origin: &Session, sent: Vec<(String, Envelope)>) -> Dispatch {
-        let origin_id: Arc<str> = Arc::from(origin.id.as_str());
+    pub fn queue_copies<S: Follower>(&self, origin: &S, sent: Vec<(String, Envelope)>) -> Dispatch {
+        let origin_id: Arc<str> = Arc::from(origin.id());
         let mut dispatch = Dispatch(Vec::new());
         let mut sent = sent.into_iter().peekable();
         while let Some((thread_id, env)) = sent.next() {
@@ -152,7 +165,7 @@ impl Threads {
             while let Some((_, env)) = sent.next_if(|(t, _)| *t == thread_id) {
                 envs.push(env);
             }
-            let Some(thread) = self.get(&origin.subject, &thread_id) else {
+            let Some(thread) = self.get(origin.subject(), &thread_id) else {
                 continue; // nobody follows it
             };
             let mut state = locked(&thread.state);
@@ -161,7 +174,7 @@ impl Threads {
             let others = state
                 .followers
                 .iter()
-                .any(|w| w.strong_count() > 0 && !std::ptr::eq(w.as_ptr(), origin));
+                .any(|w| w.strong_count() > 0 && !std::ptr::addr_eq(w.as_ptr(), origin));
             if !others {
                 continue;
             }
@@ -263,7 +276,7 @@ impl Thread {
         let (batch, followers) = {
             let mut state = locked(&self.state);
             state.followers.retain(|w| w.strong_count() > 0);
-            let followers: Vec<Arc<Session>> =
+            let followers: Vec<Arc<dyn Follower>> =
                 state.followers.iter().filter_map(Weak::upgrade).collect();
             (std::mem::take(&mut state.waiting), followers)
         };
@@ -280,12 +293,7 @@ impl Thread {
             // Its guard is dropped here with `delivery` held: that is only safe because a
             // shared message is never itself queued for a thread (`emit_shared` records no
             // thread output), so no delivery starts from inside this one.
-            let mut core = follower.lock();
-            for (origin, copy) in &batch {
-                if **origin != *follower.id {
-                    core.emit_shared(copy, now);
-                }
-            }
+            follower.take_copies(&batch, now);
         }
     }
 }

@@ -19,9 +19,9 @@ use super::{Action, Pending, SessionCore, ToolRun};
 use crate::agent::RunEnding;
 use crate::engine::outbound::{Close, OutItem, Outgoing};
 use crate::engine::store::{
-    ClaimedSession, Forwarded, SessionStore, SessionWrite, StoredMessage, StoredRun, WriteOutcome,
+    ClaimedSession, Forwarded, PendingWrite, SessionStore, SessionWrite, StoredMessage, StoredRun,
+    WriteOutcome, WritingSession,
 };
-use crate::engine::Session;
 
 /// The message a node that lost a run's agent gives for it (contract section 13).
 pub const AGENT_NODE_LOST: &str = "agent node lost";
@@ -39,7 +39,7 @@ struct Unstored {
 pub(super) struct Durable {
     /// Where the session is kept, and the session itself (for the store to pull from).
     store: Arc<dyn SessionStore>,
-    session: Weak<Session>,
+    session: Option<Weak<dyn WritingSession>>,
     /// This node as owners are recorded.
     me: Arc<str>,
     /// The epoch this node drives the session in.
@@ -76,14 +76,6 @@ pub(super) struct Durable {
     told_unavailable: bool,
 }
 
-/// What the store pulls from a session.
-#[derive(Debug)]
-pub enum PendingWrite {
-    Keep(SessionWrite),
-    /// Output for the node that drives the session now: (producer, item).
-    Forward(Vec<(String, Forwarded)>),
-}
-
 impl Durable {
     /// The last message waiting for the store.
     pub(super) fn last_unstored(&self) -> Option<Arc<Outgoing>> {
@@ -97,7 +89,7 @@ impl SessionCore {
         let me: Arc<str> = Arc::from(store.owner());
         self.durable = Some(Box::new(Durable {
             store,
-            session: Weak::new(),
+            session: None,
             forwarding: Forwarding::new(&me),
             me,
             epoch,
@@ -129,9 +121,9 @@ impl SessionCore {
     }
 
     /// Cluster mode: the session this core is the state of (set once it is wrapped).
-    pub fn point_back(&mut self, session: Weak<Session>) {
+    pub fn point_back(&mut self, session: Weak<dyn WritingSession>) {
         if let Some(d) = self.durable.as_mut() {
-            d.session = session;
+            d.session = Some(session);
         }
     }
 
@@ -142,12 +134,12 @@ impl SessionCore {
 
     /// The store and the session, when the store should pull a write now (see
     /// [`SessionCore::wants_write`]).
-    pub fn write_wanted(&mut self) -> Option<(Arc<dyn SessionStore>, Weak<Session>)> {
+    pub fn write_wanted(&mut self) -> Option<(Arc<dyn SessionStore>, Weak<dyn WritingSession>)> {
         if !self.wants_write() {
             return None;
         }
         let d = self.durable.as_ref()?;
-        Some((d.store.clone(), d.session.clone()))
+        Some((d.store.clone(), d.session.clone()?))
     }
 
     /// Whether another node drives this session now (it must be claimed to be served here).
@@ -446,7 +438,7 @@ impl SessionCore {
                 code: 1000,
                 reason: "session resumed on another node".into(),
             }));
-            self.detached_since_ms = Some(super::super::now_ms());
+            self.detached_since_ms = Some(crate::engine::clock::now_ms());
         }
     }
 

@@ -76,7 +76,7 @@ async fn write_round(
                     for (producer, n) in session.written(outcome) {
                         let node = crate::engine::core::node_of(&producer).to_string();
                         let item = Forwarded::Applied { producer, n };
-                        store.tell_node(&node, &session.session_id(), item).await;
+                        store.tell_node(&node, session.session_id(), item).await;
                     }
                     failed.then_some(session)
                 }

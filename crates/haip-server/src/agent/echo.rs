@@ -5,7 +5,8 @@ use std::time::Duration;
 use haip_protocol::payload::{AudioChunk, RunStatus};
 use haip_protocol::{channel, Payload};
 
-use super::{words, Agent, BoxFuture, Reply};
+use super::reply::{words, Reply};
+use super::seam::{Agent, BoxFuture};
 
 /// Answers each message with its own words, one MESSAGE_PART per word, in a run that
 /// RUN_CANCEL stops; echoes audio back with identical bytes.

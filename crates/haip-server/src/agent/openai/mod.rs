@@ -14,7 +14,8 @@ use haip_protocol::payload::RunStatus;
 use haip_protocol::ErrorCode;
 use serde_json::{json, Map, Value};
 
-use super::{Agent, BoxFuture, Reply, Run, Speaker};
+use super::reply::{Reply, Run, Speaker};
+use super::seam::{Agent, BoxFuture};
 use crate::tools::{ToolOutcome, ToolSpec};
 pub use memory::Conversations;
 use stream::{clip, error_message, Round, SseEvents, ToolCallDraft};

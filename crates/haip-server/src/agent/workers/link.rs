@@ -20,7 +20,7 @@ use haip_protocol::payload::{ChannelRef, ErrorPayload, Nonce, RunCancel, RunStar
 use haip_protocol::{channel, Envelope, ErrorCode, Payload};
 use serde_json::{json, Map};
 
-use crate::agent::{Run, Speaker, Turn};
+use crate::agent::reply::{Run, Speaker, Turn};
 
 /// How long a cancelled run may take to finish before the server finishes it.
 pub const CANCEL_DEADLINE: Duration = Duration::from_secs(5);

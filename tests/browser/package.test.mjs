@@ -35,9 +35,13 @@ after(() => {
   if (work) rmSync(work, { recursive: true, force: true });
 });
 
-test('the tarball holds the module, its types and its README, nothing else', () => {
+test('the tarball holds the modules, their types and the README, nothing else', () => {
   const dir = path.join(project, 'node_modules', '@haip-rs', 'client');
-  assert.deepEqual(readdirSync(dir).sort(), ['README.md', 'haip.d.ts', 'haip.js', 'package.json']);
+  assert.deepEqual(readdirSync(dir).sort(), ['README.md', 'haip', 'haip.d.ts', 'haip.js', 'package.json']);
+  // Every module of the source tree, and only those.
+  const modules = readdirSync(path.join(ROOT, 'web', 'haip')).filter((f) => f.endsWith('.js')).sort();
+  assert.ok(modules.length > 0);
+  assert.deepEqual(readdirSync(path.join(dir, 'haip')).sort(), modules);
 });
 
 /** Runs `code` as an ES module in the project; returns its stdout. */
@@ -86,7 +90,7 @@ test('without a WebSocket of its own, Node fails at once saying what to pass', {
 });
 
 test('a page in Chromium uses the installed package', { timeout: 60000 }, async () => {
-  const module = readFileSync(path.join(project, 'node_modules', '@haip-rs', 'client', 'haip.js'));
+  const installed = path.join(project, 'node_modules', '@haip-rs', 'client');
   const page = `<!doctype html><meta charset="utf-8"><script type="module">
     import { HaipClient } from './haip.js';
     const client = new HaipClient({ url: 'http://127.0.0.1:${PORT}', token: ${JSON.stringify(TOKEN)} });
@@ -97,9 +101,10 @@ test('a page in Chromium uses the installed package', { timeout: 60000 }, async 
     client.sendText('from the page');
   </script>`;
   const server = createServer((req, res) => {
-    if (req.url === '/haip.js') {
+    // The entry module and the modules it imports, as the package installed them.
+    if (req.url === '/haip.js' || /^\/haip\/[a-z]+\.js$/.test(req.url)) {
       res.writeHead(200, { 'content-type': 'text/javascript' });
-      res.end(module);
+      res.end(readFileSync(path.join(installed, req.url)));
     } else {
       res.writeHead(200, { 'content-type': 'text/html' });
       res.end(page);

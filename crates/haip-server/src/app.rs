@@ -32,6 +32,12 @@ pub fn router(state: SharedState) -> Router {
         .route("/haip.d.ts", get(crate::web::haip_d_ts))
         .route("/demo", get(crate::web::demo))
         .route("/admin", get(crate::web::admin));
+    for &(path, body) in crate::web::MODULES {
+        app = app.route(
+            path,
+            get(move || async move { crate::web::javascript(body) }),
+        );
+    }
     if !c.enable_websocket {
         app = app.route("/", get(crate::web::demo));
     }

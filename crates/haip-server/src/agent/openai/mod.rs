@@ -18,6 +18,7 @@ use super::reply::{Reply, Run, Speaker};
 use super::seam::{Agent, BoxFuture};
 use crate::tools::{ToolOutcome, ToolSpec};
 pub use memory::Conversations;
+pub use stream::UpstreamError;
 use stream::{clip, error_message, Round, SseEvents, ToolCallDraft};
 
 /// The settings of contract section 12.1.
@@ -70,25 +71,6 @@ impl std::fmt::Debug for OpenAiConfig {
             .field("max_tool_rounds", &self.max_tool_rounds)
             .finish()
     }
-}
-
-/// Why a turn failed. The text is what the client reads in RUN_ERROR.
-#[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
-    #[error("cannot reach the model server at {url}: {reason}")]
-    Connect { url: String, reason: String },
-    #[error("the model server answered {status}: {message}")]
-    Status { status: String, message: String },
-    #[error("the model server sent a malformed chunk: {0}")]
-    Malformed(String),
-    #[error("the model server reported an error: {0}")]
-    Reported(String),
-    #[error("the model server sent nothing for {0} ms (AGENT_TIMEOUT)")]
-    Timeout(u128),
-    #[error("the model server ended the stream before the answer was complete")]
-    Cut,
-    #[error("the model asked for tools more than {0} rounds in a row (AGENT_MAX_TOOL_ROUNDS)")]
-    TooManyToolRounds(u32),
 }
 
 /// Answers through an OpenAI-compatible chat completions endpoint.

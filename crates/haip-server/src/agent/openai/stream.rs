@@ -7,7 +7,24 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use super::UpstreamError;
+/// Why a turn failed. The text is what the client reads in RUN_ERROR.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("cannot reach the model server at {url}: {reason}")]
+    Connect { url: String, reason: String },
+    #[error("the model server answered {status}: {message}")]
+    Status { status: String, message: String },
+    #[error("the model server sent a malformed chunk: {0}")]
+    Malformed(String),
+    #[error("the model server reported an error: {0}")]
+    Reported(String),
+    #[error("the model server sent nothing for {0} ms (AGENT_TIMEOUT)")]
+    Timeout(u128),
+    #[error("the model server ended the stream before the answer was complete")]
+    Cut,
+    #[error("the model asked for tools more than {0} rounds in a row (AGENT_MAX_TOOL_ROUNDS)")]
+    TooManyToolRounds(u32),
+}
 
 /// Longest line taken from upstream; a longer one is refused rather than buffered.
 pub const MAX_LINE_BYTES: usize = 8 * 1024 * 1024;

@@ -11,7 +11,7 @@ use redis::RedisResult;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::RedisStore;
+use super::store::{RedisStore, ThreadOutput};
 use crate::engine::store::{Forwarded, StoreError};
 use crate::engine::Engine;
 
@@ -28,32 +28,27 @@ fn hex(s: &str) -> String {
     s.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
-/// One message a session sent in a thread.
-pub(super) struct ThreadOutput {
-    pub subject: String,
-    pub origin: String,
-    pub thread: String,
-    pub json: String,
-}
-
-pub(super) async fn follow(store: &RedisStore, subject: &str, thread: &str, session: &str) {
-    let Ok(mut conn) = store.connection() else {
-        return;
-    };
-    let key = followers_key(subject, thread);
-    let added: RedisResult<()> = redis::pipe()
-        .cmd("SADD")
-        .arg(&key)
-        .arg(session)
-        .ignore()
-        .cmd("PEXPIRE")
-        .arg(&key)
-        .arg(store.settings.session_ttl_ms)
-        .ignore()
-        .query_async(&mut conn)
-        .await;
-    if let Err(e) = added {
-        tracing::warn!(thread, error = %e, "could not record a thread follower in Redis");
+impl RedisStore {
+    /// FOLLOW: records that `session` follows `thread` of `subject`.
+    pub(super) async fn follow_thread(&self, subject: &str, thread: &str, session: &str) {
+        let Ok(mut conn) = self.connection() else {
+            return;
+        };
+        let key = followers_key(subject, thread);
+        let added: RedisResult<()> = redis::pipe()
+            .cmd("SADD")
+            .arg(&key)
+            .arg(session)
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(&key)
+            .arg(self.settings.session_ttl_ms)
+            .ignore()
+            .query_async(&mut conn)
+            .await;
+        if let Err(e) = added {
+            tracing::warn!(thread, error = %e, "could not record a thread follower in Redis");
+        }
     }
 }
 

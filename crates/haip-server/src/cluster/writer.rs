@@ -10,7 +10,9 @@ use redis::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{array, scripts, text, RedisStore};
+use super::replies::{array, text};
+use super::scripts;
+use super::store::RedisStore;
 use crate::engine::now_ms;
 use crate::engine::store::{Forwarded, SessionStore, SessionWrite, StoreError, WriteOutcome};
 use crate::engine::store::{PendingWrite, WritingSession};

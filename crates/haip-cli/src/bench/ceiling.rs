@@ -91,7 +91,7 @@ pub async fn compare(
             ("latency p50", m.p(0.50), "ms"),
             ("latency p99", m.p(0.99), "ms"),
         ];
-        rows.extend(super::cpu_rows(mark, m.delivered));
+        rows.extend(super::cpu::cpu_rows(mark, m.delivered));
         out.push(Ceiling {
             what: format!(
                 "{name}: {} sessions, each round 1 frame out and {} back, {} bytes each",
@@ -217,7 +217,8 @@ pub async fn idle_memory(
     rate: u64,
     pid: u32,
 ) -> anyhow::Result<IdleConnections> {
-    let read = || super::rss_kib(pid).ok_or_else(|| anyhow::anyhow!("cannot read /proc/{pid}"));
+    let read =
+        || super::cpu::rss_kib(pid).ok_or_else(|| anyhow::anyhow!("cannot read /proc/{pid}"));
     let before = read()?;
     let gap = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
     let started = Instant::now();

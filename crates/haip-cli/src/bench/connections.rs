@@ -5,8 +5,10 @@ use std::time::{Duration, Instant};
 
 use haip_client::Connection;
 
+use super::args::BenchArgs;
+use super::ceiling;
+use super::cpu::rss_kib;
 use super::report::{percentile, Ceiling, Progress, Report};
-use super::{ceiling, rss_kib, BenchArgs};
 
 /// Bare connections held for the comparison: enough for a stable figure, few enough to
 /// leave the file limit (20 000 here) to the HAIP sessions.

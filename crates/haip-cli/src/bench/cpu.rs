@@ -1,8 +1,11 @@
 //! The server's own CPU time, read from /proc, so that a figure per message does not
 //! depend on what the load generator costs. The server is the process given with
-//! `--server-pid`, or else the one on this machine listening on the URL's port.
+//! `--server-pid`, or else the one on this machine listening on the URL's port; and its
+//! resident memory.
 
 use std::time::Duration;
+
+use super::report::Row;
 
 /// A server process whose CPU time can be read, with the other processes that serve with
 /// it (the other nodes of a cluster and its Redis, `--also-pid`): their CPU time counts too.
@@ -125,6 +128,47 @@ pub fn listening_inodes(table: &str, port: u16) -> Vec<u64> {
                 .flatten()
         })
         .collect()
+}
+
+/// The server's CPU time since `mark` for `messages` delivered: in all, and per message.
+pub(super) fn cpu_rows(mark: Option<(ServerCpu, Mark)>, messages: u64) -> Vec<Row> {
+    // Nothing measured (no server here) or less than the clock's tick: no figure rather
+    // than a zero.
+    let Some(used) = mark
+        .and_then(|(server, from)| server.since(from))
+        .filter(|d| !d.is_zero())
+    else {
+        return Vec::new();
+    };
+    let per_message = used.as_secs_f64() * 1e6 / messages.max(1) as f64;
+    vec![
+        ("server CPU", used.as_secs_f64() * 1000.0, "ms"),
+        ("server CPU per message", per_message, "us"),
+    ]
+}
+
+/// The port of a URL (80 or 443 by its scheme when it names none).
+pub(super) fn url_port(url: &str) -> Option<u16> {
+    let (scheme, rest) = url.split_once("://")?;
+    let host = rest.split(['/', '?']).next()?;
+    match host.rsplit_once(':') {
+        Some((_, port)) if !port.ends_with(']') => port.parse().ok(),
+        _ => Some(if matches!(scheme, "https" | "wss") {
+            443
+        } else {
+            80
+        }),
+    }
+}
+
+/// Resident memory of a process in KiB.
+pub(super) fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
 }
 
 #[cfg(test)]

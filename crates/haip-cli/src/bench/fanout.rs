@@ -8,14 +8,19 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::watch;
 
+use super::args::BenchArgs;
 use super::ceiling::Shape;
 use super::report::{percentile, Progress, Report};
-use super::{long_text, open_all, until_finished, BenchArgs, Received};
+use super::shared::{long_text, open_all, until_finished, Received};
 
 pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     let words = args.words.unwrap_or(1000);
     let text = long_text(words);
-    let thread = format!("bench-fanout-{}-{}", std::process::id(), super::now_nanos());
+    let thread = format!(
+        "bench-fanout-{}-{}",
+        std::process::id(),
+        super::shared::now_nanos()
+    );
     let mut config = args.connect.config();
     config.query_params.push(("thread".into(), thread.clone()));
     let followers = open_all(args, &config, args.sessions, "follower").await?;

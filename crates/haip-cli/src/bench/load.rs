@@ -6,9 +6,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::args::BenchArgs;
 use super::ceiling::Shape;
 use super::report::{percentile, Progress, Report};
-use super::{long_text, open_all, until_finished, BenchArgs, Received};
+use super::shared::{long_text, open_all, until_finished, Received};
 
 pub async fn echo(args: &BenchArgs) -> anyhow::Result<Report> {
     let words = args.words.unwrap_or(8);

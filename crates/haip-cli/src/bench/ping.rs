@@ -9,8 +9,10 @@ use haip_protocol::payload::Nonce;
 use haip_protocol::Payload;
 use serde_json::Map;
 
+use super::args::BenchArgs;
+use super::cpu::cpu_rows;
 use super::report::{percentile, Progress, Report};
-use super::{cpu_rows, open_all, BenchArgs};
+use super::shared::open_all;
 
 pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     let mut config = args.connect.config();

@@ -10,8 +10,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::args::BenchArgs;
+use super::cpu::rss_kib;
 use super::report::{Progress, Report};
-use super::{long_text, open_all, rss_kib, until_finished, BenchArgs, Received};
+use super::shared::{long_text, open_all, until_finished, Received};
 
 /// How long memory is left to settle before it is read: the server's workers give freed
 /// memory back to the system when idle (at most every 100 ms each, once they park).

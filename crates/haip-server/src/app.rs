@@ -47,7 +47,7 @@ pub fn router(state: SharedState) -> Router {
             .route("/", get(transport::ws::root));
     }
     if c.autobahn_echo {
-        app = app.route("/autobahn", get(transport::ws::autobahn_echo));
+        app = app.route("/autobahn", get(transport::bare_echo::autobahn_echo));
     }
     if c.enable_sse {
         app = app

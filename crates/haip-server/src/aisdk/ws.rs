@@ -23,7 +23,8 @@ use super::request::{check_chat_id, parse_send};
 use crate::auth::Identity;
 use crate::engine::connection::{Inbound, Transport};
 use crate::state::SharedState;
-use crate::transport::ws::{accept, handshake, WsConn, WsInbound};
+use crate::transport::ws::{accept, handshake};
+use crate::transport::ws_conn::{WsConn, WsInbound};
 use crate::transport::ConnectParams;
 
 /// Requests one socket may have running at once.

@@ -21,7 +21,8 @@ use crate::auth::Identity;
 use crate::engine::connection::{sessionless_error, Inbound, Transport};
 use crate::engine::now_ms;
 use crate::state::{bearer, SharedState};
-use crate::transport::ws::{accept, handshake, protocol_token, WsConn, WsInbound};
+use crate::transport::ws::{accept, handshake, protocol_token};
+use crate::transport::ws_conn::{WsConn, WsInbound};
 use crate::transport::ConnectParams;
 
 /// How often cancels, cancel deadlines and the users' held output are looked at while the

@@ -4,11 +4,14 @@
 
 pub mod admin;
 pub mod agent;
+pub mod bare_echo;
 pub mod lines;
 pub mod post;
 pub mod sse;
 pub mod stream;
 pub mod ws;
+pub mod ws_conn;
+mod ws_frames;
 
 use std::collections::HashMap;
 use std::pin::Pin;

@@ -6,11 +6,13 @@
 //! panic with what was received so far, so no test can hang.
 //!
 //! The modules depend on each other one way only, from the scenarios down:
-//! `scenarios` → `conn` → `server`, `wire` → `http`, `jwt`, `envelope` → `time`.
+//! `scenarios`, `checks` → `conn` → `server`, `wire` → `http`, `jwt`, `envelope` → `time`;
+//! `transports` (the `on_transports!` macro) names only `Kind`.
 //! Every test binary compiles all of them and uses its own part.
 
 #![allow(dead_code)]
 
+mod checks;
 mod conn;
 mod envelope;
 mod http;
@@ -19,9 +21,12 @@ pub mod redis;
 mod scenarios;
 mod server;
 mod time;
+mod transports;
 mod wire;
 
 // Each test file uses its own part of the harness.
+#[allow(unused_imports)]
+pub use checks::*;
 #[allow(unused_imports)]
 pub use conn::*;
 #[allow(unused_imports)]
@@ -36,5 +41,7 @@ pub use scenarios::*;
 pub use server::*;
 #[allow(unused_imports)]
 pub use time::*;
+#[allow(unused_imports)]
+pub use transports::*;
 #[allow(unused_imports)]
 pub use wire::*;

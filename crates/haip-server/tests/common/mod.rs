@@ -14,6 +14,7 @@
 
 mod checks;
 mod conn;
+pub mod cuts;
 mod envelope;
 mod http;
 mod jwt;

@@ -3,8 +3,11 @@
 
 use serde_json::{json, Value};
 
+use super::checks::session_of;
 use super::conn::{Conn, Kind, Opts};
-use super::envelope::{assert_contiguous, chan, next_id, seq, ty};
+use super::envelope::{
+    assert_contiguous, chan, envelope, hai_payload, next_id, seq, ty, ALL_EVENTS,
+};
 use super::server::Server;
 
 // --- resume scenarios (shared by the single-node and the cluster suites) ---------------
@@ -22,6 +25,89 @@ pub async fn parts(c: &mut Conn, n: usize) {
     for _ in 0..n {
         c.recv_type("MESSAGE_PART").await;
     }
+}
+
+/// Asks `node` for an echo answer of `text` over `kind`, reads its first `parts_read` parts
+/// and leaves: returns the session, what was received and its highest seq.
+pub async fn answer_then_leave(
+    node: &Server,
+    kind: Kind,
+    text: &str,
+    parts_read: usize,
+) -> (String, Vec<Value>, u64) {
+    let mut c = node.connect(kind).await;
+    let session = session_of(&c.recv_type("HAI").await);
+    c.say(text).await;
+    parts(&mut c, parts_read).await;
+    let last = c.log.iter().map(seq).max().expect("received");
+    (session, c.log.clone(), last)
+}
+
+/// How a client resumes a session it left.
+#[derive(Debug, Clone, Copy)]
+pub enum ResumeForm {
+    /// `?session=&last_rx_seq=`.
+    Url,
+    /// SSE's `Last-Event-ID`.
+    LastEventId,
+    /// A client HAI naming the session, on a fresh connection.
+    Hai,
+}
+
+/// Resumes `session` on `node` over `kind` in `form`, reporting `last_rx_seq`; the replay and
+/// the confirming HAI are left to read.
+pub async fn resume_in_form(
+    node: &Server,
+    kind: Kind,
+    form: ResumeForm,
+    session: &str,
+    last_rx_seq: u64,
+) -> Conn {
+    match form {
+        ResumeForm::Url => {
+            node.connect_with(kind, Opts::resume(session, last_rx_seq))
+                .await
+        }
+        ResumeForm::LastEventId => {
+            let opts = Opts {
+                last_event_id: Some(format!("{session}:{last_rx_seq}")),
+                ..Opts::default()
+            };
+            node.connect_with(kind, opts).await
+        }
+        ResumeForm::Hai => {
+            resume_by_client_hai(node, kind, session, last_rx_seq)
+                .await
+                .0
+        }
+    }
+}
+
+/// Opens a fresh connection on `node`, reads its session's HAI and TOOL_LIST, then sends a
+/// client HAI (seq 3) that names `session` with `last_rx_seq`. Returns the connection and
+/// the fresh session the server announced first, which the resume must drop.
+pub async fn resume_by_client_hai(
+    node: &Server,
+    kind: Kind,
+    session: &str,
+    last_rx_seq: u64,
+) -> (Conn, String) {
+    let mut c = node.connect(kind).await;
+    let fresh = session_of(&c.recv_type("HAI").await);
+    assert_ne!(fresh, session);
+    c.recv_type("TOOL_LIST").await;
+    let mut hai = hai_payload(&ALL_EVENTS);
+    hai["last_rx_seq"] = json!(last_rx_seq.to_string());
+    c.send(&envelope(
+        &next_id("resume"),
+        session,
+        3,
+        "SYSTEM",
+        "HAI",
+        hai,
+    ))
+    .await;
+    (c, fresh)
 }
 
 /// Checks a resume: the messages before the confirming HAI are the replay, starting right

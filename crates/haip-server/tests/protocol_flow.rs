@@ -66,20 +66,7 @@ async fn flow_credit(kind: Kind) {
     .await;
     c.collect_until(|v| ty(v) == "RUN_FINISHED").await;
     let agent = agent_msgs(&c.log);
-    assert_eq!(
-        types(&agent),
-        [
-            "RUN_STARTED",
-            "MESSAGE_START",
-            "MESSAGE_PART",
-            "MESSAGE_PART",
-            "MESSAGE_PART",
-            "MESSAGE_PART",
-            "MESSAGE_END",
-            "RUN_FINISHED"
-        ],
-        "nothing lost, in order"
-    );
+    assert_eq!(types(&agent), echo_run_types(4), "nothing lost, in order");
     let text: String = agent[2..6]
         .iter()
         .map(|p| p["payload"]["text"].as_str().unwrap())
@@ -112,18 +99,7 @@ async fn pause_resume(kind: Kind) {
         .await;
     c.collect_until(|v| ty(v) == "RUN_FINISHED").await;
     let agent = agent_msgs(&c.log);
-    assert_eq!(
-        types(&agent),
-        [
-            "RUN_STARTED",
-            "MESSAGE_START",
-            "MESSAGE_PART",
-            "MESSAGE_PART",
-            "MESSAGE_PART",
-            "MESSAGE_END",
-            "RUN_FINISHED"
-        ]
-    );
+    assert_eq!(types(&agent), echo_run_types(3));
     let seqs: Vec<u64> = agent.iter().map(seq).collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "released in order");
     assert_contiguous(&c.log);

@@ -203,18 +203,7 @@ async fn echo_run_without_filter(kind: Kind) {
     }
     let got = c.collect_until(|v| ty(v) == "RUN_FINISHED").await;
     let agent = agent_msgs(&got);
-    assert_eq!(
-        types(&agent),
-        [
-            "RUN_STARTED",
-            "MESSAGE_START",
-            "MESSAGE_PART",
-            "MESSAGE_PART",
-            "MESSAGE_PART",
-            "MESSAGE_END",
-            "RUN_FINISHED"
-        ]
-    );
+    assert_eq!(types(&agent), echo_run_types(3));
     let run_id = agent[0]["run_id"].as_str().expect("run_id on RUN_STARTED");
     assert_eq!(agent[0]["payload"]["run_id"], run_id);
     for m in &agent {

@@ -152,18 +152,7 @@ async fn pause_beats_credit(kind: Kind) {
         .await;
     c.collect_until(|v| ty(v) == "RUN_FINISHED").await;
     let agent = agent_msgs(&c.log);
-    assert_eq!(
-        types(&agent),
-        [
-            "RUN_STARTED",
-            "MESSAGE_START",
-            "MESSAGE_PART",
-            "MESSAGE_PART",
-            "MESSAGE_PART",
-            "MESSAGE_END",
-            "RUN_FINISHED"
-        ]
-    );
+    assert_eq!(types(&agent), echo_run_types(3));
     assert_contiguous(&c.log);
 }
 

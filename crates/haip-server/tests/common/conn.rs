@@ -138,25 +138,15 @@ impl Conn {
     pub async fn open(server: &Server, kind: Kind, opts: Opts) -> Conn {
         let token = opts.token.clone().unwrap_or_else(|| server.token());
         let base = format!("http://{}", server.addr);
-        let mut conn = Conn {
+        let mut conn = Conn::new(
             kind,
-            io: Io::Sse {
+            Io::Sse {
                 rx: mpsc::unbounded_channel().1,
             },
-            pending: VecDeque::new(),
-            done: false,
-            log: Vec::new(),
-            texts: Vec::new(),
-            sse_ids: Vec::new(),
-            sse_raw: Arc::new(Mutex::new(String::new())),
-            session: None,
-            seq: 0,
-            client_session: "test-session".into(),
-            token: token.clone(),
-            headers: Vec::new(),
+            token.clone(),
+            Vec::new(),
             base,
-            reader: None,
-        };
+        );
         match kind {
             Kind::Ws | Kind::WsRoot => {
                 let path = if kind == Kind::Ws {
@@ -216,9 +206,26 @@ impl Conn {
 
     /// Wraps an already connected WebSocket.
     pub fn from_ws(ws: WsStream, headers: Vec<(String, String)>) -> Conn {
+        Conn::new(
+            Kind::Ws,
+            Io::Ws(Box::new(ws)),
+            String::new(),
+            headers,
+            String::new(),
+        )
+    }
+
+    /// A connection over `io` that has read nothing yet.
+    fn new(
+        kind: Kind,
+        io: Io,
+        token: String,
+        headers: Vec<(String, String)>,
+        base: String,
+    ) -> Conn {
         Conn {
-            kind: Kind::Ws,
-            io: Io::Ws(Box::new(ws)),
+            kind,
+            io,
             pending: VecDeque::new(),
             done: false,
             log: Vec::new(),
@@ -228,9 +235,9 @@ impl Conn {
             session: None,
             seq: 0,
             client_session: "test-session".into(),
-            token: String::new(),
+            token,
             headers,
-            base: String::new(),
+            base,
             reader: None,
         }
     }

@@ -79,6 +79,14 @@ pub fn seq(v: &Value) -> u64 {
         .unwrap_or_else(|| panic!("no decimal seq in {v}"))
 }
 
+/// The types of an echo run of `words` words, in order.
+pub fn echo_run_types(words: usize) -> Vec<&'static str> {
+    let mut run = vec!["RUN_STARTED", "MESSAGE_START"];
+    run.extend(std::iter::repeat_n("MESSAGE_PART", words));
+    run.extend(["MESSAGE_END", "RUN_FINISHED"]);
+    run
+}
+
 pub fn types(msgs: &[Value]) -> Vec<&str> {
     msgs.iter().map(ty).collect()
 }

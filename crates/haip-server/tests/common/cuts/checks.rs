@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 use super::client::Client;
 use super::live::{ts_of, Live};
 use super::raw::Got;
-use crate::common::{assert_contiguous, chan, seq, ty, WAIT};
+use crate::common::{assert_contiguous, chan, echo_run_types, seq, ty, WAIT};
 
 impl Client<'_> {
     /// Run `run` is complete, exact and in order in what the client assembled.
@@ -21,9 +21,7 @@ impl Client<'_> {
         let rid = self.runs[run].as_str();
         let msgs: Vec<&Value> = self.got.values().filter(|v| v["run_id"] == rid).collect();
         let words = text.split(' ').count();
-        let mut expected = vec!["RUN_STARTED", "MESSAGE_START"];
-        expected.extend(std::iter::repeat_n("MESSAGE_PART", words));
-        expected.extend(["MESSAGE_END", "RUN_FINISHED"]);
+        let expected = echo_run_types(words);
         let got: Vec<&str> = msgs.iter().map(|v| ty(v)).collect();
         if got != expected {
             let each: Vec<String> = msgs

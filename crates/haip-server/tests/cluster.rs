@@ -56,21 +56,6 @@ async fn wait_health(server: &Server, status: u16) -> Value {
     }
 }
 
-fn session_of(v: &Value) -> String {
-    v["session"].as_str().expect("session").to_string()
-}
-
-/// Asks `node` for an echo answer of `text` over `kind`, reads its first three parts and
-/// leaves: returns the session, what was received and its highest seq.
-async fn answer_then_leave(node: &Server, kind: Kind, text: &str) -> (String, Vec<Value>, u64) {
-    let mut c = node.connect(kind).await;
-    let session = session_of(&c.recv_type("HAI").await);
-    c.say(text).await;
-    parts(&mut c, 3).await;
-    let last = c.log.iter().map(seq).max().expect("received");
-    (session, c.log.clone(), last)
-}
-
 /// Reads a resume's replay and confirming HAI on `c` and checks them against `before`
 /// (what the client had, of which it reported up to `after`); returns the HAI.
 async fn replay_and_confirm(c: &mut Conn, before: &[Value], session: &str, after: u64) -> Value {
@@ -82,66 +67,25 @@ async fn replay_and_confirm(c: &mut Conn, before: &[Value], session: &str, after
     confirm
 }
 
-/// How a client resumes on the second node.
-#[derive(Debug, Clone, Copy)]
-enum Form {
-    /// `?session=&last_rx_seq=`.
-    Url,
-    /// SSE's `Last-Event-ID`.
-    LastEventId,
-    /// A client HAI naming the session, on a fresh connection.
-    Hai,
-}
-
 #[tokio::test]
 async fn a_session_resumes_on_another_node_mid_answer_in_every_form_on_every_transport() {
     let Some(cl) = cluster(40).await else { return };
     let cases = [
-        (Kind::Ws, Form::Url),
-        (Kind::Ws, Form::Hai),
-        (Kind::Sse, Form::Url),
-        (Kind::Sse, Form::LastEventId),
-        (Kind::Sse, Form::Hai),
-        (Kind::Stream, Form::Url),
-        (Kind::Stream, Form::Hai),
+        (Kind::Ws, ResumeForm::Url),
+        (Kind::Ws, ResumeForm::Hai),
+        (Kind::Sse, ResumeForm::Url),
+        (Kind::Sse, ResumeForm::LastEventId),
+        (Kind::Sse, ResumeForm::Hai),
+        (Kind::Stream, ResumeForm::Url),
+        (Kind::Stream, ResumeForm::Hai),
     ];
     for (kind, form) in cases {
         let text = words(16);
-        let (session, log1, last) = answer_then_leave(&cl.a, kind, &text).await;
+        let (session, log1, last) = answer_then_leave(&cl.a, kind, &text, 3).await;
         // The agent keeps answering on node A while the client is away.
         tokio::time::sleep(ms(150)).await;
 
-        let mut c2 = match form {
-            Form::Url => {
-                cl.b.connect_with(kind, Opts::resume(&session, last - 2))
-                    .await
-            }
-            Form::LastEventId => {
-                let opts = Opts {
-                    last_event_id: Some(format!("{session}:{}", last - 2)),
-                    ..Opts::default()
-                };
-                cl.b.connect_with(kind, opts).await
-            }
-            Form::Hai => {
-                let mut c2 = cl.b.connect(kind).await;
-                let fresh = session_of(&c2.recv_type("HAI").await);
-                assert_ne!(fresh, session);
-                c2.recv_type("TOOL_LIST").await;
-                let mut hai = hai_payload(&ALL_EVENTS);
-                hai["last_rx_seq"] = json!((last - 2).to_string());
-                c2.send(&envelope(
-                    &next_id("resume"),
-                    &session,
-                    3,
-                    "SYSTEM",
-                    "HAI",
-                    hai,
-                ))
-                .await;
-                c2
-            }
-        };
+        let mut c2 = resume_in_form(&cl.b, kind, form, &session, last - 2).await;
         let confirm = replay_and_confirm(&mut c2, &log1, &session, last - 2).await;
         assert_eq!(
             confirm["payload"]["last_rx_seq"], "2",
@@ -153,7 +97,11 @@ async fn a_session_resumes_on_another_node_mid_answer_in_every_form_on_every_tra
         check_complete_run(&all, &session, &text);
         // Node B drives the session now: acks go on from the client's last seq.
         c2.client_session = session.clone();
-        c2.seq = if matches!(form, Form::Hai) { 3 } else { 2 };
+        c2.seq = if matches!(form, ResumeForm::Hai) {
+            3
+        } else {
+            2
+        };
         c2.ping("after-resume").await;
         let pong = c2.recv_type("PONG").await;
         assert_eq!(pong["session"], session.as_str(), "{kind:?} {form:?}");
@@ -402,7 +350,7 @@ async fn over_a_redis_cluster_sessions_resume_on_another_node_and_posts_reach_th
     }
     let (a, b) = (&nodes[0], &nodes[1]);
     let text = words(12);
-    let (session, log1, last) = answer_then_leave(a, Kind::Ws, &text).await;
+    let (session, log1, last) = answer_then_leave(a, Kind::Ws, &text, 3).await;
     let mut c2 = b
         .connect_with(Kind::Sse, Opts::resume(&session, last - 1))
         .await;

@@ -11,22 +11,11 @@ use serde_json::{json, Value};
 async fn websocket_resume_with_url_parameters_mid_echo() {
     let srv = Server::start_with(|c| c.echo_word_delay = ms(40)).await;
     let text = words(16);
-    let mut c1 = srv.connect(Kind::Ws).await;
-    let session = c1.recv_type("HAI").await["session"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    c1.say(&text).await;
-    parts(&mut c1, 3).await;
-    let log1 = c1.log.clone();
-    drop(c1);
-    let last = log1.iter().map(seq).max().unwrap();
+    let (session, log1, last) = answer_then_leave(&srv, Kind::Ws, &text, 3).await;
     // The agent keeps streaming while the client is away.
     tokio::time::sleep(ms(150)).await;
 
-    let mut c2 = srv
-        .connect_with(Kind::Ws, Opts::resume(&session, last - 2))
-        .await;
+    let mut c2 = resume_in_form(&srv, Kind::Ws, ResumeForm::Url, &session, last - 2).await;
     let mut replay = c2.collect_until(|v| ty(v) == "HAI").await;
     let confirm = replay.pop().unwrap();
     check_replay(&replay, &confirm, &log1, &session, last - 2);
@@ -48,36 +37,10 @@ async fn websocket_resume_with_url_parameters_mid_echo() {
 async fn websocket_resume_with_client_hai_mid_echo() {
     let srv = Server::start_with(|c| c.echo_word_delay = ms(40)).await;
     let text = words(16);
-    let mut c1 = srv.connect(Kind::Ws).await;
-    let session = c1.recv_type("HAI").await["session"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    c1.say(&text).await;
-    parts(&mut c1, 3).await;
-    let log1 = c1.log.clone();
-    drop(c1);
-    let last = log1.iter().map(seq).max().unwrap();
+    let (session, log1, last) = answer_then_leave(&srv, Kind::Ws, &text, 3).await;
     tokio::time::sleep(ms(150)).await;
 
-    let mut c2 = srv.connect(Kind::Ws).await;
-    let fresh = c2.recv_type("HAI").await["session"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    assert_ne!(fresh, session);
-    c2.recv_type("TOOL_LIST").await;
-    let mut hai = hai_payload(&ALL_EVENTS);
-    hai["last_rx_seq"] = json!((last - 2).to_string());
-    c2.send(&envelope(
-        &next_id("resume"),
-        &session,
-        3,
-        "SYSTEM",
-        "HAI",
-        hai,
-    ))
-    .await;
+    let (mut c2, fresh) = resume_by_client_hai(&srv, Kind::Ws, &session, last - 2).await;
     let mut replay = c2.collect_until(|v| ty(v) == "HAI").await;
     let confirm = replay.pop().unwrap();
     check_replay(&replay, &confirm, &log1, &session, last - 2);
@@ -105,23 +68,10 @@ async fn websocket_resume_with_client_hai_mid_echo() {
 async fn sse_resume_with_last_event_id_mid_echo() {
     let srv = Server::start_with(|c| c.echo_word_delay = ms(40)).await;
     let text = words(16);
-    let mut c1 = srv.connect(Kind::Sse).await;
-    let session = c1.recv_type("HAI").await["session"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    c1.say(&text).await;
-    parts(&mut c1, 3).await;
-    let log1 = c1.log.clone();
-    drop(c1);
-    let last = log1.iter().map(seq).max().unwrap();
+    let (session, log1, last) = answer_then_leave(&srv, Kind::Sse, &text, 3).await;
     tokio::time::sleep(ms(150)).await;
 
-    let opts = Opts {
-        last_event_id: Some(format!("{session}:{}", last - 2)),
-        ..Opts::default()
-    };
-    let mut c2 = srv.connect_with(Kind::Sse, opts).await;
+    let mut c2 = resume_in_form(&srv, Kind::Sse, ResumeForm::LastEventId, &session, last - 2).await;
     let mut replay = c2.collect_until(|v| ty(v) == "HAI").await;
     let confirm = replay.pop().unwrap();
     check_replay(&replay, &confirm, &log1, &session, last - 2);
@@ -147,16 +97,7 @@ async fn sse_resume_with_last_event_id_mid_echo() {
 async fn stream_resumes_a_websocket_session_with_client_hai() {
     let srv = Server::start_with(|c| c.echo_word_delay = ms(40)).await;
     let text = words(12);
-    let mut c1 = srv.connect(Kind::Ws).await;
-    let session = c1.recv_type("HAI").await["session"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    c1.say(&text).await;
-    parts(&mut c1, 2).await;
-    let log1 = c1.log.clone();
-    drop(c1);
-    let last = log1.iter().map(seq).max().unwrap();
+    let (session, log1, last) = answer_then_leave(&srv, Kind::Ws, &text, 2).await;
 
     let mut c2 = srv.connect(Kind::Stream).await;
     let mut hai = hai_payload(&ALL_EVENTS);
@@ -204,10 +145,7 @@ async fn one_session_resumed_websocket_then_sse_then_stream() {
     let srv = Server::start().await;
     // WebSocket: client seqs 1-2.
     let mut ws = srv.connect(Kind::Ws).await;
-    let session = ws.recv_type("HAI").await["session"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let session = session_of(&ws.recv_type("HAI").await);
     ws.say("alpha beta").await;
     ws.collect_until(|v| ty(v) == "RUN_FINISHED").await;
     let log_ws = ws.log.clone();
@@ -258,10 +196,7 @@ async fn one_session_resumed_websocket_then_sse_then_stream() {
 async fn another_subject_cannot_resume() {
     let srv = Server::start().await;
     let mut alice = srv.connect(Kind::Ws).await;
-    let session = alice.recv_type("HAI").await["session"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let session = session_of(&alice.recv_type("HAI").await);
     alice.recv_type("TOOL_LIST").await;
 
     let bob = srv.token_for("bob");
@@ -276,10 +211,7 @@ async fn another_subject_cannot_resume() {
     assert_eq!(hai["seq"], "1");
 
     let mut b2 = srv.connect_with(Kind::Ws, Opts::token(bob)).await;
-    let fresh = b2.recv_type("HAI").await["session"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let fresh = session_of(&b2.recv_type("HAI").await);
     let mut p = hai_payload(&ALL_EVENTS);
     p["last_rx_seq"] = json!("0");
     let resume = envelope(&next_id("r"), &session, 1, "SYSTEM", "HAI", p);
@@ -312,10 +244,7 @@ async fn resume_past_the_replay_window_fails_and_replays_nothing() {
     })
     .await;
     let mut c1 = srv.connect(Kind::Ws).await;
-    let session = c1.recv_type("HAI").await["session"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let session = session_of(&c1.recv_type("HAI").await);
     c1.say("one two three").await;
     c1.collect_until(|v| ty(v) == "RUN_FINISHED").await;
     let last = c1.log.iter().map(seq).max().unwrap();

@@ -7,8 +7,8 @@ use haip_protocol::payload::{
 use haip_protocol::{channel, Envelope, Payload};
 use serde_json::{Map, Value};
 
-use crate::client::Connection;
 use crate::error::ClientError;
+use crate::Connection;
 
 /// A unique id for a request of this process.
 fn request_id(kind: &str) -> String {

@@ -6,8 +6,11 @@
 
 pub mod backoff;
 pub mod client;
+mod config;
+mod driver;
 pub mod error;
 pub mod helpers;
+mod inbox;
 pub mod link;
 pub mod session;
 pub mod tls;
@@ -15,8 +18,10 @@ pub mod topic;
 pub mod url;
 pub mod worker;
 
-pub use client::{Client, Connection, ConnectionConfig, Received, Status, Subscription};
+pub use client::{Client, Connection};
+pub use config::{ConnectionConfig, TokenProvider};
 pub use error::ClientError;
+pub use inbox::{Meta, Received, Status, Subscription};
 
 /// The three HAIP transports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -37,8 +37,8 @@ use haip_protocol::{channel, Envelope, ErrorCode, Payload};
 use serde_json::{Map, Value};
 use tokio::sync::watch;
 
-use crate::client::{Connection, ConnectionConfig, Subscription};
 use crate::ClientError;
+use crate::{Connection, ConnectionConfig, Subscription};
 
 /// Run ids to the senders that cancel them, and the cancels that came for runs not taken
 /// yet (a job waiting in the queue while the worker is busy).

@@ -184,11 +184,7 @@ async fn one_session_resumed_websocket_then_sse_then_stream() {
         assert_eq!(m["session"], session.as_str(), "{m}");
     }
     assert_contiguous(all.iter().copied());
-    let echoed: Vec<&str> = all
-        .iter()
-        .filter(|v| ty(v) == "MESSAGE_PART")
-        .map(|v| v["payload"]["text"].as_str().unwrap())
-        .collect();
+    let echoed = part_texts(all.iter().copied());
     assert_eq!(echoed, ["alpha ", "beta", "gamma ", "delta", "epsilon"]);
 }
 

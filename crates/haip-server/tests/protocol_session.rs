@@ -261,11 +261,7 @@ async fn text_message_aliases(kind: Kind) {
     c.send_msg("USER", "TEXT_MESSAGE_END", json!({"message_id": "alias"}))
         .await;
     let run = c.collect_until(|v| ty(v) == "RUN_FINISHED").await;
-    let parts: Vec<&str> = run
-        .iter()
-        .filter(|v| ty(v) == "MESSAGE_PART")
-        .map(|v| v["payload"]["text"].as_str().unwrap())
-        .collect();
+    let parts = part_texts(&run);
     assert_eq!(parts, ["hello ", "big ", "world"]);
     assert!(!c.log.iter().any(|v| ty(v) == "ERROR"), "{:?}", c.log);
 }

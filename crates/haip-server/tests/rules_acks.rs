@@ -195,11 +195,7 @@ async fn gap_held_then_processed_in_order(kind: Kind) {
     c.send(&beta).await;
     c.send(&after).await;
     let run = c.collect_until(|v| ty(v) == "RUN_FINISHED").await;
-    let parts: Vec<&str> = run
-        .iter()
-        .filter(|v| ty(v) == "MESSAGE_PART")
-        .map(|v| v["payload"]["text"].as_str().unwrap())
-        .collect();
+    let parts = part_texts(&run);
     assert_eq!(parts, ["alpha ", "beta ", "gamma ", "delta"], "seq order");
     c.collect_for(ms(150)).await;
     let pong = c

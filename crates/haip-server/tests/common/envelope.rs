@@ -87,6 +87,14 @@ pub fn echo_run_types(words: usize) -> Vec<&'static str> {
     run
 }
 
+/// The texts of the MESSAGE_PARTs among `msgs`, in order.
+pub fn part_texts<'a>(msgs: impl IntoIterator<Item = &'a Value>) -> Vec<&'a str> {
+    msgs.into_iter()
+        .filter(|v| ty(v) == "MESSAGE_PART")
+        .map(|v| v["payload"]["text"].as_str().unwrap())
+        .collect()
+}
+
 pub fn types(msgs: &[Value]) -> Vec<&str> {
     msgs.iter().map(ty).collect()
 }

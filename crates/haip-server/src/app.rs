@@ -69,11 +69,11 @@ pub fn router(state: SharedState) -> Router {
     app = app
         .route(
             &c.aisdk_path,
-            post(crate::aisdk::http::send).get(crate::aisdk::ws::upgrade),
+            post(crate::transport::aisdk_http::send).get(crate::transport::aisdk_ws::upgrade),
         )
         .route(
             &format!("{}/{{id}}/stream", c.aisdk_path.trim_end_matches('/')),
-            get(crate::aisdk::http::resume).delete(crate::aisdk::http::cancel),
+            get(crate::transport::aisdk_http::resume).delete(crate::transport::aisdk_http::cancel),
         );
     if c.enable_compression {
         // Streams must reach the client message by message, so they are never compressed.

@@ -5,11 +5,10 @@
 //!   UI message chunks (pure, tested on its own).
 //! - [`answer`] runs each answer on the session engine and keeps its chunks for every
 //!   reader (the asking request, resumes, other devices).
-//! - [`http`] (`DefaultChatTransport`) and [`ws`] (`WebSocketChatTransport`) are the two
-//!   thin transports over it.
+//! - The two thin transports over it, `DefaultChatTransport` and
+//!   `WebSocketChatTransport`, are with the other transports (`transport/aisdk_http.rs`,
+//!   `transport/aisdk_ws.rs`).
 
 pub mod answer;
 pub mod chunks;
-pub mod http;
 pub mod request;
-pub mod ws;

@@ -4,6 +4,8 @@
 
 pub mod admin;
 pub mod agent;
+pub mod aisdk_http;
+pub mod aisdk_ws;
 pub mod bare_echo;
 pub mod lines;
 pub mod post;

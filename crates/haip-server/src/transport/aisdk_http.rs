@@ -13,8 +13,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::answer::{Answer, AnswerReader, StartError};
-use super::request::{check_chat_id, parse_send, SendRequest};
+use crate::aisdk::answer::{Answer, AnswerReader, StartError};
+use crate::aisdk::request::{check_chat_id, parse_send, SendRequest};
 use crate::auth::Identity;
 use crate::engine::connection::Transport;
 use crate::state::{authenticate, bearer, ConnectionSlot, SharedState, HTTP_KEEPALIVE_INTERVAL};
@@ -90,7 +90,7 @@ pub fn start(
                 "TOO_MANY_ANSWERS",
                 format!(
                     "at most {} answers in progress per user",
-                    super::answer::MAX_ANSWERS_PER_SUBJECT
+                    crate::aisdk::answer::MAX_ANSWERS_PER_SUBJECT
                 ),
             ),
         })

@@ -17,9 +17,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use yawc::Frame;
 
-use super::answer::{Answer, AnswerReader};
-use super::http;
-use super::request::{check_chat_id, parse_send};
+use super::aisdk_http as http;
+use crate::aisdk::answer::{Answer, AnswerReader};
+use crate::aisdk::request::{check_chat_id, parse_send};
 use crate::auth::Identity;
 use crate::engine::connection::{Inbound, Transport};
 use crate::state::SharedState;

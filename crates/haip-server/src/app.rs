@@ -30,6 +30,10 @@ pub fn router(state: SharedState) -> Router {
         // The browser client and its demo page (`/` serves the page too, through ws::root).
         .route("/haip.js", get(crate::web::haip_js))
         .route("/haip.d.ts", get(crate::web::haip_d_ts))
+        .route(
+            "/demo.js",
+            get(|| async { crate::web::javascript(crate::web::DEMO_JS) }),
+        )
         .route("/demo", get(crate::web::demo))
         .route("/admin", get(crate::web::admin));
     for &(path, body) in crate::web::MODULES {

@@ -1,5 +1,5 @@
 //! The browser client and its demo page, built into the binary so that `haip serve` alone
-//! serves them: `GET /` (and `/demo`) is the demo page, `GET /haip.js` the client's entry
+//! serves them: `GET /` (and `/demo`) is the demo page (its script at `/demo.js`), `GET /haip.js` the client's entry
 //! module and `GET /haip/<name>.js` the modules it imports ([`MODULES`]), `GET /haip.d.ts`
 //! its TypeScript declarations. The files live in `web/` at the repository root and are
 //! embedded at compile time.
@@ -33,8 +33,11 @@ pub const MODULES: &[(&str, &str)] = &[
 ];
 /// TypeScript declarations of [`HAIP_JS`].
 pub const HAIP_D_TS: &str = include_str!("../web/haip.d.ts");
-/// The demo page (chat, transport picker, tools, message log); it imports `/haip.js`.
+/// The demo page (chat, transport picker, tools, message log); it imports `/haip.js` and
+/// hands the client to [`DEMO_JS`].
 pub const INDEX_HTML: &str = include_str!("../web/index.html");
+/// What the demo page does, at `GET /demo.js`.
+pub const DEMO_JS: &str = include_str!("../web/demo.js");
 /// The admin page: the server's figures with a chart of the last minutes, and every
 /// session's messages live for an admin token.
 pub const ADMIN_HTML: &str = include_str!("../web/admin.html");

@@ -5,6 +5,9 @@ import { Channel, GRANT_DELAY_MS } from './constants.js';
 
 export const UNLIMITED = Object.freeze({ messages: null, bytes: null });
 
+/** The most channel names the gate tracks credit for at once (as haip-protocol's flow). */
+export const MAX_CHANNELS = 64;
+
 function creditCovers(c, cost) {
   return (c.messages === null || c.messages >= 1) && (c.bytes === null || c.bytes >= cost);
 }
@@ -60,16 +63,25 @@ export class SendGate {
     return null;
   }
 
+  /**
+   * Credit for a channel not seen yet is ignored once MAX_CHANNELS are tracked: channel
+   * names are the server's to choose, and each new one would otherwise cost state for good.
+   */
   grant(channel, addMessages, addBytes) {
-    if (isExempt(channel)) return [];
+    if (isExempt(channel) || !this.hasRoomFor(channel)) return [];
     const c = this.channel(channel).credit;
     if (c.messages !== null) c.messages += addMessages;
     if (c.bytes !== null) c.bytes += addBytes;
     return this.release(channel);
   }
 
+  /** Holds the channel's later messages until resume (ignored as grants are, see grant). */
   pause(channel) {
-    if (!isExempt(channel)) this.channel(channel).paused = true;
+    if (!isExempt(channel) && this.hasRoomFor(channel)) this.channel(channel).paused = true;
+  }
+
+  hasRoomFor(channel) {
+    return this.channels.size < MAX_CHANNELS || this.channels.has(channel);
   }
 
   resume(channel) {

@@ -1,6 +1,6 @@
 // The client side of one session, with no I/O (crates/haip-client/src/session.rs).
 
-import { Channel, EVENT_TYPES, HAIP_MAJOR, HAIP_VERSION } from './constants.js';
+import { COST_MARGIN, Channel, EVENT_TYPES, HAIP_MAJOR, HAIP_VERSION } from './constants.js';
 import { dec, utf8Length } from './envelope.js';
 import { HaipError } from './errors.js';
 import { ReceiveMeter, SendGate, UNLIMITED } from './flow.js';
@@ -224,6 +224,11 @@ export class ClientSession {
     const arrival = this.inbound.accept(seq, item, now);
     if (arrival.deliver) {
       for (const ready of arrival.deliver) this.process(ready, now, out);
+    } else if (arrival.duplicate || arrival.overflow) {
+      // Never delivered, so never consumed: its credit goes back now, measured as a
+      // delivered message's is (HaipClient adds COST_MARGIN when the application takes
+      // one), or a long session would slowly lose the server's credit.
+      out.push(...this.consumed(env.channel, item.cost + COST_MARGIN, now));
     }
     return out;
   }

@@ -44,6 +44,10 @@ pub(super) struct Durable {
     pub(super) writing: usize,
     /// Set once another node drives the session: what is produced here goes there.
     pub(super) elsewhere: bool,
+    /// Output made after another node took the session but before the hand-over, which
+    /// waits for the write under way (see `now_driven_elsewhere`): forwarded after what
+    /// the hand-over sends, so that it cannot overtake older output.
+    pub(super) after_handover: Vec<Envelope>,
     /// What goes to (and comes from) the other nodes, in order.
     pub(super) forwarding: Forwarding,
     /// The producer of the message being sent, while a forwarded one is.

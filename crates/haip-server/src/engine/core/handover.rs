@@ -103,6 +103,15 @@ impl SessionCore {
         for (from, n, json) in waiting {
             d.forwarding.hand_on(from, n, json);
         }
+        for env in std::mem::take(&mut d.after_handover) {
+            let abandoned = env
+                .run_id
+                .as_ref()
+                .is_some_and(|run| d.abandoned_runs.contains(run));
+            if !abandoned {
+                d.forwarding.produce(forwardable(env));
+            }
+        }
         let abandoned: Vec<String> = d.abandoned_runs.iter().cloned().collect();
         for run in abandoned {
             if let Some(token) = self.cancels.remove(&run) {

@@ -16,6 +16,8 @@ mod delivery;
 mod durable;
 mod forwarding;
 mod handover;
+#[cfg(test)]
+mod handover_tests;
 mod inbound;
 mod limits;
 mod messages;

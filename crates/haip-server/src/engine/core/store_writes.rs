@@ -31,6 +31,7 @@ impl SessionCore {
             unstored: VecDeque::new(),
             writing: 0,
             elsewhere: false,
+            after_handover: Vec::new(),
             origin: None,
             remote_runs: HashMap::new(),
             work: Vec::new(),
@@ -120,6 +121,12 @@ impl SessionCore {
         let Some(d) = self.durable.as_mut().filter(|d| d.elsewhere) else {
             return false;
         };
+        if d.writing > 0 {
+            // The hand-over waits for the write under way, which decides what of the
+            // unsent output the store has; what is made meanwhile goes after that output.
+            d.after_handover.push(env.clone());
+            return true;
+        }
         let abandoned = env
             .run_id
             .as_ref()

@@ -100,7 +100,7 @@ impl RedisStore {
         }
     }
 
-    pub(super) async fn claim_session(
+    async fn claim_session(
         &self,
         session: &str,
         subject: &str,
@@ -199,10 +199,7 @@ impl RedisStore {
         }
     }
 
-    pub(super) async fn drain_queue(
-        &self,
-        session: &str,
-    ) -> Result<Vec<(String, Forwarded)>, StoreError> {
+    async fn drain_queue(&self, session: &str) -> Result<Vec<(String, Forwarded)>, StoreError> {
         let mut conn = self.connection()?;
         let items: Vec<Value> = self
             .scripts

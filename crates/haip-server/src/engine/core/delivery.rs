@@ -154,7 +154,7 @@ impl SessionCore {
     }
 
     /// The thread a message is sent in: its own `thread_id`, else that of its run.
-    pub(super) fn thread_of(&self, env: &Envelope) -> Option<String> {
+    fn thread_of(&self, env: &Envelope) -> Option<String> {
         if env.channel == channel::SYSTEM {
             return None; // housekeeping of this connection, not conversation
         }
@@ -199,7 +199,7 @@ impl SessionCore {
     /// counts it (contract section 6): its JSON as sent plus decoded data. Seq, ack and ts
     /// are those it gets if it goes now; one held behind others gets a later seq and ts,
     /// which changes its length only when a number gains a digit.
-    pub(super) fn unsent_cost(&self, pending: &Pending, now_ms: u64) -> u64 {
+    fn unsent_cost(&self, pending: &Pending, now_ms: u64) -> u64 {
         let seq = self.last_sent_seq + 1 + self.gate.held_messages() as u64;
         let ack = self.inbound.last_delivered();
         let json_len = match pending {

@@ -360,7 +360,7 @@ impl SessionCore {
         self.emit_ready(ready, now_ms);
     }
 
-    pub(super) fn emit_ready(&mut self, ready: Vec<super::forwarding::Ready>, now_ms: u64) {
+    fn emit_ready(&mut self, ready: Vec<super::forwarding::Ready>, now_ms: u64) {
         for (from, n, json) in ready {
             if let Ok(env) = Envelope::parse(&json) {
                 self.emit_from(env, Some((from, n)), now_ms);
@@ -369,12 +369,7 @@ impl SessionCore {
     }
 
     /// Sends a message another node produced: its run opens and closes here too.
-    pub(super) fn emit_from(
-        &mut self,
-        mut env: Envelope,
-        origin: Option<(String, u64)>,
-        now_ms: u64,
-    ) {
+    fn emit_from(&mut self, mut env: Envelope, origin: Option<(String, u64)>, now_ms: u64) {
         env.id.clear();
         env.session = self.id.clone();
         let from_node = origin

@@ -46,7 +46,7 @@ impl SessionCore {
         (self.inbound.next_deadline(), self.meter.next_flush_ms())
     }
 
-    pub(super) fn receive_inner(
+    fn receive_inner(
         &mut self,
         env: Envelope,
         cost: u64,
@@ -130,7 +130,7 @@ impl SessionCore {
     /// being assembled past `max_pending_input_bytes` (or one more open message than
     /// [`MAX_OPEN_MESSAGES`]) is dropped with PROTOCOL_VIOLATION: what it had so far is
     /// freed, and its later parts and its end are ignored.
-    pub(super) fn add_text(
+    fn add_text(
         &mut self,
         message_id: String,
         text: &str,
@@ -189,7 +189,7 @@ impl SessionCore {
         self.meter.next_flush_ms()
     }
 
-    pub(super) fn send_grant(&mut self, grant: haip_protocol::flow::Grant, now_ms: u64) {
+    fn send_grant(&mut self, grant: haip_protocol::flow::Grant, now_ms: u64) {
         let payload = Payload::FlowUpdate(FlowUpdate {
             channel: grant.channel,
             add_messages: Some(grant.add_messages),

@@ -203,6 +203,10 @@ impl SessionCore {
             messages += m;
             bytes += b;
         }
+        if let Some(d) = &self.durable {
+            // Output waiting for a hand-over (cluster mode) waits on a store's answer.
+            messages += d.after_handover.len();
+        }
         let (max_messages, max_bytes) = self.limits.agent_high_water();
         messages > max_messages || bytes > max_bytes
     }

@@ -44,7 +44,7 @@ pub struct AgentToolCall {
 }
 
 /// What an agent may do to the session a user message came from. The session engine
-/// implements it; agents use it through [`Reply`] and [`Run`].
+/// implements it; agents use it through [`Reply`](super::Reply) and [`Run`](super::Run).
 pub trait SessionHandle: Send + Sync + 'static {
     fn session_id(&self) -> &str;
     /// The user the session belongs to (the token's subject).

@@ -6,7 +6,6 @@
 //! module defines and the engine implements. Agents see only it, so they never deal with
 //! seqs, credit, event filters or connections, and this module imports nothing from the
 //! engine: the dependency runs one way, engine to agent.
-
 //!
 //! The parts: the trait an agent implements (`seam`), the engine's side of the seam
 //! (`handle`), what an agent answers through (`reply`), and the agents themselves.

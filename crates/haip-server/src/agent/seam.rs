@@ -27,7 +27,7 @@ pub trait Agent: Send + Sync + 'static {
     }
 
     /// The pool that agent workers join over `GET /haip/agent`, for an agent that hands
-    /// the work to them ([`workers::WorkersAgent`]).
+    /// the work to them (`super::workers::WorkersAgent`).
     fn worker_pool(&self) -> Option<Arc<WorkerPool>> {
         None
     }

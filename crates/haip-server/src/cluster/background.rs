@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use redis::RedisResult;
 use redis::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -13,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::engine::Engine;
 
 use super::conn::Target;
-use super::replies::RedisResult;
+
 use super::scripts;
 use super::scripts::Scripts;
 use super::store::{ClusterSettings, NodeMessage, RedisStore, HEARTBEAT, NODE_LEASE, WORKER_NODES};

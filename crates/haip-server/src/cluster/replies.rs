@@ -5,8 +5,6 @@ use redis::Value;
 
 use crate::engine::store::{StoreError, StoredMessage};
 
-pub(super) type RedisResult<T> = redis::RedisResult<T>;
-
 pub(super) fn unavailable(e: redis::RedisError) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use haip_protocol::replay::ReplayConfig;
-use redis::Value;
+use redis::{RedisResult, Value};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
@@ -17,7 +17,7 @@ use crate::engine::store::{
 };
 
 use super::conn::{Connection, Target};
-use super::replies::{array, stream_entry, text, unavailable, RedisResult};
+use super::replies::{array, stream_entry, text, unavailable};
 use super::scripts::{self, Scripts};
 
 /// How long a node run counts as alive after its last heartbeat.

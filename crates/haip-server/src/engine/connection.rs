@@ -400,8 +400,10 @@ impl Connection {
                             OutItem::Frame(f) => frames.push(f),
                             OutItem::Close(c) => { close = Some(c); break; }
                             OutItem::Switch(to) => {
-                                if let Some(session) = to.session::<Session>() {
-                                    self.switch_to(session);
+                                match to.session::<Session>() {
+                                    Some(session) => self.switch_to(session),
+                                    // The engine queues only its own sessions.
+                                    None => tracing::error!("a switch to something not a session"),
                                 }
                             }
                         }

@@ -7,8 +7,10 @@
 //! This file only names the parts. Dependencies run one way, from the top of this list
 //! down: the engine (`registry`, `dispatch`, `nodes`) uses sessions and the work they
 //! start; a session (`session`) wraps its protocol state (`core`), which queues to its
-//! connection (`outbound`); the store (`store`), threads (`threads`) and the tap (`tap`)
-//! reach sessions only through the traits they define.
+//! connection (`outbound`). The store (`store`) and threads (`threads`) reach sessions
+//! only through the traits they define (`WritingSession`, `Follower`); a connection's
+//! queue carries a session it switches to without its type (`outbound::SwitchTo`); the
+//! tap (`tap`) only gets copies of messages.
 
 mod agent_link;
 pub mod budget;

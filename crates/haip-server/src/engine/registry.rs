@@ -33,7 +33,7 @@ pub enum Move {
     Claiming,
 }
 
-/// The most sessions one user (token subject) keeps; see [`Engine::make_room_for`].
+/// The most sessions one user (token subject) keeps; see `Engine::make_room_for`.
 pub const MAX_SESSIONS_PER_SUBJECT: usize = 100;
 
 /// Why a resume was refused: the session cannot be had (the reasons are the store's, also
@@ -63,7 +63,7 @@ pub struct Engine {
     pub(super) agent: Arc<dyn Agent>,
     pub(super) tools: Arc<ToolRegistry>,
     pub metrics: Metrics,
-    /// The server-wide memory budget (see [`budget`]).
+    /// The server-wide memory budget (see [`budget`](super::budget)).
     pub budget: MemoryBudget,
     /// A copy of every message, for admins watching (see [`tap`]).
     pub tap: Arc<tap::Tap>,
@@ -75,7 +75,7 @@ pub struct Engine {
     /// The conversation before a session's next user message, given by a client that
     /// keeps it itself (the AI SDK endpoints), by session id; taken by that message.
     pub(super) histories: Mutex<HashMap<String, Vec<Turn>>>,
-    /// Where sessions are kept beyond this process: set in cluster mode (see [`store`]).
+    /// Where sessions are kept beyond this process: set in cluster mode (see [`store`](super::store)).
     store: OnceLock<Arc<dyn SessionStore>>,
     /// When the sessions with a connection were last kept from expiring in the store.
     pub(super) last_refresh_ms: std::sync::atomic::AtomicU64,
@@ -420,7 +420,7 @@ impl Engine {
         self.subjects.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Adds up what every session holds and enforces the memory budget (see [`budget`]):
+    /// Adds up what every session holds and enforces the memory budget (see [`budget`](super::budget)):
     /// trims the largest replay windows past the soft mark, ends the largest sessions past
     /// the limit. `connections` is the number of open connections.
     pub fn enforce_budget(&self, connections: usize) -> Enforcement {

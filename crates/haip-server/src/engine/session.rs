@@ -18,7 +18,7 @@ pub struct Session {
     /// Where copies of what it sends in followed threads go.
     pub(super) threads: Arc<Threads>,
     /// Work its messages started that has not ended yet: agents answering, tools running
-    /// (see [`InFlight`]).
+    /// (see `work::InFlight`).
     pub(super) in_flight: AtomicU32,
 }
 
@@ -100,7 +100,7 @@ impl Follower for Session {
 
 /// The locked state of a session. When it is released, what the session sent in threads
 /// goes on to the threads' followers: queued under the lock (in seq order), delivered
-/// outside it (see [`threads`]).
+/// outside it (see [`threads`](super::threads)).
 pub struct SessionGuard<'a> {
     /// Always `Some` until dropped.
     core: Option<MutexGuard<'a, SessionCore>>,

@@ -113,9 +113,9 @@ impl Threads {
             .iter()
             .any(|w| std::ptr::addr_eq(w.as_ptr(), Arc::as_ptr(session)))
         {
-            let weak = Arc::downgrade(session);
-            let follower: Weak<dyn Follower> = weak;
-            state.followers.push(follower);
+            state
+                .followers
+                .push(Arc::downgrade(session) as Weak<dyn Follower>);
         }
     }
 

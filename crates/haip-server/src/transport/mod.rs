@@ -12,7 +12,7 @@ pub mod post;
 pub mod sse;
 pub mod stream;
 pub mod ws;
-pub mod ws_conn;
+mod ws_conn;
 mod ws_frames;
 
 use std::collections::HashMap;

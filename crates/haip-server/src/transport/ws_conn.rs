@@ -1,5 +1,5 @@
-//! One WebSocket connection's frames: [`WsInbound`] turns what the client sends into
-//! [`Inbound`] items, [`WsSink`] writes what the connection sends, and the closing
+//! One WebSocket connection's frames: `WsInbound` turns what the client sends into
+//! [`Inbound`] items, `WsSink` writes what the connection sends, and the closing
 //! handshake is completed here.
 
 use std::future::poll_fn;

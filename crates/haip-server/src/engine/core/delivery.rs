@@ -22,7 +22,7 @@ use crate::engine::tap;
 
 impl SessionCore {
     /// An envelope of this session on `channel` with id, seq and ts still to be set: they
-    /// are given as it is sent (the id from the seq, see [`MessageIds`]).
+    /// are given as it is sent (the id from the seq, see [`MessageIds`](crate::engine::replay_pack::MessageIds)).
     pub fn envelope(&self, channel: &str, payload: Payload) -> Envelope {
         Envelope::new(String::new(), self.id.clone(), 0, 0, channel, payload)
     }

@@ -1,6 +1,7 @@
-//! A session kept in a store (cluster mode, see `engine::store`): what the core holds until
-//! the store has it, and how the core hands the session over to another node and takes one
-//! over.
+//! The state a session kept in a store holds (cluster mode, see `engine::store`): the
+//! messages waiting for the store, who drives the session, what goes to and comes from
+//! other nodes. The write path is in `store_writes.rs`; handing the session over and
+//! taking one over, in `handover.rs`.
 //!
 //! A sent message gets its seq and its place in the replay window as in memory mode, but
 //! it waits in `unstored` until the store confirms it; only then does it go to the
@@ -26,7 +27,7 @@ pub(super) struct Unstored {
     pub(super) ts: u64,
     pub(super) out: Arc<Outgoing>,
     /// Who produced it, when another node did (its producer and number, see
-    /// [`Forwarding`]).
+    /// `Forwarding`).
     pub(super) origin: Option<(String, u64)>,
 }
 
@@ -75,6 +76,18 @@ pub(super) struct Durable {
 }
 
 impl Durable {
+    /// Forwards `env`, made here, to the node that drives the session, unless its run was
+    /// given up (its output is dropped).
+    pub(super) fn produce_unless_abandoned(&mut self, env: Envelope) {
+        let abandoned = env
+            .run_id
+            .as_ref()
+            .is_some_and(|run| self.abandoned_runs.contains(run));
+        if !abandoned {
+            self.forwarding.produce(forwardable(env));
+        }
+    }
+
     /// The last message waiting for the store.
     pub(super) fn last_unstored(&self) -> Option<Arc<Outgoing>> {
         self.unstored.back().map(|u| u.out.clone())

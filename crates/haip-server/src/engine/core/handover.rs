@@ -104,13 +104,7 @@ impl SessionCore {
             d.forwarding.hand_on(from, n, json);
         }
         for env in std::mem::take(&mut d.after_handover) {
-            let abandoned = env
-                .run_id
-                .as_ref()
-                .is_some_and(|run| d.abandoned_runs.contains(run));
-            if !abandoned {
-                d.forwarding.produce(forwardable(env));
-            }
+            d.produce_unless_abandoned(env);
         }
         let abandoned: Vec<String> = d.abandoned_runs.iter().cloned().collect();
         for run in abandoned {
@@ -325,7 +319,7 @@ impl SessionCore {
     }
 
     /// Output another node produced for this session (an agent still answering there),
-    /// its `n`th: sent in each producer's order (see [`Forwarding`]).
+    /// its `n`th: sent in each producer's order (see `Forwarding`).
     pub fn accept_forwarded(&mut self, from: &str, n: u64, json: String, now_ms: u64) {
         let Some(d) = self.durable.as_mut() else {
             return;

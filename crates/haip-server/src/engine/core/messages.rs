@@ -47,7 +47,7 @@ impl SharedMessage {
     }
 }
 
-/// Stands for an id given as the message is sent ([`MessageIds`]): a UUID, as long as this.
+/// Stands for an id given as the message is sent ([`MessageIds`](crate::engine::replay_pack::MessageIds)): a UUID, as long as this.
 pub(super) const ID_TO_BE_GIVEN: &str = "00000000-0000-4000-8000-000000000000";
 
 /// A message on its way out, held by flow control until credit lets it go.

@@ -8,9 +8,9 @@
 //! the replay window in one place.
 //!
 //! The parts, each one concern: the state (`session_core`), sending (`delivery`),
-//! receiving (`inbound`), runs and tool calls (`runs`), what waits for the store in
-//! cluster mode (`durable`, `forwarding`), and the small types they share (`messages`,
-//! `limits`).
+//! receiving (`inbound`), runs and tool calls (`runs`); cluster mode: its state
+//! (`durable`), the write path (`store_writes`), the hand-over (`handover`) and forwarded
+//! output (`forwarding`); and the small types they share (`messages`, `limits`).
 
 mod delivery;
 mod durable;

@@ -9,7 +9,7 @@ use haip_protocol::{Envelope, ErrorCode, EventType};
 use super::forwarding::Forwarding;
 use tokio_util::sync::CancellationToken;
 
-use super::durable::{forwardable, texts_json, Durable, Unstored};
+use super::durable::{texts_json, Durable, Unstored};
 use super::messages::{Action, ToolRun};
 use super::session_core::SessionCore;
 use crate::engine::outbound::{OutItem, Outgoing};
@@ -127,13 +127,7 @@ impl SessionCore {
             d.after_handover.push(env.clone());
             return true;
         }
-        let abandoned = env
-            .run_id
-            .as_ref()
-            .is_some_and(|run| d.abandoned_runs.contains(run));
-        if !abandoned {
-            d.forwarding.produce(forwardable(env.clone()));
-        }
+        d.produce_unless_abandoned(env.clone());
         true
     }
 
@@ -278,7 +272,7 @@ impl SessionCore {
     }
 
     /// The store's answer to the last write. Returns the producers to tell how far their
-    /// forwarded output is applied (see [`Forwarding::notices`]).
+    /// forwarded output is applied (see `Forwarding::stored`).
     pub fn written(&mut self, outcome: WriteOutcome, now_ms: u64) -> Vec<(String, u64)> {
         let Some(d) = self.durable.as_mut() else {
             return Vec::new();
